@@ -1,0 +1,107 @@
+"""Catalog models: images, their embeddings, fitted PCA reductions and reduced vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+from django.conf import settings
+from django.db import models
+
+
+class Image(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    file = models.FileField(upload_to="originals/", max_length=255)
+    thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
+    title = models.CharField(max_length=200, blank=True)
+    original_name = models.CharField(max_length=255, blank=True)
+    checksum = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the uploaded bytes")
+    size = models.PositiveBigIntegerField(help_text="bytes")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=10)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status_reason = models.TextField(blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="when a worker took it")
+    claimed_by = models.CharField(max_length=200, blank=True, help_text="the worker that took it")
+    attempts = models.PositiveIntegerField(default=0)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return self.title or self.original_name or f"image {self.pk}"
+
+    @property
+    def display_title(self) -> str:
+        return str(self)
+
+
+class Embedding(models.Model):
+    """One backbone's L2-normalised float32 feature vector of an image."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="embeddings")
+    backbone = models.CharField(max_length=40, db_index=True)
+    dim = models.PositiveIntegerField()
+    vector = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "backbone"], name="one_embedding_per_backbone")]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} embedding of image {self.image_id}"
+
+    def as_array(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.vector), dtype=np.float32)
+
+
+class Reduction(models.Model):
+    """A fitted PCA for one backbone. Exactly one per backbone is active at a time."""
+
+    backbone = models.CharField(max_length=40, db_index=True)
+    version = models.PositiveIntegerField()
+    dims = models.PositiveIntegerField()
+    input_dim = models.PositiveIntegerField()
+    whiten = models.BooleanField(default=False)
+    fitted_on = models.PositiveIntegerField(help_text="number of embeddings it was fitted on")
+    mean = models.BinaryField()
+    components = models.BinaryField()
+    explained_variance = models.BinaryField()
+    explained_variance_ratio = models.FloatField(help_text="total variance kept")
+    is_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backbone", "version"], name="reduction_version_per_backbone"),
+            models.UniqueConstraint(
+                fields=["backbone"], condition=models.Q(is_active=True), name="one_active_reduction_per_backbone"
+            ),
+        ]
+        ordering = ["backbone", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.backbone} PCA-{self.dims} v{self.version}"
+
+
+class ReducedVector(models.Model):
+    """An image's embedding projected by one Reduction."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reduced_vectors")
+    reduction = models.ForeignKey(Reduction, on_delete=models.CASCADE, related_name="vectors")
+    vector = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "reduction"], name="one_vector_per_reduction")]
+
+    def __str__(self) -> str:
+        return f"image {self.image_id} in reduction {self.reduction_id}"

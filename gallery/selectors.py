@@ -1,0 +1,169 @@
+"""Reads from the catalog: the search space, similarity search, statuses."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+
+from . import pipeline
+from .models import Embedding, Image, ReducedVector, Reduction
+from .services import ImageRejected, read_upload, reduction_load
+from .vision.index import Hit, VectorIndex, check_metric
+from .vision.preprocess import ImageDecodeError
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    image: Image
+    score: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class Space:
+    """One consistent embedding space: a backbone and, when fitted, its active PCA."""
+
+    backbone: str
+    reduction: Reduction | None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (self.backbone, self.reduction.pk if self.reduction else None)
+
+    @property
+    def label(self) -> str:
+        if self.reduction is None:
+            return f"{self.backbone}, raw {self.backbone_dim()}-d"
+        return f"{self.backbone}, PCA-{self.reduction.dims} v{self.reduction.version}"
+
+    def backbone_dim(self) -> int:
+        from .vision.backbones import SPECS
+
+        spec = SPECS.get(self.backbone)
+        return spec.dim if spec else 0
+
+    def project(self, embedding: np.ndarray) -> np.ndarray:
+        if self.reduction is None:
+            return np.asarray(embedding, dtype=np.float32)
+        return reduction_load(self.reduction).transform(np.asarray(embedding)[None])[0]
+
+
+def active_space() -> Space:
+    backbone = pipeline.current_backbone().name
+    return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
+
+
+class _CatalogIndex:
+    """A process-wide index per space, brought up to date on every query.
+
+    New rows are appended by primary key; a count that no longer matches (an image
+    was removed) triggers a rebuild. Only ready images are indexed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, int | None] | None = None
+        self._index: VectorIndex | None = None
+        self._last_row = 0
+
+    def _rows(self, space: Space):  # type: ignore[no-untyped-def]
+        if space.reduction is not None:
+            return ReducedVector.objects.filter(reduction=space.reduction, image__status=Image.Status.READY)
+        return Embedding.objects.filter(backbone=space.backbone, image__status=Image.Status.READY)
+
+    def get(self, space: Space) -> VectorIndex | None:
+        with self._lock:
+            rows = self._rows(space)
+            if self._key != space.key:
+                self._key, self._index, self._last_row = space.key, None, 0
+            new = list(rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "image_id", "vector"))
+            if new:
+                ids = np.fromiter((r[1] for r in new), dtype=np.int64, count=len(new))
+                vecs = np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in new])
+                if self._index is None:
+                    self._index = VectorIndex(vecs.shape[1])
+                self._index.add(ids, vecs)
+                self._last_row = new[-1][0]
+            if self._index is not None and len(self._index) != rows.count():
+                self._key, self._index, self._last_row = None, None, 0
+                return self._rebuild(space)
+            return self._index
+
+    def _rebuild(self, space: Space) -> VectorIndex | None:
+        rows = self._rows(space)
+        data = list(rows.order_by("pk").values_list("pk", "image_id", "vector"))
+        self._key = space.key
+        if not data:
+            self._index, self._last_row = None, 0
+            return None
+        index = VectorIndex(len(np.frombuffer(bytes(data[0][2]), dtype=np.float32)))
+        index.add(
+            np.array([r[1] for r in data], dtype=np.int64),
+            np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in data]),
+        )
+        self._index, self._last_row = index, data[-1][0]
+        return index
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._index, self._last_row = None, None, 0
+
+
+catalog_index = _CatalogIndex()
+
+
+def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
+    hits = list(hits)
+    images = Image.objects.in_bulk([h.id for h in hits])
+    return [SearchHit(images[h.id], h.score, rank) for rank, h in enumerate((h for h in hits if h.id in images), 1)]
+
+
+def search_by_vector(
+    *, embedding: np.ndarray, space: Space | None = None, limit: int = 20, metric: str = "cosine", exclude: int | None = None
+) -> list[SearchHit]:
+    """Nearest catalog images to a raw backbone embedding, in the active space."""
+    check_metric(metric)
+    space = space or active_space()
+    index = catalog_index.get(space)
+    if index is None:
+        return []
+    return _hydrate(index.search(space.project(embedding), k=limit, metric=metric, exclude=exclude))
+
+
+def similar_to_image(*, image: Image, limit: int = 12, metric: str = "cosine") -> list[SearchHit]:
+    """ "More like this": the image's nearest neighbours, itself excluded."""
+    space = active_space()
+    embedding = Embedding.objects.filter(image=image, backbone=space.backbone).first()
+    if embedding is None:
+        return []
+    return search_by_vector(embedding=embedding.as_array(), space=space, limit=limit, metric=metric, exclude=image.pk)
+
+
+def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine") -> list[SearchHit]:
+    """Search with an uploaded photo that is embedded here and never stored."""
+    check_metric(metric)
+    data = read_upload(file)
+    try:
+        decoded = pipeline.decode(data)
+    except ImageDecodeError as exc:
+        raise ImageRejected(str(exc)) from None
+    embedding = pipeline.embed_images([decoded.image])[0]
+    return search_by_vector(embedding=embedding, limit=limit, metric=metric)
+
+
+def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:
+    rows = Image.objects.filter(pk__in=list(ids)).order_by("pk")
+    return [{"id": im.pk, "status": im.status, "reason": im.status_reason} for im in rows]
+
+
+def gallery_images():  # type: ignore[no-untyped-def]
+    return Image.objects.exclude(status=Image.Status.FAILED).order_by("-created_at", "-id")
+
+
+def default_metric() -> str:
+    return str(settings.IMAGESEARCH["DEFAULT_METRIC"])

@@ -1,0 +1,75 @@
+"""Thin Celery tasks: each takes a key, reloads state and calls one service."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.db import OperationalError
+from django.db.models import Q
+from django.utils import timezone
+
+from . import services
+from .models import Image
+
+log = logging.getLogger(__name__)
+
+# Errors worth retrying: the database busy or briefly gone, storage hiccups.
+TRANSIENT = (OperationalError, OSError, ConnectionError)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=8, name="gallery.embed_image")
+def embed_image(self: Any, image_id: int) -> dict[str, Any]:
+    try:
+        outcome = services.images_embed_batch(image_id=image_id, worker=self.request.hostname or None)
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+    if outcome.state == "busy":
+        # Another worker holds it; look again once its claim could have gone stale.
+        raise self.retry(countdown=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"] // 4 + 1, max_retries=None)
+    if outcome.ready:
+        backbone = services.pipeline.current_backbone().name
+        if services.reduction_needed(backbone=backbone):
+            fit_reduction.delay(backbone)
+    return {"state": outcome.state, "ready": outcome.ready, "failed": outcome.failed}
+
+
+@shared_task(acks_late=True, name="gallery.fit_reduction")
+def fit_reduction(backbone: str) -> int | None:
+    if not services.reduction_needed(backbone=backbone):
+        return None
+    reduction = services.reduction_fit(backbone=backbone)
+    return reduction.pk if reduction else None
+
+
+@shared_task(name="gallery.sweep_waiting_images")
+def sweep_waiting_images(min_age_seconds: int = 30) -> int:
+    """Queue images that have waited too long (broker down at upload, crashed worker)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"])
+    waiting = Image.objects.filter(
+        Q(status=Image.Status.PENDING, created_at__lt=now - timedelta(seconds=min_age_seconds))
+        | Q(status=Image.Status.PROCESSING, claimed_at__lt=stale)
+    ).values_list("pk", flat=True)
+    count = 0
+    for pk in waiting.iterator():
+        embed_image.delay(pk)
+        count += 1
+    return count
+
+
+@worker_ready.connect
+def _recover_on_start(sender: Any = None, **_: Any) -> None:
+    """A restarted worker releases what its previous life had claimed, then queues all waiting images."""
+    hostname = getattr(sender, "hostname", "") or ""
+    released = Image.objects.filter(status=Image.Status.PROCESSING, claimed_by=hostname).update(
+        status=Image.Status.PENDING, claimed_at=None, claimed_by=""
+    )
+    queued = sweep_waiting_images(min_age_seconds=0)
+    services.pipeline.current_backbone()  # build the network now, not on the first upload
+    if released or queued:
+        log.info("worker start: released %d stale claims, queued %d waiting images", released, queued)

@@ -1,0 +1,134 @@
+"""Thin views: parse input, call one service or selector, render."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from . import selectors, services
+from .forms import MetricForm, SearchForm, UploadForm
+from .models import Image
+from .vision.preprocess import to_rgb
+
+
+def _parse_ids(raw: str) -> list[int]:
+    return [int(p) for p in raw.split(",") if p.strip().isdigit()][:200]
+
+
+@require_GET
+def gallery_index(request: HttpRequest) -> HttpResponse:
+    paginator = Paginator(selectors.gallery_images(), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
+    page = paginator.get_page(request.GET.get("page"))
+    return render(request, "gallery/index.html", {"page": page})
+
+
+@require_http_methods(["GET", "POST"])
+def image_upload(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "gallery/upload.html", {"form": UploadForm()})
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return render(request, "gallery/upload.html", {"form": form}, status=400)
+    created: list[Image] = []
+    problems: list[dict[str, object]] = []
+    for f in form.cleaned_data["files"]:
+        try:
+            created.append(
+                services.image_create(file=f, uploaded_by=request.user, title=form.cleaned_data["title"], original_name=f.name)
+            )
+        except services.DuplicateImage as exc:
+            problems.append({"name": f.name, "message": str(exc), "existing": exc.existing})
+        except services.ImageRejected as exc:
+            problems.append({"name": f.name, "message": str(exc)})
+    if not created:
+        return render(request, "gallery/upload.html", {"form": UploadForm(), "problems": problems}, status=400)
+    if problems:
+        request.session["upload_problems"] = [
+            {"name": p["name"], "message": p["message"], "existing_id": getattr(p.get("existing"), "pk", None)} for p in problems
+        ]
+    return redirect(f"{reverse('gallery:upload_status')}?ids={','.join(str(im.pk) for im in created)}")
+
+
+@require_GET
+def upload_status(request: HttpRequest) -> HttpResponse:
+    ids = _parse_ids(request.GET.get("ids", ""))
+    images = list(Image.objects.filter(pk__in=ids).order_by("pk"))
+    problems = request.session.pop("upload_problems", [])
+    waiting = any(im.status in (Image.Status.PENDING, Image.Status.PROCESSING) for im in images)
+    return render(
+        request,
+        "gallery/upload_status.html",
+        {"images": images, "problems": problems, "waiting": waiting, "ids": ",".join(map(str, ids))},
+    )
+
+
+@require_GET
+def image_status_json(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"images": selectors.image_statuses(ids=_parse_ids(request.GET.get("ids", "")))})
+
+
+@require_GET
+def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    image = get_object_or_404(Image, pk=pk)
+    form = MetricForm(request.GET or None)
+    metric = (form.cleaned_data.get("metric") if form.is_valid() else "") or selectors.default_metric()
+    similar = selectors.similar_to_image(image=image, metric=metric) if image.status == Image.Status.READY else []
+    return render(
+        request,
+        "gallery/detail.html",
+        {"image": image, "similar": similar, "metric": metric, "form": MetricForm(initial={"metric": metric})},
+    )
+
+
+def _inline_preview(upload: UploadedFile) -> str:
+    """A small data-URL preview of the query photo, which is never stored."""
+    try:
+        upload.seek(0)
+        with PILImage.open(upload) as im:
+            im.draft("RGB", (640, 640))  # JPEG: decode at reduced scale, much faster
+            preview = to_rgb(ImageOps.exif_transpose(im) or im)
+        preview.thumbnail((320, 320))
+        out = io.BytesIO()
+        preview.save(out, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+    except Exception:
+        return ""
+
+
+@require_http_methods(["GET", "POST"])
+def search(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return render(request, "gallery/search.html", {"form": SearchForm(initial={"metric": selectors.default_metric()})})
+    form = SearchForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return render(request, "gallery/search.html", {"form": form}, status=400)
+    upload = form.cleaned_data["file"]
+    metric = form.cleaned_data["metric"]
+    try:
+        hits = selectors.search_by_image(file=upload, limit=form.cleaned_data["limit"], metric=metric)
+    except services.ImageRejected as exc:
+        form.add_error("file", str(exc))
+        return render(request, "gallery/search.html", {"form": form}, status=400)
+    return render(
+        request,
+        "gallery/search.html",
+        {
+            "form": form,
+            "hits": hits,
+            "searched": True,
+            "metric": metric,
+            "query_name": upload.name,
+            "query_preview": _inline_preview(upload),
+            "space": selectors.active_space().label,
+        },
+    )

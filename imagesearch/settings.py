@@ -1,0 +1,198 @@
+"""Settings for the image-search gallery.
+
+Every value comes from an environment variable with an embedded default that runs the
+whole product locally (SQLite, media on disk, an embedded Redis broker). Production sets
+IMAGESEARCH_ENV=production, which requires DJANGO_SECRET_KEY and turns DEBUG off.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value else default
+
+
+PRODUCTION = env("IMAGESEARCH_ENV", "development") == "production"
+VAR_DIR = Path(env("IMAGESEARCH_VAR_DIR", str(BASE_DIR / "var")))
+
+if PRODUCTION:
+    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+    if not SECRET_KEY:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when IMAGESEARCH_ENV=production")
+else:
+    SECRET_KEY = env("DJANGO_SECRET_KEY", "insecure-local-development-key-do-not-use-in-production")
+
+DEBUG = env_bool("DJANGO_DEBUG", not PRODUCTION)
+ALLOWED_HOSTS = [h for h in env("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "gallery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "imagesearch.urls"
+WSGI_APPLICATION = "imagesearch.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock up front, so concurrent writers queue
+    # instead of failing half-way; WAL lets readers run beside the writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "staticfiles")))
+MEDIA_URL = "/media/"
+MEDIA_ROOT = Path(env("DJANGO_MEDIA_ROOT", str(VAR_DIR / "media")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/admin/login/"
+
+MAX_UPLOAD_MB = env_int("IMAGESEARCH_MAX_UPLOAD_MB", 20)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("IMAGESEARCH_MAX_FILES_PER_UPLOAD", 50)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("IMAGESEARCH_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# ---------------------------------------------------------------- the product
+IMAGESEARCH = {
+    # auto | resnet50 | efficientnet_lite0; auto takes resnet50 when its weights load.
+    "BACKBONE": env("IMAGESEARCH_BACKBONE", "auto"),
+    # A local Keras weights file for ResNet50 (no-top), for air-gapped installs.
+    "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),
+    "MAX_UPLOAD_BYTES": MAX_UPLOAD_MB * 1024 * 1024,
+    "MAX_PIXELS": env_int("IMAGESEARCH_MAX_PIXELS", 50_000_000),
+    "GRAYSCALE": env_bool("IMAGESEARCH_GRAYSCALE", False),
+    "DENOISE": env_bool("IMAGESEARCH_DENOISE", False),
+    "BATCH_SIZE": env_int("IMAGESEARCH_BATCH_SIZE", 32),
+    # PCA is fitted once the catalog holds this many embeddings, and refitted whenever
+    # the catalog has doubled since the last fit.
+    "PCA_MIN_IMAGES": env_int("IMAGESEARCH_PCA_MIN_IMAGES", 200),
+    "PCA_DIMS": env_int("IMAGESEARCH_PCA_DIMS", 100),
+    "PCA_WHITEN": env_bool("IMAGESEARCH_PCA_WHITEN", False),
+    "DEFAULT_METRIC": env("IMAGESEARCH_DEFAULT_METRIC", "cosine"),
+    "RESULTS": env_int("IMAGESEARCH_RESULTS", 20),
+    "GALLERY_PAGE_SIZE": env_int("IMAGESEARCH_GALLERY_PAGE_SIZE", 24),
+    # A claim on an image older than this is treated as a crashed worker's.
+    "STALE_PROCESSING_SECONDS": env_int("IMAGESEARCH_STALE_PROCESSING_SECONDS", 300),
+    "SERVE_MEDIA": env_bool("IMAGESEARCH_SERVE_MEDIA", True),
+}
+
+# ---------------------------------------------------------------- Celery
+# Unset means the embedded Redis that `manage.py serve` starts on a unix socket.
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis" / "redis.sock"
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_REDIS_SOCKET}")
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", "") or None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_DEFAULT_QUEUE = "images"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+CELERY_BEAT_SCHEDULE = {
+    "sweep-waiting-images": {"task": "gallery.sweep_waiting_images", "schedule": env_int("IMAGESEARCH_SWEEP_SECONDS", 60)},
+}
