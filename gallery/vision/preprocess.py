@@ -54,7 +54,9 @@ def decode_image(data: bytes | BinaryIO, *, max_pixels: int = 50_000_000) -> Dec
     except PILImage.UnidentifiedImageError:
         raise ImageDecodeError("The file is not an image in a supported format (JPEG, PNG, GIF, WebP, BMP, TIFF).") from None
     except Exception as exc:
-        raise ImageDecodeError(f"The image header could not be read ({exc.__class__.__name__}).") from None
+        raise ImageDecodeError(
+            f"The image is damaged or truncated: its header could not be read ({exc.__class__.__name__})."
+        ) from None
     if fmt not in ALLOWED_FORMATS:
         raise ImageDecodeError(f"Images in {fmt or 'this'} format are not accepted.")
     if width <= 0 or height <= 0:

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = ROOT.parent / "shared" / "datasets" / "leeds-butterfly"
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """Every test writes uploads into its own temporary MEDIA_ROOT."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.MEDIA_ROOT.mkdir()
+    from gallery.selectors import catalog_index
+
+    catalog_index.clear()
+
+
+@pytest.fixture
+def media_files(settings) -> Callable[[], list[Path]]:  # type: ignore[no-untyped-def]
+    return lambda: sorted(p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file())
+
+
+def photo_bytes(
+    color: tuple[int, int, int] = (200, 60, 40), size: tuple[int, int] = (320, 240), fmt: str = "JPEG", seed: int = 0
+) -> bytes:
+    """A small textured photo made in memory."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros((size[1], size[0], 3), dtype=np.float32) + np.array(color, dtype=np.float32)
+    noise = rng.normal(0, 25, size=base.shape)
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    PILImage.fromarray(arr).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_photo() -> Callable[..., bytes]:
+    return photo_bytes
+
+
+def dataset_photos() -> dict[str, list[Path]]:
+    """Leeds butterfly photos grouped by species (class id = first three digits)."""
+    groups: dict[str, list[Path]] = {}
+    for p in sorted((DATASET / "images").glob("*.jpg")):
+        groups.setdefault(p.name[:3], []).append(p)
+    return groups
+
+
+@pytest.fixture(scope="session")
+def butterflies() -> dict[str, list[Path]]:
+    groups = dataset_photos()
+    if not groups:
+        pytest.fail(f"the evaluation set is missing at {DATASET}")
+    return groups

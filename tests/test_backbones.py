@@ -1,0 +1,106 @@
+"""The two backbones: a correct Lite0 port, ResNet50 from a local weights file, auto choice."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from skimage import data as skdata
+
+from gallery.vision.backbones import (
+    EFFICIENTNET_LITE0,
+    RESNET50,
+    build_resnet50,
+    lite0_weights_path,
+    load_backbone,
+)
+from gallery.vision.torch_weights import CheckpointFormatError, load_legacy_state_dict
+
+CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def lite0():  # type: ignore[no-untyped-def]
+    return load_backbone(EFFICIENTNET_LITE0)
+
+
+def test_lite0_checkpoint_reads_without_torch() -> None:
+    state = load_legacy_state_dict(lite0_weights_path())
+    assert len(state) == 296
+    params = sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    assert 4_600_000 < params < 4_700_000
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+
+
+def test_checkpoint_reader_refuses_arbitrary_code(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pickle
+
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        for obj in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(obj, f, protocol=2)
+        f.write(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
+    with pytest.raises(CheckpointFormatError, match="refusing"):
+        load_legacy_state_dict(evil)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("chelsea", CAT_CLASSES), ("coffee", {ESPRESSO})])
+def test_lite0_classifies_imagenet_examples(lite0, name: str, expected: set[int]) -> None:  # type: ignore[no-untyped-def]
+    image = PILImage.fromarray(getattr(skdata, name)())
+    logits = lite0.classify(lite0.preprocess(image)[None])[0]
+    top5 = set(np.argsort(-logits)[:5].tolist())
+    assert top5 & expected, f"{name}: top-5 {sorted(top5)}"
+    assert int(np.argmax(logits)) in expected
+
+
+def test_lite0_embeddings_are_normalised_and_batched_consistently(lite0) -> None:  # type: ignore[no-untyped-def]
+    images = [PILImage.fromarray(skdata.chelsea()), PILImage.fromarray(skdata.coffee()), PILImage.fromarray(skdata.astronaut())]
+    together = lite0.embed(images, batch_size=3)
+    apart = np.concatenate([lite0.embed([im]) for im in images])
+    assert together.shape == (3, 1280) and together.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(together, apart, atol=1e-4)
+    assert float(together[0] @ together[1]) < 0.9  # a cat is not an espresso
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A ResNet50 weights file saved by the test (no ImageNet download is possible here)."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None)
+    path = tmp_path_factory.mktemp("weights") / "resnet50_notop.weights.h5"
+    model.save_weights(str(path))
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3)).astype(np.float32)
+    expected = np.asarray(model(x[..., ::-1] - np.array([103.939, 116.779, 123.68], dtype=np.float32), training=False))
+    return path, x, expected
+
+
+def test_resnet50_loads_a_local_weights_file(resnet_weights) -> None:  # type: ignore[no-untyped-def]
+    path, x, expected = resnet_weights
+    backbone = build_resnet50(path)
+    assert backbone.name == RESNET50 and backbone.dim == 2048
+    got = backbone.embed_arrays(x.astype(np.uint8))
+    want = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-4)
+
+
+def test_auto_prefers_resnet50_when_its_weights_load(resnet_weights) -> None:  # type: ignore[no-untyped-def]
+    path, _, _ = resnet_weights
+    assert load_backbone("auto", resnet50_weights=str(path)).name == RESNET50
+
+
+def test_auto_falls_back_to_lite0_with_a_warning(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    with caplog.at_level(logging.WARNING):
+        backbone = load_backbone("auto", resnet50_weights=str(tmp_path / "missing.weights.h5"))
+    assert backbone.name == EFFICIENTNET_LITE0
+    assert "efficientnet_lite0" in caplog.text
+
+
+def test_unknown_backbone_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown backbone"):
+        load_backbone("vgg16")

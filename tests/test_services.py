@@ -1,0 +1,147 @@
+"""Catalog writes: storing uploads, batched idempotent embedding, PCA fit and switch."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from gallery import selectors, services, tasks
+from gallery.models import Embedding, Image, ReducedVector, Reduction
+
+from .conftest import photo_bytes
+
+pytestmark = pytest.mark.django_db
+
+
+def _upload(data: bytes, name: str = "photo.jpg", **kw):  # type: ignore[no-untyped-def]
+    f = io.BytesIO(data)
+    f.name = name
+    return services.image_create(file=f, original_name=name, **kw)
+
+
+def _upload_path(path, **kw):  # type: ignore[no-untyped-def]
+    return _upload(path.read_bytes(), path.name, **kw)
+
+
+def test_upload_is_stored_pending_then_embedded_on_commit(make_photo, media_files, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        image = _upload(make_photo())
+    assert image.status == Image.Status.PENDING
+    assert len(media_files()) == 2  # original and thumbnail
+    assert image.file.name.endswith(f"{image.checksum}.jpg")  # a server-made name
+    assert len(callbacks) == 1
+    callbacks[0]()  # the queued task runs eagerly
+    image.refresh_from_db()
+    assert image.status == Image.Status.READY
+    emb = Embedding.objects.get(image=image)
+    assert emb.backbone == "efficientnet_lite0" and emb.dim == 1280
+    assert np.linalg.norm(emb.as_array()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_duplicate_upload_is_refused_and_stores_nothing(make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
+    first = _upload(make_photo(), queue=False)
+    before = media_files()
+    with pytest.raises(services.DuplicateImage) as exc:
+        _upload(make_photo(), name="again.jpg", queue=False)
+    assert exc.value.existing == first
+    assert Image.objects.count() == 1 and media_files() == before
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "empty"), (photo_bytes()[:700], "damaged or truncated"), (b"hello world" * 10, "not an image")],
+)
+def test_rejected_upload_leaves_nothing_behind(data: bytes, message: str, media_files) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(services.ImageRejected, match=message):
+        _upload(data)
+    assert Image.objects.count() == 0 and media_files() == []
+
+
+def test_size_and_pixel_limits(settings, make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_UPLOAD_BYTES": 1000}
+    with pytest.raises(services.ImageRejected, match="limit"):
+        _upload(make_photo())
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_UPLOAD_BYTES": 10_000_000, "MAX_PIXELS": 10_000}
+    with pytest.raises(services.ImageRejected, match="megapixels"):
+        _upload(make_photo(size=(200, 100)))
+    assert Image.objects.count() == 0 and media_files() == []
+
+
+def test_waiting_uploads_are_embedded_in_one_batch_and_reruns_change_nothing(make_photo) -> None:  # type: ignore[no-untyped-def]
+    images = [_upload(make_photo(seed=i, color=(40 * i, 90, 200 - 30 * i)), f"p{i}.jpg", queue=False) for i in range(5)]
+    outcome = services.images_embed_batch(image_id=images[2].pk)
+    assert sorted(outcome.ready) == sorted(im.pk for im in images)
+    assert set(Image.objects.values_list("status", flat=True)) == {Image.Status.READY}
+    vectors = {e.image_id: bytes(e.vector) for e in Embedding.objects.all()}
+    for image in images:  # every queued task still runs; each finds its image done
+        assert tasks.embed_image.delay(image.pk).get()["state"] == "done"
+    assert Embedding.objects.count() == 5
+    assert {e.image_id: bytes(e.vector) for e in Embedding.objects.all()} == vectors
+
+
+def test_a_corrupt_file_fails_with_a_reason_and_the_batch_goes_on(make_photo) -> None:  # type: ignore[no-untyped-def]
+    good = _upload(make_photo(seed=1), "good.jpg", queue=False)
+    bad = _upload(make_photo(seed=2), "bad.jpg", queue=False)
+    with bad.file.open("wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 truncated on disk")
+    outcome = services.images_embed_batch(image_id=bad.pk)
+    assert outcome.ready == [good.pk] and outcome.failed == [bad.pk]
+    bad.refresh_from_db()
+    assert bad.status == Image.Status.FAILED and "damaged or truncated" in bad.status_reason
+    assert not Embedding.objects.filter(image=bad).exists()
+
+
+def test_a_stale_claim_is_recovered_and_a_fresh_one_is_left_alone(make_photo) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(make_photo(), queue=False)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.PROCESSING, claimed_at=timezone.now(), claimed_by="other")
+    assert services.images_embed_batch(image_id=image.pk).state == "busy"
+    Image.objects.filter(pk=image.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
+    assert services.images_embed_batch(image_id=image.pk).ready == [image.pk]
+
+
+def test_sweep_requeues_images_that_were_never_queued(make_photo) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(make_photo(), queue=False)  # as if the broker was down at upload
+    Image.objects.filter(pk=image.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert tasks.sweep_waiting_images.delay().get() == 1
+    image.refresh_from_db()
+    assert image.status == Image.Status.READY
+
+
+def test_pca_is_fitted_automatically_then_refitted_when_the_catalog_doubles(
+    butterflies, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    photos = [p for group in butterflies.values() for p in group[:3]]  # 30 photos, 10 species
+    with django_capture_on_commit_callbacks(execute=True):
+        for path in photos[:11]:
+            _upload_path(path)
+    assert not Reduction.objects.exists()  # below PCA_MIN_IMAGES (12 in tests)
+    with django_capture_on_commit_callbacks(execute=True):
+        _upload_path(photos[11])
+    first = Reduction.objects.get(is_active=True)
+    assert (first.version, first.fitted_on, first.dims) == (1, 12, 8)
+    assert ReducedVector.objects.filter(reduction=first).count() == 12
+    with django_capture_on_commit_callbacks(execute=True):
+        for path in photos[12:23]:
+            _upload_path(path)
+    assert Reduction.objects.get(is_active=True) == first  # 23 < 2 × 12
+    assert ReducedVector.objects.filter(reduction=first).count() == 23  # new images projected
+    with django_capture_on_commit_callbacks(execute=True):
+        _upload_path(photos[23])
+    second = Reduction.objects.get(is_active=True)
+    assert (second.version, second.fitted_on) == (2, 24)
+    assert not ReducedVector.objects.filter(reduction=first).exists()
+    assert ReducedVector.objects.filter(reduction=second).count() == 24
+    assert selectors.active_space().reduction == second
+
+
+def test_search_never_mixes_backbones(make_photo) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(make_photo(seed=1), queue=False)
+    services.images_embed_batch(image_id=image.pk)
+    other = _upload(make_photo(seed=2), "other.jpg", queue=False)
+    services.embedding_store(image=other, backbone="resnet50", vector=np.ones(2048, np.float32) / np.sqrt(2048))
+    hits = selectors.search_by_vector(embedding=Embedding.objects.get(image=image).as_array())
+    assert [h.image for h in hits] == [image]
