@@ -29,10 +29,12 @@ def redis_server_executable() -> str:
     return found
 
 
-def start_redis(*, socket: Path | None = None, port: int = 0, directory: Path, persist: bool = True) -> subprocess.Popen[bytes]:
+def start_redis(
+    *, socket: Path | None = None, port: int = 0, directory: Path, persist: bool = True, executable: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start redis-server on a unix socket or loopback port and wait until it answers."""
     directory.mkdir(parents=True, exist_ok=True)
-    args = [redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    args = [executable or redis_server_executable(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
     if socket is not None:
         socket.parent.mkdir(parents=True, exist_ok=True)
         if socket.exists():

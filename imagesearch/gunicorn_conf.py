@@ -5,7 +5,7 @@ import threading
 
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 

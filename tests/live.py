@@ -1,0 +1,149 @@
+"""Real processes for end-to-end tests: Redis, a Celery worker and the web server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from gallery.broker import start_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    var: Path
+    env: dict[str, str]
+    worker: subprocess.Popen[bytes]
+    web: subprocess.Popen[bytes]
+    logs: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        out = []
+        for name in ("worker.log", "web.log"):
+            path = self.logs / name
+            if path.exists():
+                out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def start_worker(self, name: str = "e2e") -> subprocess.Popen[bytes]:
+        log = open(self.logs / "worker.log", "ab")  # noqa: SIM115 - owned by the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "imagesearch", "worker", "--pool=solo", "--loglevel=INFO", "-n", f"{name}@%h"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def redis_executable() -> str | None:
+    """The system's redis-server (installed by the test command) when present."""
+    return shutil.which("redis-server")
+
+
+@contextmanager
+def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
+    logs = var / "logs"
+    logs.mkdir(parents=True)
+    redis_port = free_port()
+    redis = start_redis(port=redis_port, directory=var / "redis", persist=False, executable=redis_executable())
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "imagesearch.settings",
+        "IMAGESEARCH_VAR_DIR": str(var),
+        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "IMAGESEARCH_BACKBONE": "efficientnet_lite0",
+        "GUNICORN_ACCESSLOG": "",
+        **extra_env,
+    }
+    env.pop("CELERY_TASK_ALWAYS_EAGER", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+    web_port = free_port()
+    stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs)  # type: ignore[arg-type]
+    stack.worker = stack.start_worker()
+    web_log = open(logs / "web.log", "ab")  # noqa: SIM115 - owned by the process
+    stack.web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf",
+         "--bind", f"127.0.0.1:{web_port}", "--workers", "1"],
+        cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(stack.url + "/", timeout=10).status_code == 200:
+                    break
+            except (requests.ConnectionError, requests.Timeout):
+                pass
+            if time.monotonic() > deadline or stack.web.poll() is not None:
+                raise RuntimeError("web server did not start\n" + stack.log_tail())
+            time.sleep(0.3)
+        yield stack
+    finally:
+        for proc in (stack.web, stack.worker, redis):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in (stack.web, stack.worker, redis):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+class Browser:
+    """A requests session that speaks Django's CSRF protocol."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+
+    def _token(self, path: str) -> str:
+        self.session.get(self.url + path, timeout=10)
+        return self.session.cookies["csrftoken"]
+
+    def upload(self, paths: list[Path]) -> requests.Response:
+        token = self._token("/upload/")
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+        return self.session.post(self.url + "/upload/", data={"csrfmiddlewaretoken": token}, files=files, timeout=60)
+
+    def search(self, path: Path, *, metric: str = "cosine", limit: int = 5) -> requests.Response:
+        token = self._token("/search/")
+        return self.session.post(
+            self.url + "/search/",
+            data={"csrfmiddlewaretoken": token, "metric": metric, "limit": str(limit)},
+            files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+            timeout=60,
+        )
+
+    def statuses(self, ids: list[int]) -> dict[int, str]:
+        rows = self.session.get(self.url + "/images/status/", params={"ids": ",".join(map(str, ids))}, timeout=10).json()
+        return {row["id"]: row["status"] for row in rows["images"]}
+
+    def wait_ready(self, ids: list[int], timeout: float = 240) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.statuses(ids)
+            if all(s in ("ready", "failed") for s in states.values()) and len(states) == len(ids):
+                return states
+            if time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
