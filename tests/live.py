@@ -118,7 +118,7 @@ class Browser:
 
     def _token(self, path: str) -> str:
         self.session.get(self.url + path, timeout=10)
-        return self.session.cookies["csrftoken"]
+        return str(self.session.cookies["csrftoken"])
 
     def upload(self, paths: list[Path]) -> requests.Response:
         token = self._token("/upload/")
