@@ -23,7 +23,13 @@ class Image(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     format = models.CharField(max_length=10)
+
+    class Visibility(models.TextChoices):
+        PUBLISHED = "published", "Published"
+        HIDDEN = "hidden", "Hidden"
+
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
+    visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PUBLISHED, db_index=True)
     status_reason = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="when a worker took it")
     claimed_by = models.CharField(max_length=200, blank=True, help_text="the worker that took it")

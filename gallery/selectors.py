@@ -62,7 +62,7 @@ class _CatalogIndex:
     """A process-wide index per space, brought up to date on every query.
 
     New rows are appended by primary key; a count that no longer matches (an image
-    was removed) triggers a rebuild. Only ready images are indexed.
+    was removed or hidden) triggers a rebuild. Only ready, published images are indexed.
     """
 
     def __init__(self) -> None:
@@ -72,9 +72,10 @@ class _CatalogIndex:
         self._last_row = 0
 
     def _rows(self, space: Space):  # type: ignore[no-untyped-def]
+        public = {"image__status": Image.Status.READY, "image__visibility": Image.Visibility.PUBLISHED}
         if space.reduction is not None:
-            return ReducedVector.objects.filter(reduction=space.reduction, image__status=Image.Status.READY)
-        return Embedding.objects.filter(backbone=space.backbone, image__status=Image.Status.READY)
+            return ReducedVector.objects.filter(reduction=space.reduction, **public)
+        return Embedding.objects.filter(backbone=space.backbone, **public)
 
     def get(self, space: Space) -> VectorIndex | None:
         with self._lock:
@@ -162,7 +163,12 @@ def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:
 
 
 def gallery_images():  # type: ignore[no-untyped-def]
-    return Image.objects.exclude(status=Image.Status.FAILED).order_by("-created_at", "-id")
+    """What the public gallery lists: published images that did not fail."""
+    return (
+        Image.objects.filter(visibility=Image.Visibility.PUBLISHED)
+        .exclude(status=Image.Status.FAILED)
+        .order_by("-created_at", "-id")
+    )
 
 
 def default_metric() -> str:

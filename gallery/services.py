@@ -133,6 +133,14 @@ def image_queue_embedding(*, image_id: int) -> bool:
         return False
 
 
+def images_set_visibility(*, image_ids: list[int], visibility: str) -> int:
+    """Publish or hide images; returns how many changed. Hidden images leave the public
+    gallery and every search result."""
+    if visibility not in Image.Visibility.values:
+        raise ValueError(f"unknown visibility {visibility!r}")
+    return Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility).update(visibility=visibility)
+
+
 # ---------------------------------------------------------------- embedding
 
 

@@ -8,7 +8,7 @@ import io
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -80,6 +80,8 @@ def image_status_json(request: HttpRequest) -> JsonResponse:
 @require_GET
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(Image, pk=pk)
+    if image.visibility != Image.Visibility.PUBLISHED and not request.user.is_staff:
+        raise Http404("No such image.")
     form = MetricForm(request.GET or None)
     metric = (form.cleaned_data.get("metric") if form.is_valid() else "") or selectors.default_metric()
     similar = selectors.similar_to_image(image=image, metric=metric) if image.status == Image.Status.READY else []

@@ -140,3 +140,15 @@ def test_search_rejects_bad_input(client) -> None:  # type: ignore[no-untyped-de
 def test_empty_catalog_search_says_so(client) -> None:  # type: ignore[no-untyped-def]
     response = client.post(reverse("gallery:search"), {"file": _file(photo_bytes(), "q.jpg"), "metric": "cosine", "limit": 5})
     assert response.status_code == 200 and "no searchable images" in response.content.decode()
+
+
+def test_hidden_images_leave_the_gallery_and_search(client, butterflies, admin_client) -> None:  # type: ignore[no-untyped-def]
+    images = _catalog(butterflies["002"][:3])
+    assert services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 1
+    assert services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 0
+    gallery = client.get(reverse("gallery:index")).content.decode()
+    assert images[1].display_title not in gallery and images[0].display_title in gallery
+    similar = client.get(reverse("gallery:detail", args=[images[0].pk])).context["similar"]
+    assert [h.image for h in similar] == [images[2]]
+    assert client.get(reverse("gallery:detail", args=[images[1].pk])).status_code == 404
+    assert admin_client.get(reverse("gallery:detail", args=[images[1].pk])).status_code == 200
