@@ -104,3 +104,13 @@ def test_auto_falls_back_to_lite0_with_a_warning(tmp_path, caplog) -> None:  # t
 def test_unknown_backbone_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown backbone"):
         load_backbone("vgg16")
+
+
+def test_feature_maps_pool_to_the_global_descriptor(lite0) -> None:  # type: ignore[no-untyped-def]
+    x = lite0.preprocess(PILImage.fromarray(skdata.chelsea()))[None]
+    fmap = lite0.feature_maps(x)
+    assert fmap.shape == (1, 7, 7, 1280)
+    pooled = fmap.mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled / np.linalg.norm(pooled), lite0.embed_arrays(x), atol=1e-5)
+    big = np.asarray(PILImage.fromarray(skdata.chelsea()).resize((448, 448)))[None]
+    assert lite0.feature_maps(big).shape == (1, 14, 14, 1280)

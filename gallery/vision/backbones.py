@@ -46,23 +46,38 @@ SPECS = {
 
 
 class Backbone:
-    """A feature extractor: global-average-pooled activations of the last conv layer."""
+    """A feature extractor over the last convolutional feature map.
+
+    `embed*` return the global-average-pooled descriptor; `feature_maps` returns the
+    map itself (any input size) for regional descriptors.
+    """
 
     def __init__(
-        self, spec: BackboneSpec, model: object, classifier: object | None, normalise: Callable[[np.ndarray], np.ndarray]
+        self,
+        spec: BackboneSpec,
+        spatial_model: object,
+        classifier: object | None,
+        normalise: Callable[[np.ndarray], np.ndarray],
     ):
         import tensorflow as tf
 
         self.spec = spec
         self.name = spec.name
         self.dim = spec.dim
-        self._model = model
+        self._spatial = spatial_model
         self._classifier = classifier
         self._normalise = normalise
-        # A traced graph runs several times faster than eager calls and avoids
-        # model.predict's fixed cost per call.
-        signature = [tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)]
-        self._features = tf.function(lambda x: model(x, training=False), input_signature=signature)  # type: ignore[operator]
+        # Traced graphs run several times faster than eager calls and avoid
+        # model.predict's fixed cost per call; fixed signatures trace once.
+        size = spec.input_size
+        self._pooled = tf.function(
+            lambda x: tf.reduce_mean(spatial_model(x, training=False), axis=[1, 2]),  # type: ignore[operator]
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+        )
+        self._maps = tf.function(
+            lambda x: spatial_model(x, training=False),  # type: ignore[operator]
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        )
         self._lock = threading.Lock()
 
     def preprocess(self, image: PILImage.Image, options: PreprocessOptions | None = None) -> np.ndarray:
@@ -75,8 +90,14 @@ class Backbone:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = self._normalise(batch.astype(np.float32))
         with self._lock:
-            feats = np.asarray(self._features(x), dtype=np.float32)
+            feats = np.asarray(self._pooled(x), dtype=np.float32)
         return l2_normalise(feats)
+
+    def feature_maps(self, batch: np.ndarray) -> np.ndarray:
+        """(n, h, w, 3) uint8 of any size → (n, h/32, w/32, dim) float32 activations."""
+        x = self._normalise(np.asarray(batch).astype(np.float32))
+        with self._lock:
+            return np.asarray(self._maps(x), dtype=np.float32)
 
     def embed(
         self, images: Sequence[PILImage.Image], *, batch_size: int = 32, options: PreprocessOptions | None = None
@@ -168,16 +189,14 @@ def _lite0_networks(state: dict[str, np.ndarray]) -> tuple[object, object]:
             x = h
             channels = out_channels
             block += 1
-    x = layers.ReLU(max_value=6.0)(bn("_bn1")(conv("_conv_head", 1280, 1)(x)))
-    pooled = layers.GlobalAveragePooling2D()(x)
+    fmap = layers.ReLU(max_value=6.0)(bn("_bn1")(conv("_conv_head", 1280, 1)(x)))
+    pooled = layers.GlobalAveragePooling2D()(fmap)
     dense = layers.Dense(1000, name="fc")
     logits = dense(pooled)
     assign.append((dense, [state["_fc.weight"].T, state["_fc.bias"]]))
     for layer, weights in assign:
         layer.set_weights(weights)
-    return keras.Model(inputs, pooled, name="efficientnet_lite0"), keras.Model(
-        inputs, logits, name="efficientnet_lite0_classifier"
-    )
+    return keras.Model(inputs, fmap, name="efficientnet_lite0"), keras.Model(inputs, logits, name="efficientnet_lite0_classifier")
 
 
 def _lite0_normalise(x: np.ndarray) -> np.ndarray:
@@ -212,13 +231,13 @@ def build_resnet50(weights_path: str | Path | None = None) -> Backbone:
         if not path.exists():
             raise BackboneUnavailable(f"ResNet50 weights file {path} does not exist")
         try:
-            model = keras.applications.ResNet50(include_top=False, pooling="avg", weights=None)
+            model = keras.applications.ResNet50(include_top=False, pooling=None, weights=None)
             model.load_weights(str(path))
         except Exception as exc:
             raise BackboneUnavailable(f"ResNet50 weights at {path} could not be loaded: {exc}") from exc
     else:
         try:
-            model = keras.applications.ResNet50(include_top=False, pooling="avg", weights="imagenet")
+            model = keras.applications.ResNet50(include_top=False, pooling=None, weights="imagenet")
         except Exception as exc:
             raise BackboneUnavailable(f"ResNet50 ImageNet weights are not cached and cannot be downloaded: {exc}") from exc
     return Backbone(SPECS[RESNET50], model, None, _resnet50_normalise)
