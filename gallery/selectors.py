@@ -13,7 +13,7 @@ from django.conf import settings
 from . import pipeline
 from .models import Embedding, Image, ReducedVector, Reduction
 from .services import ImageRejected, read_upload, reduction_load
-from .vision.index import Hit, VectorIndex, check_metric
+from .vision.index import Expansion, Hit, VectorIndex, check_metric
 from .vision.preprocess import ImageDecodeError
 
 
@@ -58,6 +58,11 @@ def active_space() -> Space:
     return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
 
 
+def search_expansion() -> Expansion:
+    conf = settings.IMAGESEARCH
+    return Expansion(dba_k=conf["DBA_K"], qe_k=conf["QE_K"], alpha=conf["QE_ALPHA"], dba_max_vectors=conf["DBA_MAX_VECTORS"])
+
+
 class _CatalogIndex:
     """A process-wide index per space, brought up to date on every query.
 
@@ -87,7 +92,7 @@ class _CatalogIndex:
                 ids = np.fromiter((r[1] for r in new), dtype=np.int64, count=len(new))
                 vecs = np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in new])
                 if self._index is None:
-                    self._index = VectorIndex(vecs.shape[1])
+                    self._index = VectorIndex(vecs.shape[1], expansion=search_expansion())
                 self._index.add(ids, vecs)
                 self._last_row = new[-1][0]
             if self._index is not None and len(self._index) != rows.count():
@@ -102,7 +107,7 @@ class _CatalogIndex:
         if not data:
             self._index, self._last_row = None, 0
             return None
-        index = VectorIndex(len(np.frombuffer(bytes(data[0][2]), dtype=np.float32)))
+        index = VectorIndex(len(np.frombuffer(bytes(data[0][2]), dtype=np.float32)), expansion=search_expansion())
         index.add(
             np.array([r[1] for r in data], dtype=np.int64),
             np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in data]),

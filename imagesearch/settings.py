@@ -161,6 +161,12 @@ IMAGESEARCH = {
     "PCA_DIMS": env_int("IMAGESEARCH_PCA_DIMS", 100),
     "PCA_WHITEN": env_bool("IMAGESEARCH_PCA_WHITEN", False),
     "DEFAULT_METRIC": env("IMAGESEARCH_DEFAULT_METRIC", "cosine"),
+    # Cosine re-ranking: database-side augmentation over each image's DBA_K nearest
+    # neighbours and α-query expansion with the QE_K best matches (0 turns either off).
+    "DBA_K": env_int("IMAGESEARCH_DBA_K", 5),
+    "QE_K": env_int("IMAGESEARCH_QE_K", 5),
+    "QE_ALPHA": float(env("IMAGESEARCH_QE_ALPHA", "3")),
+    "DBA_MAX_VECTORS": env_int("IMAGESEARCH_DBA_MAX_VECTORS", 200_000),
     "RESULTS": env_int("IMAGESEARCH_RESULTS", 20),
     "GALLERY_PAGE_SIZE": env_int("IMAGESEARCH_GALLERY_PAGE_SIZE", 24),
     # A claim on an image older than this is treated as a crashed worker's.
