@@ -105,6 +105,7 @@ def test_incremental_augmentation_equals_a_full_build() -> None:
     pieces = VectorIndex(16, expansion=settings)
     for start, stop in [(0, 1), (1, 40), (40, 41), (41, 299), (299, 300)]:
         pieces.add(np.arange(start, stop), x[start:stop])
+    assert pieces._augmented is not None and whole._augmented is not None
     np.testing.assert_allclose(pieces._augmented, whole._augmented, atol=1e-5)
     for i in (0, 17, 299):
         assert [h.id for h in pieces.search(x[i], k=10)] == [h.id for h in whole.search(x[i], k=10)]
