@@ -1,0 +1,94 @@
+"""Near-duplicate groups among many vectors without an N×N similarity matrix.
+
+The normalised matrix is compared with itself block by block (upper triangle only),
+keeping just the pairs at or above the threshold, so memory stays at one block of
+scores plus the vectors; pairs are then joined into groups with union-find. The
+work grows with N² (one matrix product), the memory with N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DuplicateSet:
+    members: list[int]  # row indices into the input matrix, ascending
+    best_score: float
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def similar_pairs(
+    x: np.ndarray, *, threshold: float, block: int = 1024, chunk: int = 16384
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i < j) whose cosine similarity is at least `threshold`.
+
+    Scores are computed `block` rows against `chunk` columns at a time: memory is
+    block × chunk floats (64 MB by default) whatever the number of rows.
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError("threshold is a cosine similarity between -1 and 1")
+    xn = normalise_rows(x)
+    n = xn.shape[0]
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    for r0 in range(0, n, block):
+        rows = xn[r0 : r0 + block]
+        for c0 in range(r0, n, chunk):
+            scores = rows @ xn[c0 : c0 + chunk].T
+            ii, jj = np.nonzero(scores >= threshold)
+            upper = jj + c0 > ii + r0
+            ii, jj = ii[upper], jj[upper]
+            if len(ii):
+                found_i.append(ii + r0)
+                found_j.append(jj + c0)
+                found_s.append(scores[ii, jj])
+    if not found_i:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    return (
+        np.concatenate(found_i).astype(np.int64),
+        np.concatenate(found_j).astype(np.int64),
+        np.concatenate(found_s).astype(np.float32),
+    )
+
+
+def group_pairs(n: int, i: np.ndarray, j: np.ndarray, scores: np.ndarray) -> list[DuplicateSet]:
+    """Connected components of the pair graph (union-find with path halving), largest
+    similarity first; singletons are dropped."""
+    parent = np.arange(n, dtype=np.int64)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = int(parent[a])
+        return a
+
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    best: dict[int, float] = {}
+    for a, s in zip(i.tolist(), scores.tolist(), strict=True):
+        root = find(a)
+        best[root] = max(best.get(root, -1.0), float(s))
+    touched = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, dtype=np.int64)
+    for a in touched.tolist():
+        members.setdefault(find(a), []).append(a)
+    groups = [DuplicateSet(sorted(m), best[root]) for root, m in members.items() if len(m) > 1]
+    return sorted(groups, key=lambda g: (-g.best_score, g.members[0]))
+
+
+def near_duplicate_groups(x: np.ndarray, *, threshold: float, block: int = 1024, chunk: int = 16384) -> list[DuplicateSet]:
+    """Groups of rows of `x` that are near-duplicates of one another."""
+    i, j, s = similar_pairs(x, threshold=threshold, block=block, chunk=chunk)
+    return group_pairs(len(x), i, j, s)
