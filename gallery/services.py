@@ -477,7 +477,7 @@ def images_retry_failed(*, image_ids: list[int]) -> int:
 # ---- catalog jobs: re-embed, refit, near-duplicates
 
 
-def catalog_job_start(*, kind: str, backbone: str = "") -> CatalogJob:
+def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> CatalogJob:
     """Create (or return the unfinished) job of this kind and queue it on commit.
 
     A re-embed is checked before anything changes: the backbone must exist, load on
@@ -506,7 +506,8 @@ def catalog_job_start(*, kind: str, backbone: str = "") -> CatalogJob:
             job = CatalogJob.objects.create(kind=kind, backbone=backbone)
         if kind == CatalogJob.Kind.REEMBED:
             CatalogState.objects.filter(pk=1).update(target_backbone=backbone)
-        transaction.on_commit(lambda: catalog_job_queue(job_id=job.pk))
+        if queue:
+            transaction.on_commit(lambda: catalog_job_queue(job_id=job.pk))
     return job
 
 
