@@ -363,7 +363,7 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
 
 from .models import CatalogJob, CatalogState, DuplicateGroup, Tag  # noqa: E402
 from .vision.backbones import BACKBONES, BackboneUnavailable  # noqa: E402
-from .vision.neardup import near_duplicate_groups  # noqa: E402
+from .vision.neardup import confirm_pairs, group_pairs, similar_pairs  # noqa: E402
 
 
 class CurationError(ValueError):
@@ -652,10 +652,14 @@ def catalog_vectors() -> tuple[np.ndarray, np.ndarray]:
 def _near_duplicates(job: CatalogJob) -> str:
     """Group the catalog's near-duplicates from a snapshot of its vectors; uploads that
     arrive meanwhile are simply left for the next run."""
-    threshold = float(settings.IMAGESEARCH.get("NEAR_DUPLICATE_THRESHOLD", 0.95))
+    conf = settings.IMAGESEARCH
+    threshold = float(conf.get("NEAR_DUPLICATE_THRESHOLD", 0.8))
+    max_distance = int(conf.get("NEAR_DUPLICATE_MAX_HASH_DISTANCE", 10))
     ids, x = catalog_vectors()
     _job_update(job, backbone=pipeline.catalog_state().backbone, total=len(ids))
-    groups = near_duplicate_groups(x, threshold=threshold) if len(ids) > 1 else []
+    i, j, scores = similar_pairs(x, threshold=threshold) if len(ids) > 1 else (ids, ids, np.zeros(0, np.float32))
+    i, j, scores = confirm_pairs(i, j, scores, hash_of=lambda row: _picture_hash(int(ids[row])), max_distance=max_distance)
+    groups = group_pairs(len(ids), i, j, scores)
     with transaction.atomic():
         DuplicateGroup.objects.exclude(job=job).delete()
         DuplicateGroup.objects.filter(job=job).delete()
@@ -682,3 +686,18 @@ def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str)
         raise CurationError(f"unknown action {action!r}; choose hide or delete")
     group.delete()
     return changed
+
+
+def _picture_hash(image_id: int) -> int | None:
+    """64-bit perceptual hash of an image's thumbnail (None when it cannot be read)."""
+    import imagehash
+
+    image = Image.objects.filter(pk=image_id).only("thumbnail", "file").first()
+    if image is None:
+        return None
+    stored = image.thumbnail or image.file
+    try:
+        with stored.open("rb") as f, PILImage.open(f) as picture:
+            return int(str(imagehash.phash(picture.convert("RGB"))), 16)
+    except (OSError, ValueError):
+        return None

@@ -4,10 +4,14 @@ The normalised matrix is compared with itself block by block (upper triangle onl
 keeping just the pairs at or above the threshold, so memory stays at one block of
 scores plus the vectors; pairs are then joined into groups with union-find. The
 work grows with N² (one matrix product), the memory with N.
+
+Global CNN embeddings rank same-species photos about as close as a re-encoded copy,
+so candidate pairs can be confirmed with a perceptual hash of the pictures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,3 +96,22 @@ def near_duplicate_groups(x: np.ndarray, *, threshold: float, block: int = 1024,
     """Groups of rows of `x` that are near-duplicates of one another."""
     i, j, s = similar_pairs(x, threshold=threshold, block=block, chunk=chunk)
     return group_pairs(len(x), i, j, s)
+
+
+def confirm_pairs(
+    i: np.ndarray, j: np.ndarray, scores: np.ndarray, *, hash_of: Callable[[int], int | None], max_distance: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the pairs whose 64-bit perceptual hashes differ in at most `max_distance`
+    bits; `hash_of(row)` may return None for a picture it cannot read (pair dropped)."""
+    cache: dict[int, int | None] = {}
+
+    def cached(row: int) -> int | None:
+        if row not in cache:
+            cache[row] = hash_of(row)
+        return cache[row]
+
+    keep = np.zeros(len(i), dtype=bool)
+    for n, (a, b) in enumerate(zip(i.tolist(), j.tolist(), strict=True)):
+        ha, hb = cached(a), cached(b)
+        keep[n] = ha is not None and hb is not None and (ha ^ hb).bit_count() <= max_distance
+    return i[keep], j[keep], scores[keep]
