@@ -24,9 +24,11 @@ def test_blockwise_pairs_equal_brute_force_and_groups_are_transitive() -> None:
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     full = xn @ xn.T
     want = {(a, b) for a, b in zip(*np.nonzero(np.triu(full >= 0.97, k=1)), strict=True)}
-    i, j, s = similar_pairs(x, threshold=0.97, block=7, chunk=11)  # many uneven blocks
+    i, j, s = similar_pairs(x, threshold=0.97, max_per_row=120, block=7, chunk=11)  # many uneven blocks
     assert {(int(a), int(b)) for a, b in zip(i, j, strict=True)} == want and want
     np.testing.assert_allclose(s, full[i, j], rtol=1e-5)
+    capped, _, _ = similar_pairs(np.ones((50, 4)), threshold=0.9, max_per_row=3, block=8, chunk=16)
+    assert len(capped) == 3 * 47 + 2 + 1  # identical rows: each keeps its 3 most similar later rows
     groups = group_pairs(5, np.array([0, 3]), np.array([3, 4]), np.array([0.99, 0.98], dtype=np.float32))
     assert [g.members for g in groups] == [[0, 3, 4]] and groups[0].best_score == pytest.approx(0.99)
     assert near_duplicate_groups(np.eye(4), threshold=0.5) == []

@@ -30,9 +30,11 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 
 
 def similar_pairs(
-    x: np.ndarray, *, threshold: float, block: int = 1024, chunk: int = 16384
+    x: np.ndarray, *, threshold: float, max_per_row: int = 10, block: int = 1024, chunk: int = 16384
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair (i < j) whose cosine similarity is at least `threshold`.
+    """Pairs (i < j) whose cosine similarity is at least `threshold`, at most the
+    `max_per_row` most similar later rows per row, so dense clusters of look-alikes
+    cannot flood the result (the pairs stay below N × max_per_row).
 
     Scores are computed `block` rows against `chunk` columns at a time: memory is
     block × chunk floats (64 MB by default) whatever the number of rows.
@@ -46,15 +48,30 @@ def similar_pairs(
     found_s: list[np.ndarray] = []
     for r0 in range(0, n, block):
         rows = xn[r0 : r0 + block]
+        row_idx = np.arange(r0, r0 + len(rows))[:, None]
+        cand_j: list[np.ndarray] = []
+        cand_s: list[np.ndarray] = []
         for c0 in range(r0, n, chunk):
             scores = rows @ xn[c0 : c0 + chunk].T
-            ii, jj = np.nonzero(scores >= threshold)
-            upper = jj + c0 > ii + r0
-            ii, jj = ii[upper], jj[upper]
-            if len(ii):
-                found_i.append(ii + r0)
-                found_j.append(jj + c0)
-                found_s.append(scores[ii, jj])
+            cols = np.arange(c0, c0 + scores.shape[1])[None, :]
+            scores[cols <= row_idx] = -np.inf  # upper triangle only
+            k = min(max_per_row, scores.shape[1])
+            top = (
+                np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                if k < scores.shape[1]
+                else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+            )
+            cand_j.append(top + c0)
+            cand_s.append(np.take_along_axis(scores, top, axis=1))
+        all_j, all_s = np.concatenate(cand_j, axis=1), np.concatenate(cand_s, axis=1)
+        if all_j.shape[1] > max_per_row:
+            best = np.argpartition(-all_s, max_per_row - 1, axis=1)[:, :max_per_row]
+            all_j, all_s = np.take_along_axis(all_j, best, axis=1), np.take_along_axis(all_s, best, axis=1)
+        ii, kk = np.nonzero(all_s >= threshold)
+        if len(ii):
+            found_i.append(ii + r0)
+            found_j.append(all_j[ii, kk])
+            found_s.append(all_s[ii, kk])
     if not found_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32)
@@ -92,9 +109,9 @@ def group_pairs(n: int, i: np.ndarray, j: np.ndarray, scores: np.ndarray) -> lis
     return sorted(groups, key=lambda g: (-g.best_score, g.members[0]))
 
 
-def near_duplicate_groups(x: np.ndarray, *, threshold: float, block: int = 1024, chunk: int = 16384) -> list[DuplicateSet]:
+def near_duplicate_groups(x: np.ndarray, *, threshold: float, max_per_row: int = 10) -> list[DuplicateSet]:
     """Groups of rows of `x` that are near-duplicates of one another."""
-    i, j, s = similar_pairs(x, threshold=threshold, block=block, chunk=chunk)
+    i, j, s = similar_pairs(x, threshold=threshold, max_per_row=max_per_row)
     return group_pairs(len(x), i, j, s)
 
 
