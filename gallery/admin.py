@@ -1,32 +1,295 @@
-from django.contrib import admin
-from django.utils.html import format_html
+"""The editors' admin: the catalog with thumbnails and filters, bulk actions that each
+call one service and report how many images changed, the near-duplicate review and
+the catalog jobs (re-embed, refit) with their progress."""
 
-from .models import Embedding, Image, Reduction
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from . import pipeline, selectors, services
+from .models import CatalogJob, DuplicateGroup, Embedding, Image, Reduction, Tag
+from .vision.backbones import BACKBONES
+
+
+class BackboneFilter(admin.SimpleListFilter):
+    title = "backbone"
+    parameter_name = "backbone"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(b, b) for b in BACKBONES] + [("none", "no embedding")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        value = self.value()
+        if value == "none":
+            return queryset.filter(embeddings__isnull=True)
+        if value:
+            return queryset.filter(embeddings__backbone=value).distinct()
+        return queryset
+
+
+class TagFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(t, t) for t in Tag.objects.values_list("name", flat=True)[:200]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> QuerySet[Image]:
+        return queryset.filter(tags__name=self.value()) if self.value() else queryset
+
+
+class ImageForm(forms.ModelForm):
+    tags_text = forms.CharField(label="Tags", required=False, help_text="Separated by commas, e.g. poster, monarch")
+
+    class Meta:
+        model = Image
+        fields = ("title", "visibility")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["tags_text"].initial = ", ".join(self.instance.tags.values_list("name", flat=True))
+
+    def clean_tags_text(self) -> list[str]:
+        try:
+            return services.tags_parse(text=self.cleaned_data["tags_text"])
+        except services.CurationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+def _ids(queryset: QuerySet[Image]) -> list[int]:
+    return list(queryset.values_list("pk", flat=True))
 
 
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ("thumb", "__str__", "status", "format", "width", "height", "uploaded_by", "created_at")
-    list_filter = ("status", "format", "created_at")
-    search_fields = ("title", "original_name", "checksum")
+    form = ImageForm
+    list_display = ("thumb", "__str__", "status_text", "visibility", "backbones", "pca", "tag_list", "created_at", "uploaded_by")
+    list_display_links = ("thumb", "__str__")
+    list_filter = ("status", "visibility", BackboneFilter, TagFilter, "created_at")
+    search_fields = ("title", "original_name", "checksum", "tags__name")
+    list_select_related = ("uploaded_by",)
+    list_per_page = 50
+    date_hierarchy = "created_at"
+    actions = ("publish", "hide", "delete_images", "reembed", "retry_failed")
+    fieldsets = (
+        (None, {"fields": ("preview", "title", "tags_text", "visibility")}),
+        ("Most similar", {"fields": ("similar",)}),
+        (
+            "Processing",
+            {"fields": ("status", "status_reason", "backbones", "pca", "attempts", "claimed_by", "claimed_at")},
+        ),
+        ("File", {"fields": ("original_name", "checksum", "size", "width", "height", "format", "uploaded_by", "created_at")}),
+    )
     readonly_fields = (
+        "preview",
+        "similar",
+        "status",
+        "status_reason",
+        "backbones",
+        "pca",
+        "attempts",
+        "claimed_by",
+        "claimed_at",
+        "original_name",
         "checksum",
         "size",
         "width",
         "height",
         "format",
-        "status",
-        "status_reason",
-        "claimed_at",
-        "claimed_by",
-        "attempts",
+        "uploaded_by",
         "created_at",
-        "updated_at",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        return super().get_queryset(request).prefetch_related("tags", "embeddings", "reduced_vectors__reduction")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # images enter through the upload page or import_images
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        found.pop("delete_selected", None)  # delete_images also removes files and vectors
+        return found
+
+    # ---- columns and detail fields
 
     @admin.display(description="")
     def thumb(self, obj: Image) -> str:
-        return format_html('<img src="{}" alt="" style="height:48px">', obj.thumbnail.url) if obj.thumbnail else ""
+        return format_html('<img src="{}" alt="" style="height:64px">', obj.thumbnail.url) if obj.thumbnail else ""
+
+    @admin.display(description="status", ordering="status")
+    def status_text(self, obj: Image) -> str:
+        if obj.status == Image.Status.FAILED:
+            return format_html('{}<br><small style="color:#ba2121">{}</small>', obj.get_status_display(), obj.status_reason)
+        return obj.get_status_display()
+
+    @admin.display(description="backbone")
+    def backbones(self, obj: Image) -> str:
+        return ", ".join(sorted(e.backbone for e in obj.embeddings.all())) or "—"
+
+    @admin.display(description="PCA")
+    def pca(self, obj: Image) -> str:
+        return ", ".join(f"v{rv.reduction.version} ({rv.reduction.dims}-d)" for rv in obj.reduced_vectors.all()) or "—"
+
+    @admin.display(description="tags")
+    def tag_list(self, obj: Image) -> str:
+        return ", ".join(t.name for t in obj.tags.all())
+
+    @admin.display(description="preview")
+    def preview(self, obj: Image) -> str:
+        if not obj.file:
+            return ""
+        return format_html('<a href="{0}"><img src="{0}" alt="" style="max-width:640px;max-height:480px"></a>', obj.file.url)
+
+    @admin.display(description="most similar")
+    def similar(self, obj: Image) -> str:
+        if obj.status != Image.Status.READY:
+            return "Available once the image is ready."
+        hits = selectors.similar_to_image(image=obj, limit=8)
+        if not hits:
+            return "No similar images yet."
+        return format_html_join(
+            "",
+            '<a href="{}" style="display:inline-block;margin:0 8px 8px 0;text-align:center">'
+            '<img src="{}" alt="" style="height:96px"><br>{} · {}</a>',
+            (
+                (reverse("admin:gallery_image_change", args=[h.image.pk]), h.image.thumbnail.url, h.image, f"{h.score:.3f}")
+                for h in hits
+            ),
+        )
+
+    # ---- saving goes through the services
+
+    def save_model(self, request: HttpRequest, obj: Image, form: forms.ModelForm, change: bool) -> None:
+        services.image_update(image=obj, title=form.cleaned_data["title"], tags=form.cleaned_data["tags_text"])
+        services.images_set_visibility(image_ids=[obj.pk], visibility=form.cleaned_data["visibility"])
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        pass  # tags were saved by image_update
+
+    def delete_model(self, request: HttpRequest, obj: Image) -> None:
+        services.images_delete(image_ids=[obj.pk])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        services.images_delete(image_ids=_ids(queryset))
+
+    # ---- bulk actions
+
+    def _report(self, request: HttpRequest, count: int, verb: str) -> None:
+        self.message_user(request, f"{count} image{'s' if count != 1 else ''} {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Publish selected images", permissions=["change"])
+    def publish(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._report(request, services.images_set_visibility(image_ids=_ids(queryset), visibility="published"), "published")
+
+    @admin.action(description="Hide selected images", permissions=["change"])
+    def hide(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._report(request, services.images_set_visibility(image_ids=_ids(queryset), visibility="hidden"), "hidden")
+
+    @admin.action(description="Delete selected images (files and vectors too)", permissions=["delete"])
+    def delete_images(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._report(request, services.images_delete(image_ids=_ids(queryset)), "deleted")
+
+    @admin.action(description="Re-embed selected images", permissions=["change"])
+    def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._report(request, services.images_reembed(image_ids=_ids(queryset)), "queued for embedding")
+
+    @admin.action(description="Retry selected failed images", permissions=["change"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        self._report(request, services.images_retry_failed(image_ids=_ids(queryset)), "queued again")
+
+    # ---- curation pages: near-duplicates and catalog jobs
+
+    def get_urls(self) -> list[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("near-duplicates/", wrap(self.near_duplicates_view), name="gallery_image_near_duplicates"),
+            path("catalog/", wrap(self.catalog_view), name="gallery_image_catalog"),
+            *super().get_urls(),
+        ]
+
+    def near_duplicates_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            return HttpResponse("Forbidden", status=403)
+        if request.method == "POST":
+            group = get_object_or_404(DuplicateGroup, pk=request.POST.get("group"))
+            keep = request.POST.get("keep", "")
+            try:
+                count = services.duplicate_group_resolve(
+                    group=group, keep_id=int(keep) if keep.isdigit() else -1, action=request.POST.get("action", "")
+                )
+            except services.CurationError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self._report(request, count, "hidden" if request.POST.get("action") == "hide" else "deleted")
+            return HttpResponseRedirect(reverse("admin:gallery_image_near_duplicates"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Near-duplicates",
+            "opts": self.model._meta,
+            "groups": selectors.duplicate_groups(),
+            "jobs": CatalogJob.objects.filter(kind=CatalogJob.Kind.NEAR_DUPLICATES)[:3],
+        }
+        return TemplateResponse(request, "admin/gallery/near_duplicates.html", context)
+
+    def catalog_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            return HttpResponse("Forbidden", status=403)
+        if request.method == "POST":
+            try:
+                job = services.catalog_job_start(kind=request.POST.get("kind", ""), backbone=request.POST.get("backbone", ""))
+            except services.CurationError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, f"{job} started.", messages.SUCCESS)
+            return HttpResponseRedirect(request.POST.get("next") or reverse("admin:gallery_image_catalog"))
+        state = pipeline.catalog_state()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Catalog search space",
+            "opts": self.model._meta,
+            "state": state,
+            "reduction": Reduction.objects.filter(backbone=state.backbone, is_active=True).first(),
+            "backbones": [b for b in BACKBONES if b != state.backbone],
+            "jobs": selectors.catalog_jobs(limit=20),
+            "running": any(j.status in ("queued", "running") for j in selectors.catalog_jobs(limit=20)),
+        }
+        return TemplateResponse(request, "admin/gallery/catalog.html", context)
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ("name", "image_count")
+    search_fields = ("name",)
+    exclude = ("images",)
+
+    @admin.display(description="images")
+    def image_count(self, obj: Tag) -> int:
+        return obj.images.count()
+
+
+@admin.register(CatalogJob)
+class CatalogJobAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "status", "progress", "message", "created_at", "finished_at")
+    list_filter = ("kind", "status")
+    readonly_fields = ("kind", "backbone", "status", "total", "done", "message", "started_at", "finished_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # started from the catalog page or manage.py reembed/refit
+
+    @admin.display(description="progress")
+    def progress(self, obj: CatalogJob) -> str:
+        return format_html('<progress max="100" value="{}"></progress> {} / {}', obj.percent, obj.done, obj.total)
 
 
 @admin.register(Embedding)

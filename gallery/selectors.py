@@ -11,7 +11,7 @@ import numpy as np
 from django.conf import settings
 
 from . import pipeline
-from .models import Embedding, Image, ReducedVector, Reduction
+from .models import CatalogJob, DuplicateGroup, Embedding, Image, ReducedVector, Reduction, Tag
 from .services import ImageRejected, read_upload, reduction_load
 from .vision.index import Expansion, Hit, VectorIndex, check_metric
 from .vision.preprocess import ImageDecodeError
@@ -54,7 +54,7 @@ class Space:
 
 
 def active_space() -> Space:
-    backbone = pipeline.current_backbone().name
+    backbone = pipeline.catalog_state().backbone
     return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
 
 
@@ -130,36 +130,50 @@ def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
 
 
 def search_by_vector(
-    *, embedding: np.ndarray, space: Space | None = None, limit: int = 20, metric: str = "cosine", exclude: int | None = None
+    *,
+    embedding: np.ndarray,
+    space: Space | None = None,
+    limit: int = 20,
+    metric: str = "cosine",
+    exclude: int | None = None,
+    tag: str = "",
 ) -> list[SearchHit]:
-    """Nearest catalog images to a raw backbone embedding, in the active space."""
+    """Nearest catalog images to a raw backbone embedding, in the active space,
+    optionally only those carrying `tag`."""
     check_metric(metric)
     space = space or active_space()
     index = catalog_index.get(space)
     if index is None:
         return []
-    return _hydrate(index.search(space.project(embedding), k=limit, metric=metric, exclude=exclude))
+    query = space.project(embedding)
+    if not tag:
+        return _hydrate(index.search(query, k=limit, metric=metric, exclude=exclude))
+    return _hydrate(_search_tagged(index, query, tag=tag, limit=limit, metric=metric, exclude=exclude))
 
 
-def similar_to_image(*, image: Image, limit: int = 12, metric: str = "cosine") -> list[SearchHit]:
+def similar_to_image(*, image: Image, limit: int = 12, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
     """ "More like this": the image's nearest neighbours, itself excluded."""
     space = active_space()
     embedding = Embedding.objects.filter(image=image, backbone=space.backbone).first()
     if embedding is None:
         return []
-    return search_by_vector(embedding=embedding.as_array(), space=space, limit=limit, metric=metric, exclude=image.pk)
+    return search_by_vector(embedding=embedding.as_array(), space=space, limit=limit, metric=metric, exclude=image.pk, tag=tag)
 
 
-def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine") -> list[SearchHit]:
-    """Search with an uploaded photo that is embedded here and never stored."""
+def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
+    """Search with an uploaded photo that is embedded here and never stored.
+
+    The space is read once, so the query is embedded with the backbone of the vectors
+    it is compared with even when the catalog switches meanwhile."""
     check_metric(metric)
     data = read_upload(file)
     try:
         decoded = pipeline.decode(data)
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc)) from None
-    embedding = pipeline.embed_images([decoded.image])[0]
-    return search_by_vector(embedding=embedding, limit=limit, metric=metric)
+    space = active_space()
+    embedding = pipeline.embed_images([decoded.image], backbone=pipeline.backbone_named(space.backbone))[0]
+    return search_by_vector(embedding=embedding, space=space, limit=limit, metric=metric, tag=tag)
 
 
 def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:
@@ -167,14 +181,50 @@ def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:
     return [{"id": im.pk, "status": im.status, "reason": im.status_reason} for im in rows]
 
 
-def gallery_images():  # type: ignore[no-untyped-def]
-    """What the public gallery lists: published images that did not fail."""
-    return (
-        Image.objects.filter(visibility=Image.Visibility.PUBLISHED)
-        .exclude(status=Image.Status.FAILED)
-        .order_by("-created_at", "-id")
-    )
+def gallery_images(*, tag: str = ""):  # type: ignore[no-untyped-def]
+    """What the public gallery lists: published images that did not fail (with `tag`)."""
+    images = Image.objects.filter(visibility=Image.Visibility.PUBLISHED).exclude(status=Image.Status.FAILED)
+    if tag:
+        images = images.filter(tags__name=tag.strip().lower())
+    return images.prefetch_related("tags").order_by("-created_at", "-id")
 
 
 def default_metric() -> str:
     return str(settings.IMAGESEARCH["DEFAULT_METRIC"])
+
+
+# ---- catalog curation ------------------------------------------------------
+
+
+def _search_tagged(index: VectorIndex, query: np.ndarray, *, tag: str, limit: int, metric: str, exclude: int | None) -> list[Hit]:
+    """Top hits among the images carrying `tag`: a growing top-k of the whole index,
+    filtered, until enough tagged images are found or the index is exhausted."""
+    allowed = set(Tag.objects.filter(name=tag.strip().lower()).values_list("images__pk", flat=True))
+    allowed.discard(None)
+    if not allowed:
+        return []
+    k = max(4 * limit, 64)
+    while True:
+        hits = [h for h in index.search(query, k=k, metric=metric, exclude=exclude) if h.id in allowed]
+        if len(hits) >= limit or k >= len(index):
+            return hits[:limit]
+        k *= 4
+
+
+def tags_in_use() -> list[str]:
+    """Tags carried by at least one published image, for the gallery's filter."""
+    return list(
+        Tag.objects.filter(images__visibility=Image.Visibility.PUBLISHED)
+        .values_list("name", flat=True)
+        .distinct()
+        .order_by("name")
+    )
+
+
+def catalog_jobs(*, limit: int = 10) -> list[CatalogJob]:
+    return list(CatalogJob.objects.all()[:limit])
+
+
+def duplicate_groups():  # type: ignore[no-untyped-def]
+    """The latest near-duplicate groups, members with their tags, best match first."""
+    return DuplicateGroup.objects.prefetch_related("images").select_related("job")

@@ -228,10 +228,7 @@ def images_embed_batch(*, image_id: int, worker: str | None = None) -> BatchOutc
                 outcome.failed.append(image.pk)
                 pending_ids.remove(image.pk)
         if decoded:
-            backbone = pipeline.current_backbone()
-            vectors = pipeline.embed_images([im for _, im in decoded])
-            for (image, _), vector in zip(decoded, vectors, strict=True):
-                embedding_store(image=image, backbone=backbone.name, vector=vector)
+            for image in _catalog_embed(decoded=decoded):
                 outcome.ready.append(image.pk)
                 pending_ids.remove(image.pk)
     except BaseException:
@@ -358,3 +355,349 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
     reduction.refresh_from_db()
     log.info("activated %s (fitted on %d, %.1f%% variance kept)", reduction, len(ids), 100 * fitted.explained_variance_ratio)
     return reduction
+
+
+# ---- catalog curation ------------------------------------------------------
+# Titles and tags, bulk operations, the persisted search space and its migration to
+# another backbone or PCA, and the near-duplicate job.
+
+from .models import CatalogJob, CatalogState, DuplicateGroup, Tag  # noqa: E402
+from .vision.backbones import BACKBONES, BackboneUnavailable  # noqa: E402
+from .vision.neardup import confirm_pairs, group_pairs, similar_pairs  # noqa: E402
+
+
+class CurationError(ValueError):
+    """A curation request that cannot be carried out; the message is meant for the editor."""
+
+
+def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image]:
+    """Embed freshly claimed images for the catalog's backbone and, during a migration,
+    for the target backbone too, so the switch finds nothing missing."""
+    state = pipeline.catalog_state()
+    pictures = [im for _, im in decoded]
+    vectors = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(state.backbone))
+    for (image, _), vector in zip(decoded, vectors, strict=True):
+        embedding_store(image=image, backbone=state.backbone, vector=vector)
+    done = {state.backbone}
+    while True:
+        # A switch may happen while this batch was embedded: catch up with the new space.
+        fresh = pipeline.catalog_state()
+        missing = [b for b in (fresh.backbone, fresh.target_backbone) if b and b not in done]
+        if not missing:
+            break
+        for name in missing:
+            extra = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(name))
+            for (image, _), vector in zip(decoded, extra, strict=True):
+                embedding_add(image=image, backbone=name, vector=vector)
+            done.add(name)
+    return [image for image, _ in decoded]
+
+
+def embedding_add(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding:
+    """Store an embedding (and its projection by the backbone's active PCA) without
+    touching the image's status: used for a backbone the catalog is migrating to."""
+    vector = np.asarray(vector, dtype=np.float32)
+    with transaction.atomic():
+        embedding, _ = Embedding.objects.update_or_create(
+            image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector.tobytes()}
+        )
+        reduction = Reduction.objects.filter(backbone=backbone, is_active=True).first()
+        if reduction is not None:
+            projected = reduction_load(reduction).transform(vector[None])[0]
+            ReducedVector.objects.update_or_create(image=image, reduction=reduction, defaults={"vector": projected.tobytes()})
+    return embedding
+
+
+# ---- titles and tags
+
+
+def tags_parse(*, text: str) -> list[str]:
+    """Comma- or semicolon-separated tag names, trimmed, lower-cased, without repeats."""
+    names: list[str] = []
+    for part in text.replace(";", ",").split(","):
+        name = " ".join(part.split()).lower()
+        if len(name) > 64:
+            raise CurationError(f"The tag “{name[:20]}…” is longer than 64 characters.")
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+def image_set_tags(*, image: Image, names: list[str]) -> None:
+    """Replace an image's tags with `names` (created when new)."""
+    with transaction.atomic():
+        tags = [Tag.objects.get_or_create(name=name)[0] for name in names]
+        image.tags.set(tags)
+
+
+def image_update(*, image: Image, title: str, tags: list[str]) -> Image:
+    if len(title) > 200:
+        raise CurationError("A title has at most 200 characters.")
+    with transaction.atomic():
+        Image.objects.filter(pk=image.pk).update(title=title.strip())
+        image_set_tags(image=image, names=tags)
+    image.refresh_from_db()
+    return image
+
+
+# ---- bulk operations (each returns how many images changed)
+
+
+def images_delete(*, image_ids: list[int]) -> int:
+    """Delete images with their files, embeddings and reduced vectors."""
+    images = list(Image.objects.filter(pk__in=image_ids))
+    with transaction.atomic():
+        Image.objects.filter(pk__in=[im.pk for im in images]).delete()
+        for image in images:
+            transaction.on_commit(lambda image=image: _delete_files(image))  # type: ignore[misc]
+    return len(images)
+
+
+def _images_requeue(queryset) -> int:  # type: ignore[no-untyped-def]
+    with transaction.atomic():
+        ids = list(queryset.select_for_update().values_list("pk", flat=True))
+        Image.objects.filter(pk__in=ids).update(
+            status=Image.Status.PENDING, status_reason="", claimed_at=None, claimed_by="", attempts=0
+        )
+        for pk in ids:
+            transaction.on_commit(lambda pk=pk: image_queue_embedding(image_id=pk))  # type: ignore[misc]
+    return len(ids)
+
+
+def images_reembed(*, image_ids: list[int]) -> int:
+    """Compute the selected images' embeddings again (a worker picks them up)."""
+    return _images_requeue(Image.objects.filter(pk__in=image_ids).exclude(status=Image.Status.PROCESSING))
+
+
+def images_retry_failed(*, image_ids: list[int]) -> int:
+    """Give failed images another try; images that did not fail are left alone."""
+    return _images_requeue(Image.objects.filter(pk__in=image_ids, status=Image.Status.FAILED))
+
+
+# ---- catalog jobs: re-embed, refit, near-duplicates
+
+
+def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> CatalogJob:
+    """Create (or return the unfinished) job of this kind and queue it on commit.
+
+    A re-embed is checked before anything changes: the backbone must exist, load on
+    this machine and differ from the catalog's; one migration runs at a time.
+    """
+    if kind not in CatalogJob.Kind.values:
+        raise CurationError(f"unknown job {kind!r}")
+    open_jobs = CatalogJob.objects.filter(kind=kind, status__in=[CatalogJob.Status.QUEUED, CatalogJob.Status.RUNNING])
+    if kind == CatalogJob.Kind.REEMBED:
+        if backbone not in BACKBONES:
+            raise CurationError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+        try:
+            pipeline.backbone_named(backbone)
+        except BackboneUnavailable as exc:
+            raise CurationError(str(exc)) from None
+        state = pipeline.catalog_state()
+        other = open_jobs.exclude(backbone=backbone).first()
+        if other is not None:
+            raise CurationError(f"A migration to {other.backbone} is in progress (job {other.pk}).")
+        if state.backbone == backbone and not open_jobs.exists():
+            raise CurationError(f"The catalog already uses {backbone}.")
+        open_jobs = open_jobs.filter(backbone=backbone)
+    with transaction.atomic():
+        job = open_jobs.first()
+        if job is None:
+            job = CatalogJob.objects.create(kind=kind, backbone=backbone)
+        if kind == CatalogJob.Kind.REEMBED:
+            CatalogState.objects.filter(pk=1).update(target_backbone=backbone)
+        if queue:
+            transaction.on_commit(lambda: catalog_job_queue(job_id=job.pk))
+    return job
+
+
+def catalog_job_queue(*, job_id: int) -> None:
+    from .tasks import run_catalog_job
+
+    run_catalog_job.delay(job_id)
+
+
+def _job_update(job: CatalogJob, **fields: object) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
+    CatalogJob.objects.filter(pk=job.pk).update(**fields, updated_at=timezone.now())
+
+
+def catalog_job_run(*, job_id: int, batch_size: int | None = None) -> CatalogJob | None:
+    """Run (or resume) a catalog job to the end; safe to run twice."""
+    job = CatalogJob.objects.filter(pk=job_id).first()
+    if job is None or job.status in (CatalogJob.Status.DONE, CatalogJob.Status.FAILED):
+        return job
+    _job_update(job, status=CatalogJob.Status.RUNNING, started_at=job.started_at or timezone.now())
+    try:
+        if job.kind == CatalogJob.Kind.REEMBED:
+            message = _reembed(job, batch_size=batch_size or settings.IMAGESEARCH["BATCH_SIZE"])
+        elif job.kind == CatalogJob.Kind.REFIT:
+            message = _refit(job)
+        else:
+            message = _near_duplicates(job)
+    except (CurationError, BackboneUnavailable) as exc:
+        _job_update(job, status=CatalogJob.Status.FAILED, message=str(exc), finished_at=timezone.now())
+        return job
+    _job_update(job, status=CatalogJob.Status.DONE, message=message, finished_at=timezone.now())
+    return job
+
+
+def _ready_images():  # type: ignore[no-untyped-def]
+    return Image.objects.filter(status=Image.Status.READY)
+
+
+def _reembed(job: CatalogJob, *, batch_size: int) -> str:
+    """Embed every ready image with the target backbone, batch by batch (the progress is
+    simply which images still lack that embedding, so a crash loses at most one batch),
+    fit its PCA, then switch the catalog in one transaction and remove the old vectors."""
+    target = job.backbone
+    state = pipeline.catalog_state()
+    if state.backbone == target and not state.target_backbone:
+        return f"The catalog uses {target}."
+    if state.target_backbone != target:
+        CatalogState.objects.filter(pk=1).update(target_backbone=target)
+    backbone = pipeline.backbone_named(target)
+    started = timezone.now()
+    embedded = 0
+    while True:
+        missing = list(_ready_images().exclude(embeddings__backbone=target).order_by("pk")[:batch_size])
+        total = _ready_images().count()
+        _job_update(job, total=total, done=total - _ready_images().exclude(embeddings__backbone=target).count())
+        if not missing:
+            if _reembed_switch(target=target):
+                break
+            continue
+        pictures, kept = [], []
+        for image in missing:
+            try:
+                with image.file.open("rb") as f:
+                    pictures.append(pipeline.decode(f.read()).image)
+                kept.append(image)
+            except (FileNotFoundError, ImageDecodeError) as exc:
+                image_fail(image=image, reason=str(exc) or "The stored file is missing.")
+        vectors = pipeline.embed_images(pictures, backbone=backbone) if pictures else np.zeros((0, backbone.dim), np.float32)
+        for image, vector in zip(kept, vectors, strict=True):
+            embedding_add(image=image, backbone=target, vector=vector)
+        embedded += len(kept)
+    old = _remove_other_spaces(keep=target)
+    seconds = (timezone.now() - started).total_seconds()
+    return f"Switched to {target}: embedded {embedded} images in {seconds:.1f} s; removed {old} old vectors."
+
+
+def _reembed_switch(*, target: str) -> bool:
+    """Fit the target's PCA when the catalog is large enough, then switch atomically.
+    Returns False when images became ready meanwhile without a target embedding."""
+    conf = settings.IMAGESEARCH
+    count = Embedding.objects.filter(backbone=target, image__status=Image.Status.READY).count()
+    active = Reduction.objects.filter(backbone=target, is_active=True).first()
+    if count >= max(conf["PCA_MIN_IMAGES"], 2) and (active is None or active.fitted_on * 2 <= count):
+        reduction_fit(backbone=target)
+    with transaction.atomic():
+        state = CatalogState.objects.select_for_update().get(pk=1)
+        if _ready_images().exclude(embeddings__backbone=target).exists():
+            return False
+        reduction = Reduction.objects.filter(backbone=target, is_active=True).first()
+        if reduction is not None:
+            late_ids, late_x = _embedding_matrix(target, exclude_reduction=reduction)
+            if len(late_ids):
+                _project_into(reduction, reduction_load(reduction), late_ids, late_x)
+        state.backbone, state.target_backbone, state.switched_at = target, "", timezone.now()
+        state.save()
+    log.info("catalog switched to %s", target)
+    return True
+
+
+def _remove_other_spaces(*, keep: str) -> int:
+    """Delete embeddings and reductions of every backbone but `keep`, in chunks."""
+    removed = 0
+    while True:
+        ids = list(Embedding.objects.exclude(backbone=keep).values_list("pk", flat=True)[:5000])
+        if not ids:
+            break
+        removed += Embedding.objects.filter(pk__in=ids).delete()[1].get("gallery.Embedding", 0)
+    Reduction.objects.exclude(backbone=keep).delete()
+    return removed
+
+
+def _refit(job: CatalogJob) -> str:
+    backbone = pipeline.catalog_state().backbone
+    total = Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY).count()
+    _job_update(job, backbone=backbone, total=total)
+    reduction = reduction_fit(backbone=backbone)
+    if reduction is None:
+        raise CurationError("The catalog needs at least two ready images to fit PCA.")
+    _job_update(job, done=total)
+    return f"Activated {reduction} ({100 * reduction.explained_variance_ratio:.1f}% of the variance kept)."
+
+
+def catalog_vectors() -> tuple[np.ndarray, np.ndarray]:
+    """Ids and vectors of the catalog's ready images in its current search space."""
+    backbone = pipeline.catalog_state().backbone
+    reduction = Reduction.objects.filter(backbone=backbone, is_active=True).first()
+    rows = (
+        ReducedVector.objects.filter(reduction=reduction, image__status=Image.Status.READY)
+        if reduction is not None
+        else Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY)
+    )
+    ids, vecs = [], []
+    for image_id, blob in rows.order_by("image_id").values_list("image_id", "vector").iterator(chunk_size=5000):
+        ids.append(image_id)
+        vecs.append(np.frombuffer(bytes(blob), dtype=np.float32))
+    if not vecs:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32)
+    return np.asarray(ids, dtype=np.int64), np.stack(vecs)
+
+
+def _near_duplicates(job: CatalogJob) -> str:
+    """Group the catalog's near-duplicates from a snapshot of its vectors; uploads that
+    arrive meanwhile are simply left for the next run."""
+    conf = settings.IMAGESEARCH
+    threshold = float(conf.get("NEAR_DUPLICATE_THRESHOLD", 0.8))
+    max_distance = int(conf.get("NEAR_DUPLICATE_MAX_HASH_DISTANCE", 10))
+    ids, x = catalog_vectors()
+    _job_update(job, backbone=pipeline.catalog_state().backbone, total=len(ids))
+    i, j, scores = similar_pairs(x, threshold=threshold) if len(ids) > 1 else (ids, ids, np.zeros(0, np.float32))
+    i, j, scores = confirm_pairs(i, j, scores, hash_of=lambda row: _picture_hash(int(ids[row])), max_distance=max_distance)
+    groups = group_pairs(len(ids), i, j, scores)
+    with transaction.atomic():
+        DuplicateGroup.objects.exclude(job=job).delete()
+        DuplicateGroup.objects.filter(job=job).delete()
+        existing = set(Image.objects.filter(pk__in=ids.tolist()).values_list("pk", flat=True))
+        for group in groups:
+            members = [int(ids[i]) for i in group.members if int(ids[i]) in existing]
+            if len(members) > 1:
+                DuplicateGroup.objects.create(job=job, best_score=group.best_score).images.set(members)
+    _job_update(job, done=len(ids))
+    return f"{len(groups)} groups of near-duplicates among {len(ids)} images (similarity ≥ {threshold:.2f})."
+
+
+def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:
+    """Keep one image of a group and hide or delete the others; returns how many changed."""
+    members = list(group.images.values_list("pk", flat=True))
+    if keep_id not in members:
+        raise CurationError("The image to keep is not in this group.")
+    others = [pk for pk in members if pk != keep_id]
+    if action == "hide":
+        changed = images_set_visibility(image_ids=others, visibility=str(Image.Visibility.HIDDEN))
+    elif action == "delete":
+        changed = images_delete(image_ids=others)
+    else:
+        raise CurationError(f"unknown action {action!r}; choose hide or delete")
+    group.delete()
+    return changed
+
+
+def _picture_hash(image_id: int) -> int | None:
+    """64-bit perceptual hash of an image's thumbnail (None when it cannot be read)."""
+    import imagehash
+
+    image = Image.objects.filter(pk=image_id).only("thumbnail", "file").first()
+    if image is None:
+        return None
+    stored = image.thumbnail or image.file
+    try:
+        with stored.open("rb") as f, PILImage.open(f) as picture:
+            return int(str(imagehash.phash(picture.convert("RGB"))), 16)
+    except (OSError, ValueError):
+        return None

@@ -32,7 +32,7 @@ def embed_image(self: Any, image_id: int) -> dict[str, Any]:
         # Another worker holds it; look again once its claim could have gone stale.
         raise self.retry(countdown=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"] // 4 + 1, max_retries=None)
     if outcome.ready:
-        backbone = services.pipeline.current_backbone().name
+        backbone = services.pipeline.catalog_state().backbone
         if services.reduction_needed(backbone=backbone):
             fit_reduction.delay(backbone)
     return {"state": outcome.state, "ready": outcome.ready, "failed": outcome.failed}
@@ -70,6 +70,30 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
         status=Image.Status.PENDING, claimed_at=None, claimed_by=""
     )
     queued = sweep_waiting_images(min_age_seconds=0)
-    services.pipeline.current_backbone()  # build the network now, not on the first upload
+    services.pipeline.catalog_backbone()  # build the network now, not on the first upload
     if released or queued:
         log.info("worker start: released %d stale claims, queued %d waiting images", released, queued)
+
+
+# ---- catalog curation ------------------------------------------------------
+
+
+@shared_task(bind=True, acks_late=True, max_retries=8, name="gallery.run_catalog_job")
+def run_catalog_job(self: Any, job_id: int) -> str | None:
+    """Re-embed, refit or near-duplicate job; resumes where a crashed run stopped."""
+    try:
+        job = services.catalog_job_run(job_id=job_id)
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+    return job.status if job else None
+
+
+@worker_ready.connect
+def _resume_catalog_jobs(sender: Any = None, **_: Any) -> None:
+    """A restarted worker resumes the catalog jobs a crash interrupted."""
+    from .models import CatalogJob
+
+    for pk in CatalogJob.objects.filter(status__in=[CatalogJob.Status.QUEUED, CatalogJob.Status.RUNNING]).values_list(
+        "pk", flat=True
+    ):
+        run_catalog_job.delay(pk)

@@ -27,9 +27,10 @@ def _parse_ids(raw: str) -> list[int]:
 
 @require_GET
 def gallery_index(request: HttpRequest) -> HttpResponse:
-    paginator = Paginator(selectors.gallery_images(), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
+    tag = request.GET.get("tag", "").strip().lower()
+    paginator = Paginator(selectors.gallery_images(tag=tag), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
     page = paginator.get_page(request.GET.get("page"))
-    return render(request, "gallery/index.html", {"page": page})
+    return render(request, "gallery/index.html", {"page": page, "tag": tag, "tags": selectors.tags_in_use()})
 
 
 @require_http_methods(["GET", "POST"])
@@ -84,11 +85,19 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("No such image.")
     form = MetricForm(request.GET or None)
     metric = (form.cleaned_data.get("metric") if form.is_valid() else "") or selectors.default_metric()
-    similar = selectors.similar_to_image(image=image, metric=metric) if image.status == Image.Status.READY else []
+    tag = request.GET.get("tag", "").strip().lower()
+    similar = selectors.similar_to_image(image=image, metric=metric, tag=tag) if image.status == Image.Status.READY else []
     return render(
         request,
         "gallery/detail.html",
-        {"image": image, "similar": similar, "metric": metric, "form": MetricForm(initial={"metric": metric})},
+        {
+            "image": image,
+            "similar": similar,
+            "metric": metric,
+            "tag": tag,
+            "tags": selectors.tags_in_use(),
+            "form": MetricForm(initial={"metric": metric}),
+        },
     )
 
 
@@ -117,7 +126,9 @@ def search(request: HttpRequest) -> HttpResponse:
     upload = form.cleaned_data["file"]
     metric = form.cleaned_data["metric"]
     try:
-        hits = selectors.search_by_image(file=upload, limit=form.cleaned_data["limit"], metric=metric)
+        hits = selectors.search_by_image(
+            file=upload, limit=form.cleaned_data["limit"], metric=metric, tag=request.POST.get("tag", "").strip().lower()
+        )
     except services.ImageRejected as exc:
         form.add_error("file", str(exc))
         return render(request, "gallery/search.html", {"form": form}, status=400)

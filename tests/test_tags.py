@@ -1,0 +1,38 @@
+"""A tag filter combines with similarity search: "similar to this, tagged poster"."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from gallery import selectors, services
+from gallery.models import Image
+
+pytestmark = pytest.mark.django_db
+
+
+def test_similar_to_this_tagged_poster(client, butterflies) -> None:  # type: ignore[no-untyped-def]
+    paths = [p for group in list(butterflies.values())[:4] for p in group[:3]]  # 12 photos, 4 species
+    images = []
+    for p in paths:
+        with open(p, "rb") as f:
+            images.append(services.image_create(file=f, original_name=p.name, queue=False))
+    services.images_embed_batch(image_id=images[0].pk)
+    query, sibling, far, hidden = images[0], images[2], images[10], images[1]
+    for image in (sibling, far, hidden):
+        services.image_set_tags(image=image, names=["poster"])
+    services.images_set_visibility(image_ids=[hidden.pk], visibility="hidden")
+
+    hits = selectors.similar_to_image(image=query, tag="poster")
+    assert [h.image.pk for h in hits] == [sibling.pk, far.pk]  # same species first; hidden never
+    untagged = selectors.similar_to_image(image=query)
+    assert len(untagged) == 10 and hidden.pk not in {h.image.pk for h in untagged}
+
+    page = client.get(reverse("gallery:detail", args=[query.pk]) + "?tag=poster")
+    assert [h.image.pk for h in page.context["similar"]] == [sibling.pk, far.pk]
+    assert {im.pk for im in client.get(reverse("gallery:index") + "?tag=Poster").context["page"].object_list} == {
+        sibling.pk,
+        far.pk,
+    }
+    assert selectors.similar_to_image(image=query, tag="no such tag") == []
+    assert Image.objects.get(pk=sibling.pk).tags.get().name == "poster"
