@@ -80,8 +80,8 @@ class VectorIndex:
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._sq_norms = np.zeros(0, dtype=np.float32)
         self._size = 0
-        # DBA state: unit vectors, their neighbour lists and the augmented unit vectors.
-        self._unit = np.zeros((0, dim), dtype=np.float32)
+        # DBA state: neighbour lists and the augmented unit vectors. Unit vectors are
+        # derived from the stored ones and their norms, never kept as a second copy.
         self._nbr_idx = np.zeros((0, 0), dtype=np.int64)
         self._nbr_sim = np.zeros((0, 0), dtype=np.float32)
         self._augmented: np.ndarray | None = None
@@ -95,7 +95,7 @@ class VectorIndex:
 
     @property
     def nbytes(self) -> int:
-        extra = self._unit.nbytes + self._nbr_idx.nbytes + self._nbr_sim.nbytes
+        extra = self._nbr_idx.nbytes + self._nbr_sim.nbytes
         extra += self._augmented.nbytes if self._augmented is not None else 0
         return int(self._ids.nbytes + self._vectors.nbytes + self._sq_norms.nbytes + extra)
 
@@ -116,15 +116,14 @@ class VectorIndex:
         self._vectors[start:need] = vectors
         self._sq_norms[start:need] = np.einsum("ij,ij->i", vectors, vectors)
         self._size = need
-        if self.expansion.enabled:
-            unit = np.zeros((need, self.dim), dtype=np.float32)
-            unit[:start] = self._unit[:start]
-            unit[start:need] = l2_rows(vectors)
-            self._unit = unit
         if self.expansion.dba_k > 0:
             self._dba_append(start)
 
     # ------------------------------------------------------------ DBA maintenance
+
+    def _unit_rows(self, start: int, stop: int) -> np.ndarray:
+        norms = np.sqrt(np.maximum(self._sq_norms[start:stop], 1e-24))
+        return self._vectors[start:stop] / norms[:, None]
 
     def _dba_active(self) -> bool:
         return self.expansion.dba_k > 0 and self._augmented is not None
@@ -135,7 +134,7 @@ class VectorIndex:
         if n > self.expansion.dba_max_vectors:
             self._augmented = None
             return
-        unit = self._unit
+        unit = self._unit_rows(0, n)
         kk = min(k, n)
         old_idx, old_sim = self._nbr_idx, self._nbr_sim
         nbr_idx = np.zeros((n, kk), dtype=np.int64)
@@ -205,15 +204,24 @@ class VectorIndex:
         return hits[:k]
 
     def _expanded_scores(self, q: np.ndarray, *, exclude: int | None) -> np.ndarray:
-        db = self._augmented if self._dba_active() and self._augmented is not None else self._unit
         q = l2_rows(q)
-        scores = db @ q
+        if self._dba_active() and self._augmented is not None:
+            db = self._augmented
+            scores = db @ q
+        else:
+            db = self._vectors[: self._size]
+            inv_norms = 1.0 / np.sqrt(np.maximum(self._sq_norms[: self._size], 1e-24))
+            scores = (db @ q) * inv_norms
         qe_k = self.expansion.qe_k
         if qe_k > 0:
             if exclude is not None:
                 scores = np.where(self._ids[: self._size] == exclude, -np.inf, scores)
             top = top_k_indices(scores, qe_k, largest=True)
             weights = np.maximum(scores[top], 0.0) ** self.expansion.alpha
-            q = l2_rows(q + weights @ db[top])
-            scores = db @ q
+            if db is self._augmented:
+                q = l2_rows(q + weights @ db[top])
+                scores = db @ q
+            else:
+                q = l2_rows(q + (weights * inv_norms[top]) @ db[top])
+                scores = (db @ q) * inv_norms
         return scores
