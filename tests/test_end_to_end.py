@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .live import Browser, live_stack
+from gallery.livestack import Browser, live_stack
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Real processes for end-to-end tests: Redis, a Celery worker and the web server."""
+"""Real processes on loopback for end-to-end tests and benchmarks: Redis, a Celery worker, gunicorn."""
 
 from __future__ import annotations
 

@@ -1,0 +1,381 @@
+"""Speed and memory of the product against named references, measured in one run.
+
+Runs in a child process on a throw-away catalog (its own SQLite database, media and
+broker under a temporary directory), so the real catalog is never touched. Sections:
+
+- ingest: import throughput end to end ÷ the bare backbone's batched forward throughput
+- search: top-10 latency at 10k/100k/1M vectors, the product's index vs faiss IndexFlatIP
+- memory: resident size of the index per 1M vectors
+- http: search-by-upload through the real server on a 10k-image catalog
+- latency: upload → searchable with one idle worker
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+SECTIONS = ("ingest", "search", "memory", "http", "latency")
+TARGETS = {
+    "ingest_ratio": ("≥", 0.85),
+    "search_p50_ms_100k": ("≤", 5.0),
+    "search_vs_faiss_100k": ("≤", 1.5),
+    "http_p50_ms": ("≤", 150.0),
+    "http_p99_ms": ("≤", 400.0),
+    "upload_to_searchable_p50_s": ("≤", 2.0),
+    "index_mb_per_1m": ("≤", 512.0),
+}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _dataset_default() -> Path:
+    return Path(settings.BASE_DIR).parent / "shared" / "datasets" / "leeds-butterfly"
+
+
+class Command(BaseCommand):
+    help = "Print speed and memory figures with their targets and ratios (use --quick for a run under 5 minutes)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--quick", action="store_true", help="smaller samples; every figure still printed")
+        parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+        parser.add_argument("--dataset", type=Path, default=None, help="folder of photos (default: the development set)")
+        parser.add_argument("--json", action="store_true")
+        parser.add_argument("--child", action="store_true", help="run inside the throw-away catalog (internal)")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        sections = [s.strip() for s in opts["sections"].split(",") if s.strip()]
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise CommandError(f"unknown sections: {', '.join(sorted(unknown))}")
+        dataset = opts["dataset"] or _dataset_default()
+        if not dataset.is_dir():
+            raise CommandError(f"{dataset} is not a folder of photos")
+        if not opts["child"]:
+            self._run_child(sections, dataset, opts)
+            return
+        call_command("migrate", interactive=False, verbosity=0)
+        from gallery.vision.datasets import find_images
+
+        photos = find_images(dataset)
+        results: dict[str, Any] = {}
+        for section in sections:
+            started = time.perf_counter()
+            results.update(getattr(self, f"_bench_{section}")(photos, quick=opts["quick"]))
+            results[f"{section}_seconds"] = time.perf_counter() - started
+        self.stdout.write("BENCHMARK-JSON " + json.dumps(results, default=float))
+
+    # ------------------------------------------------------------ orchestration
+
+    def _run_child(self, sections: list[str], dataset: Path, opts: dict[str, Any]) -> None:
+        var = Path(tempfile.mkdtemp(prefix="imagesearch-bench-"))
+        env = {
+            **os.environ,
+            "IMAGESEARCH_VAR_DIR": str(var),
+            "DJANGO_MEDIA_ROOT": str(var / "media"),
+            "DATABASE_URL": f"sqlite:///{var / 'db.sqlite3'}",
+            "DJANGO_SETTINGS_MODULE": "imagesearch.settings",
+        }
+        for key in ("CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER"):
+            env.pop(key, None)
+        cmd = [sys.executable, "manage.py", "benchmark", "--child", "--sections", ",".join(sections), "--dataset", str(dataset)]
+        if opts["quick"]:
+            cmd.append("--quick")
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True)
+        finally:
+            shutil.rmtree(var, ignore_errors=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCHMARK-JSON ")), None)
+        if proc.returncode != 0 or line is None:
+            raise CommandError(f"benchmark failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        results = json.loads(line.removeprefix("BENCHMARK-JSON "))
+        results["total_seconds"] = time.perf_counter() - started
+        if opts["json"]:
+            self.stdout.write(json.dumps(results, indent=2))
+        else:
+            self._print(results)
+
+    def _print(self, r: dict[str, Any]) -> None:
+        out = self.stdout.write
+
+        def target(key: str) -> str:
+            if key not in TARGETS or key not in r:
+                return ""
+            op, bound = TARGETS[key]
+            ok = r[key] >= bound if op == "≥" else r[key] <= bound
+            return f"  (target {op} {bound:g}: {'met' if ok else 'MISSED'})"
+
+        if "ingest_ratio" in r:
+            out(f"ingest: {r['ingest_images']} photos; import {r['ingest_import_ips']:.1f} img/s end to end vs bare backbone "
+                f"{r['ingest_forward_ips']:.1f} img/s batched forward → ratio {r['ingest_ratio']:.2f}{target('ingest_ratio')}")  # fmt: skip
+        if "search_sizes" in r:
+            out(f"search ({r['search_dim']}-d vectors from a Gaussian mixture fitted to real PCA vectors, top-10):")
+            for n in r["search_sizes"]:
+                key = f"{n // 1000}k"
+                line = (f"  {key:>5}: index p50 {r[f'search_p50_ms_{key}']:.2f} ms / p99 {r[f'search_p99_ms_{key}']:.2f} ms; "
+                        f"faiss IndexFlatIP p50 {r[f'faiss_p50_ms_{key}']:.2f} ms / p99 {r[f'faiss_p99_ms_{key}']:.2f} ms; "
+                        f"ratio {r[f'search_vs_faiss_{key}']:.2f}; with re-ranking p50 {r[f'rerank_p50_ms_{key}']:.2f} ms")  # fmt: skip
+                if key == "100k":
+                    line += target("search_p50_ms_100k") + target("search_vs_faiss_100k")
+                out(line)
+        if "index_mb_per_1m" in r:
+            out(f"memory: index {r['index_mb_per_1m']:.0f} MB per 1M {r['search_dim']}-d vectors "
+                f"(process RSS grew {r['index_rss_mb_per_1m']:.0f} MB){target('index_mb_per_1m')}")  # fmt: skip
+        if "http_p50_ms" in r:
+            out(f"http: search-by-upload on a {r['http_catalog']}-image catalog, {r['http_requests']} requests: "
+                f"p50 {r['http_p50_ms']:.0f} ms{target('http_p50_ms')}, p99 {r['http_p99_ms']:.0f} ms{target('http_p99_ms')}")  # fmt: skip
+        if "upload_to_searchable_p50_s" in r:
+            out(f"upload → searchable, one idle worker, {r['latency_uploads']} uploads: p50 {r['upload_to_searchable_p50_s']:.2f} s, "
+                f"max {r['upload_to_searchable_max_s']:.2f} s{target('upload_to_searchable_p50_s')}")  # fmt: skip
+        out(f"total {r['total_seconds']:.0f} s")
+
+    # ------------------------------------------------------------ sections
+
+    def _bench_ingest(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        """Import throughput through the real services vs the network alone on the same photos."""
+        from gallery import pipeline
+        from gallery.vision.datasets import IMAGE_SUFFIXES
+
+        n = 96 if quick else 320
+        chosen = photos[:n]
+        backbone = pipeline.current_backbone()
+        options = pipeline.preprocess_options()
+        batch = settings.IMAGESEARCH["BATCH_SIZE"]
+        arrays = np.stack([backbone.preprocess(pipeline.decode(p.read_bytes()).image, options) for p in chosen])
+        backbone.embed_arrays(arrays[:batch])  # warm
+        t0 = time.perf_counter()
+        for i in range(0, len(arrays), batch):
+            backbone.embed_arrays(arrays[i : i + batch])
+        forward_ips = len(arrays) / (time.perf_counter() - t0)
+        folder = Path(tempfile.mkdtemp(prefix="ingest-"))
+        try:
+            for p in chosen:
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    os.symlink(p.resolve(), folder / p.name)
+            conf = settings.IMAGESEARCH
+            conf_before = dict(conf)
+            conf["PCA_MIN_IMAGES"] = 10**9  # steady-state ingest; a PCA refit is a separate, rare job
+            try:
+                t0 = time.perf_counter()
+                call_command("import_images", str(folder), "--no-progress", stdout=open(os.devnull, "w"))  # noqa: SIM115
+                import_ips = len(chosen) / (time.perf_counter() - t0)
+            finally:
+                conf.clear()
+                conf.update(conf_before)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        from gallery.models import Image
+
+        ready = Image.objects.filter(status=Image.Status.READY).count()
+        if ready != len(chosen):
+            raise CommandError(f"ingest left {len(chosen) - ready} photos not ready")
+        return {
+            "ingest_images": len(chosen),
+            "ingest_forward_ips": forward_ips,
+            "ingest_import_ips": import_ips,
+            "ingest_ratio": import_ips / forward_ips,
+        }
+
+    def _realistic_vectors(self, photos: list[Path], n: int, *, quick: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Samples from a Gaussian mixture fitted to real PCA-100 vectors of the photos."""
+        from sklearn.mixture import GaussianMixture
+
+        from gallery import pipeline
+        from gallery.vision.reduction import fit_pca
+
+        sample = photos[: 300 if quick else 832]
+        images = [pipeline.decode(p.read_bytes()).image for p in sample]
+        x = pipeline.embed_images(images)
+        dims = min(settings.IMAGESEARCH["PCA_DIMS"], len(x) - 1)
+        z = fit_pca(x, dims=dims).transform(x)
+        gmm = GaussianMixture(n_components=16, covariance_type="diag", random_state=0).fit(z)
+        db, _ = gmm.sample(n)
+        queries, _ = gmm.sample(500)
+        rng = np.random.default_rng(0)
+        return db[rng.permutation(n)].astype(np.float32), queries.astype(np.float32)
+
+    def _bench_search(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        import faiss
+
+        from gallery.vision.index import Expansion, VectorIndex, l2_rows
+
+        sizes = [10_000, 100_000, 1_000_000]
+        db, queries = self._realistic_vectors(photos, sizes[-1], quick=quick)
+        self._search_vectors = db  # reused by the memory section
+        n_q = 100 if quick else 300
+        conf = settings.IMAGESEARCH
+        out: dict[str, Any] = {"search_sizes": sizes, "search_dim": db.shape[1]}
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        for n in sizes:
+            key = f"{n // 1000}k"
+            x = db[:n]
+            index = VectorIndex(x.shape[1])
+            index.add(np.arange(n), x)
+            qs = queries[:n_q]
+            index.search(qs[0], k=10)
+            lat = []
+            for q in qs:
+                t0 = time.perf_counter()
+                index.search(q, k=10, metric="cosine")
+                lat.append(1000 * (time.perf_counter() - t0))
+            flat = faiss.IndexFlatIP(x.shape[1])
+            flat.add(l2_rows(x))
+            qn = l2_rows(qs)
+            flat.search(qn[:1], 10)
+            flat_lat = []
+            for q in qn:
+                t0 = time.perf_counter()
+                flat.search(q[None], 10)
+                flat_lat.append(1000 * (time.perf_counter() - t0))
+            # the product's cosine default: DBA where the catalog is small enough, plus query expansion
+            dba = conf["DBA_K"] if (n <= 10_000 or not quick) and n <= conf["DBA_MAX_VECTORS"] else 0
+            reranked = VectorIndex(x.shape[1], expansion=Expansion(dba_k=dba, qe_k=conf["QE_K"], alpha=conf["QE_ALPHA"]))
+            reranked.add(np.arange(n), x)
+            rr = []
+            for q in qs[:50]:
+                t0 = time.perf_counter()
+                reranked.search(q, k=10)
+                rr.append(1000 * (time.perf_counter() - t0))
+            out.update({
+                f"search_p50_ms_{key}": _pct(lat, 50),
+                f"search_p99_ms_{key}": _pct(lat, 99),
+                f"faiss_p50_ms_{key}": _pct(flat_lat, 50),
+                f"faiss_p99_ms_{key}": _pct(flat_lat, 99),
+                f"search_vs_faiss_{key}": _pct(lat, 50) / _pct(flat_lat, 50),
+                f"rerank_p50_ms_{key}": _pct(rr, 50),
+                f"rerank_dba_{key}": bool(dba),
+            })  # fmt: skip
+            del flat, index, reranked
+        return out
+
+    def _bench_memory(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        import gc
+
+        import psutil
+
+        from gallery.vision.index import VectorIndex
+
+        x = getattr(self, "_search_vectors", None)
+        if x is None:
+            x, _ = self._realistic_vectors(photos, 1_000_000, quick=quick)
+        gc.collect()
+        before = psutil.Process().memory_info().rss
+        index = VectorIndex(x.shape[1])
+        for start in range(0, len(x), 100_000):  # grows like a catalog does
+            index.add(np.arange(start, min(start + 100_000, len(x))), x[start : start + 100_000])
+        gc.collect()
+        grown = psutil.Process().memory_info().rss - before
+        scale = 1_000_000 / len(x)
+        return {"index_mb_per_1m": index.nbytes * scale / 2**20, "index_rss_mb_per_1m": grown * scale / 2**20}
+
+    def _catalog_of(self, photos: list[Path], size: int, *, real_count: int) -> list[Path]:
+        """A catalog of `size` ready images: real photos embedded for real, padded with
+        noisy copies of their vectors that share the real files."""
+        import hashlib
+
+        from gallery import services
+        from gallery.models import Embedding, Image
+
+        real = photos[: min(len(photos), real_count)]
+        folder = Path(tempfile.mkdtemp(prefix="catalog-"))
+        for p in real:
+            os.symlink(p.resolve(), folder / p.name)
+        try:
+            call_command("import_images", str(folder), "--no-progress", stdout=open(os.devnull, "w"))  # noqa: SIM115
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        base = list(Image.objects.filter(status=Image.Status.READY).prefetch_related("embeddings"))
+        rng = np.random.default_rng(0)
+        backbone = base[0].embeddings.all()[0].backbone
+        pad = size - len(base)
+        new_images, vectors = [], []
+        for i in range(max(pad, 0)):
+            src = base[i % len(base)]
+            new_images.append(Image(
+                file=src.file.name, thumbnail=src.thumbnail.name, title=f"{src.original_name} (copy {i})",
+                original_name=src.original_name, checksum=hashlib.sha256(f"pad-{i}".encode()).hexdigest(),
+                size=src.size, width=src.width, height=src.height, format=src.format, status=Image.Status.READY,
+            ))  # fmt: skip
+            v = src.embeddings.all()[0].as_array() + rng.normal(0, 0.02, size=src.embeddings.all()[0].dim)
+            vectors.append((v / np.linalg.norm(v)).astype(np.float32))
+        for start in range(0, len(new_images), 2000):
+            created = Image.objects.bulk_create(new_images[start : start + 2000])
+            Embedding.objects.bulk_create([
+                Embedding(image=im, backbone=backbone, dim=len(v), vector=v.tobytes())
+                for im, v in zip(created, vectors[start : start + 2000], strict=True)
+            ])  # fmt: skip
+        services.reduction_fit(backbone=backbone)
+        return real
+
+    def _bench_http(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        from gallery.livestack import Browser, live_stack
+
+        size = 10_000
+        self._catalog_of(photos, size, real_count=200 if quick else 600)
+        queries = photos[-(30 if quick else 100) :]
+        var = Path(settings.VAR_DIR)
+        with live_stack(var / "http-stack", DATABASE_URL=f"sqlite:///{var / 'db.sqlite3'}",
+                        DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT), GUNICORN_THREADS="4") as stack:  # fmt: skip
+            browser = Browser(stack.url)
+            for q in queries[:3]:  # warm: backbone, index build, DBA
+                browser.search(q, limit=20)
+            lat = []
+            for q in queries:
+                t0 = time.perf_counter()
+                response = browser.search(q, limit=20)
+                lat.append(1000 * (time.perf_counter() - t0))
+                if response.status_code != 200:
+                    raise CommandError(f"search returned {response.status_code}")
+        from gallery.models import Image
+
+        return {
+            "http_catalog": Image.objects.filter(status=Image.Status.READY).count(),
+            "http_requests": len(lat),
+            "http_p50_ms": _pct(lat, 50),
+            "http_p99_ms": _pct(lat, 99),
+        }
+
+    def _bench_latency(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        import re
+
+        from gallery.livestack import Browser, live_stack
+
+        var = Path(settings.VAR_DIR)
+        uploads = photos[::-1][200 : 200 + (6 if quick else 20)]
+        with live_stack(var / "latency-stack", DATABASE_URL=f"sqlite:///{var / 'latency.sqlite3'}",
+                        DJANGO_MEDIA_ROOT=str(var / "latency-media")) as stack:  # fmt: skip
+            browser = Browser(stack.url)
+            warm = browser.upload([photos[0]])  # the worker builds its network on start; wait for it
+            first = int(re.search(r"ids=(\d+)", warm.url).group(1))  # type: ignore[union-attr]
+            browser.wait_ready([first], timeout=120)
+            seconds = []
+            for photo in uploads:
+                time.sleep(0.5)  # the worker is idle again
+                t0 = time.perf_counter()
+                response = browser.upload([photo])
+                pk = int(re.search(r"ids=(\d+)", response.url).group(1))  # type: ignore[union-attr]
+                while browser.statuses([pk]).get(pk) not in ("ready", "failed"):
+                    if time.perf_counter() - t0 > 60:
+                        raise CommandError("an upload did not become ready within a minute")
+                    time.sleep(0.02)
+                seconds.append(time.perf_counter() - t0)
+        return {
+            "latency_uploads": len(seconds),
+            "upload_to_searchable_p50_s": _pct(seconds, 50),
+            "upload_to_searchable_max_s": max(seconds),
+        }
