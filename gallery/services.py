@@ -66,7 +66,13 @@ def _thumbnail_bytes(image: PILImage.Image) -> bytes:
 
 
 def image_create(
-    *, file: IO[bytes], uploaded_by: AbstractBaseUser | None = None, title: str = "", original_name: str = "", queue: bool = True
+    *,
+    file: IO[bytes],
+    uploaded_by: AbstractBaseUser | None = None,
+    title: str = "",
+    original_name: str = "",
+    queue: bool = True,
+    decoded_sink: dict[int, PILImage.Image] | None = None,
 ) -> Image:
     """Validate and store an upload as a pending Image; its embedding is queued on commit.
 
@@ -111,6 +117,8 @@ def image_create(
     except BaseException:
         _delete_files(image)
         raise
+    if decoded_sink is not None:  # a bulk import embeds it next without decoding it again
+        decoded_sink[image.pk] = decoded.image
     return image
 
 
@@ -198,11 +206,14 @@ def image_fail(*, image: Image, reason: str) -> None:
     )
 
 
-def images_embed_batch(*, image_id: int, worker: str | None = None) -> BatchOutcome:
+def images_embed_batch(
+    *, image_id: int, worker: str | None = None, predecoded: dict[int, PILImage.Image] | None = None
+) -> BatchOutcome:
     """Embed `image_id` together with other waiting images in one batch.
 
     Safe to run twice: a finished image is skipped, and vectors are upserted on the
-    (image, backbone) unique constraint.
+    (image, backbone) unique constraint. `predecoded` holds pictures the caller has
+    just decoded (a bulk import), which are not read back from storage.
     """
     conf = settings.IMAGESEARCH
     state, images = images_claim(image_id=image_id, batch_size=conf["BATCH_SIZE"], worker=worker or worker_name())
@@ -213,6 +224,9 @@ def images_embed_batch(*, image_id: int, worker: str | None = None) -> BatchOutc
     try:
         decoded: list[tuple[Image, PILImage.Image]] = []
         for image in images:
+            if predecoded is not None and image.pk in predecoded:
+                decoded.append((image, predecoded.pop(image.pk)))
+                continue
             try:
                 with image.file.open("rb") as f:
                     data = f.read()

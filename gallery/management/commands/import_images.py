@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from PIL import Image as PILImage
 from tqdm import tqdm
 
 from gallery import services
@@ -67,6 +68,7 @@ class Command(BaseCommand):
             raise CommandError(f"{root} is not a directory")
         metadata = self._metadata(opts)
         dry = opts["dry_run"]
+        self._decoded: dict[int, PILImage.Image] = {} if not opts["queue"] else None  # type: ignore[assignment]
         paths = find_images(root)
         known = set(Image.objects.values_list("checksum", flat=True))
         imported, skipped, rejected = 0, 0, []
@@ -91,9 +93,12 @@ class Command(BaseCommand):
                 known.add(checksum)
                 imported += 1
                 continue
+            upload = io.BytesIO(data)
+            upload.name = path.name
             try:
-                with open(path, "rb") as f:
-                    image = services.image_create(file=f, original_name=path.name, title=title, queue=opts["queue"])
+                image = services.image_create(
+                    file=upload, original_name=path.name, title=title, queue=opts["queue"], decoded_sink=self._decoded
+                )
             except services.DuplicateImage:
                 skipped += 1
                 continue
@@ -123,9 +128,8 @@ class Command(BaseCommand):
             + (" (dry run: nothing was stored)" if dry else "")
         )
 
-    @staticmethod
-    def _embed(batch: list[int]) -> None:
+    def _embed(self, batch: list[int]) -> None:
         while batch:
-            outcome = services.images_embed_batch(image_id=batch[0])
+            outcome = services.images_embed_batch(image_id=batch[0], predecoded=self._decoded)
             done = set(outcome.ready) | set(outcome.failed) | {batch[0]}
             batch[:] = [pk for pk in batch if pk not in done]
