@@ -59,9 +59,9 @@ def read_upload(file: IO[bytes], *, max_bytes: int | None = None) -> bytes:
 
 def _thumbnail_bytes(image: PILImage.Image) -> bytes:
     thumb = image.copy()
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), PILImage.Resampling.LANCZOS)
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), PILImage.Resampling.BICUBIC, reducing_gap=2.0)
     out = io.BytesIO()
-    thumb.save(out, format="JPEG", quality=85, optimize=True)
+    thumb.save(out, format="JPEG", quality=85)
     return out.getvalue()
 
 
@@ -253,17 +253,42 @@ def images_embed_batch(
 
 def embedding_store(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding:
     """Store the embedding, project it with the active reduction, mark the image ready."""
-    vector = np.asarray(vector, dtype=np.float32)
+    return embeddings_store(items=[(image, vector)], backbone=backbone)[0]
+
+
+def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) -> list[Embedding]:
+    """Store a batch's embeddings in one transaction: upsert the vectors, project them with
+    the active reduction, mark the images ready. Safe to repeat."""
+    if not items:
+        return []
+    vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in items])
+    ids = [image.pk for image, _ in items]
     with transaction.atomic():
-        embedding, _ = Embedding.objects.update_or_create(
-            image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector.tobytes()}
-        )
+        existing = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
+        fresh, changed = [], []
+        for (image, _), vector in zip(items, vectors, strict=True):
+            row = existing.get(image.pk)
+            if row is None:
+                fresh.append(Embedding(image=image, backbone=backbone, dim=int(vector.shape[0]), vector=vector.tobytes()))
+            else:
+                row.dim, row.vector = int(vector.shape[0]), vector.tobytes()
+                changed.append(row)
+        Embedding.objects.bulk_create(fresh)
+        if changed:
+            Embedding.objects.bulk_update(changed, ["dim", "vector"])
         reduction = Reduction.objects.select_for_update().filter(backbone=backbone, is_active=True).first()
         if reduction is not None:
-            projected = reduction_load(reduction).transform(vector[None])[0]
-            ReducedVector.objects.update_or_create(image=image, reduction=reduction, defaults={"vector": projected.tobytes()})
-        Image.objects.filter(pk=image.pk).update(status=Image.Status.READY, status_reason="", claimed_at=None, claimed_by="")
-    return embedding
+            projected = reduction_load(reduction).transform(vectors)
+            ReducedVector.objects.filter(reduction=reduction, image_id__in=ids).delete()
+            ReducedVector.objects.bulk_create(
+                [
+                    ReducedVector(image_id=pk, reduction=reduction, vector=p.tobytes())
+                    for pk, p in zip(ids, projected, strict=True)
+                ]
+            )
+        Image.objects.filter(pk__in=ids).update(status=Image.Status.READY, status_reason="", claimed_at=None, claimed_by="")
+    by_image = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
+    return [by_image[pk] for pk in ids]
 
 
 # ---------------------------------------------------------------- PCA reductions
@@ -390,8 +415,9 @@ def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image
     state = pipeline.catalog_state()
     pictures = [im for _, im in decoded]
     vectors = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(state.backbone))
-    for (image, _), vector in zip(decoded, vectors, strict=True):
-        embedding_store(image=image, backbone=state.backbone, vector=vector)
+    embeddings_store(
+        items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)], backbone=state.backbone
+    )
     done = {state.backbone}
     while True:
         # A switch may happen while this batch was embedded: catch up with the new space.

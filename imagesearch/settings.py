@@ -92,6 +92,7 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # IMMEDIATE transactions take the write lock up front, so concurrent writers queue
     # instead of failing half-way; WAL lets readers run beside the writer.
     DATABASES["default"]["OPTIONS"] = {

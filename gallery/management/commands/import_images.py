@@ -66,67 +66,82 @@ class Command(BaseCommand):
         root: Path = opts["directory"]
         if not root.is_dir():
             raise CommandError(f"{root} is not a directory")
-        metadata = self._metadata(opts)
-        dry = opts["dry_run"]
-        self._decoded: dict[int, PILImage.Image] = {} if not opts["queue"] else None  # type: ignore[assignment]
+        self._root, self._opts = root, opts
+        self._metadata_by_name = self._metadata(opts)
+        self._known = set(Image.objects.values_list("checksum", flat=True))
+        self._decoded: dict[int, PILImage.Image] = {}
+        self._summary = {"imported": 0, "skipped": 0}
+        self._rejected: list[tuple[Path, str]] = []
         paths = find_images(root)
-        known = set(Image.objects.values_list("checksum", flat=True))
-        imported, skipped, rejected = 0, 0, []
-        batch: list[int] = []
         batch_size = settings.IMAGESEARCH["BATCH_SIZE"]
-        bar = tqdm(paths, unit="img", disable=opts["no_progress"], desc="import")
-        for path in bar:
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        embed = not opts["queue"] and not opts["dry_run"]
+        bar = tqdm(total=len(paths), unit="img", disable=opts["no_progress"], desc="import")
+        for chunk in chunks:
+            stored = self._store_chunk(chunk)
+            if embed and stored:
+                self._embed(stored)
+            bar.update(len(chunk))
+        bar.close()
+        imported, dry = self._summary["imported"], opts["dry_run"]
+        backbone = services.pipeline.catalog_state().backbone if imported and embed else None
+        if backbone and services.reduction_needed(backbone=backbone):
+            reduction = services.reduction_fit(backbone=backbone)
+            if reduction:
+                self.stdout.write(f"fitted {reduction} on {reduction.fitted_on} embeddings")
+        for path, reason in self._rejected:
+            self.stderr.write(f"rejected {path}: {reason}")
+        verb = "would import" if dry else "imported"
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{verb} {imported}, skipped {self._summary['skipped']} already in the catalog, rejected {len(self._rejected)}"
+            )
+            + (" (dry run: nothing was stored)" if dry else "")
+        )
+
+    def _store_chunk(self, paths: list[Path]) -> list[int]:
+        """Store (or, in a dry run, only check) each photo; returns the new images' ids."""
+        opts, stored = self._opts, []
+        for path in paths:
             data = path.read_bytes()
             checksum = hashlib.sha256(data).hexdigest()
-            if checksum in known:
-                skipped += 1
+            if checksum in self._known:
+                self._summary["skipped"] += 1
                 continue
-            relative = path.relative_to(root).as_posix()
-            title, tags = metadata.get(relative) or metadata.get(path.name) or ("", [])
-            if dry:
+            relative = path.relative_to(self._root).as_posix()
+            title, tags = self._metadata_by_name.get(relative) or self._metadata_by_name.get(path.name) or ("", [])
+            if opts["dry_run"]:
                 try:
                     services.read_upload(io.BytesIO(data))
                     services.pipeline.decode(data)
                 except (services.ImageRejected, ImageDecodeError) as exc:
-                    rejected.append((path, str(exc)))
+                    self._rejected.append((path, str(exc)))
                     continue
-                known.add(checksum)
-                imported += 1
+                self._known.add(checksum)
+                self._summary["imported"] += 1
                 continue
             upload = io.BytesIO(data)
             upload.name = path.name
             try:
                 image = services.image_create(
-                    file=upload, original_name=path.name, title=title, queue=opts["queue"], decoded_sink=self._decoded
+                    file=upload,
+                    original_name=path.name,
+                    title=title,
+                    queue=opts["queue"],
+                    decoded_sink=None if opts["queue"] else self._decoded,
                 )
             except services.DuplicateImage:
-                skipped += 1
+                self._summary["skipped"] += 1
                 continue
             except services.ImageRejected as exc:
-                rejected.append((path, str(exc)))
+                self._rejected.append((path, str(exc)))
                 continue
             if tags:
                 services.image_set_tags(image=image, names=tags)
-            known.add(image.checksum)
-            imported += 1
-            if not opts["queue"]:
-                batch.append(image.pk)
-                if len(batch) >= batch_size:
-                    self._embed(batch)
-        if batch:
-            self._embed(batch)
-        backbone = services.pipeline.catalog_state().backbone if imported and not opts["queue"] and not dry else None
-        if backbone and services.reduction_needed(backbone=backbone):
-            reduction = services.reduction_fit(backbone=backbone)
-            if reduction:
-                self.stdout.write(f"fitted {reduction} on {reduction.fitted_on} embeddings")
-        for path, reason in rejected:
-            self.stderr.write(f"rejected {path}: {reason}")
-        verb = "would import" if dry else "imported"
-        self.stdout.write(
-            self.style.SUCCESS(f"{verb} {imported}, skipped {skipped} already in the catalog, rejected {len(rejected)}")
-            + (" (dry run: nothing was stored)" if dry else "")
-        )
+            self._known.add(image.checksum)
+            self._summary["imported"] += 1
+            stored.append(image.pk)
+        return stored
 
     def _embed(self, batch: list[int]) -> None:
         while batch:
