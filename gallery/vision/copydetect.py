@@ -34,6 +34,8 @@ DESCRIPTOR_VERSION = 1
 WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotated 270°")
 # (window side as a fraction of the feature map's side, positions per axis).
 REGION_GRID = ((0.5, 3), (0.7, 2))
+# An upload is also cut finer, so that a work pasted small into another photo fills a window.
+QUERY_GRID = (*REGION_GRID, (0.4, 3))
 CNN_LONG_SIDE = 320
 SIFT_LONG_SIDE = 400
 SIFT_FEATURES = 300
@@ -55,10 +57,10 @@ def fit_long_side(image: PILImage.Image, long_side: int, *, min_side: int = 32) 
     return image.convert("RGB").resize(size, PILImage.Resampling.BILINEAR)
 
 
-def region_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
+def region_boxes(height: int, width: int, grid: tuple[tuple[float, int], ...] = REGION_GRID) -> list[tuple[int, int, int, int]]:
     """Windows (y0, y1, x0, x1) on a feature map: the whole map first, then the grid."""
     boxes = [(0, height, 0, width)]
-    for fraction, steps in REGION_GRID:
+    for fraction, steps in grid:
         rh, rw = max(1, round(height * fraction)), max(1, round(width * fraction))
         ys = np.linspace(0, height - rh, steps).round().astype(int)
         xs = np.linspace(0, width - rw, steps).round().astype(int)
@@ -66,14 +68,14 @@ def region_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def pool_regions(fmap: np.ndarray) -> np.ndarray:
+def pool_regions(fmap: np.ndarray, grid: tuple[tuple[float, int], ...] = REGION_GRID) -> np.ndarray:
     """(h, w, c) activations → (regions, c) L2-normalised mean-pooled descriptors."""
     h, w, _ = fmap.shape
     # An integral image makes every window's sum four lookups.
     integral = np.zeros((h + 1, w + 1, fmap.shape[2]), dtype=np.float64)
     integral[1:, 1:] = fmap.cumsum(0).cumsum(1)
     out = []
-    for y0, y1, x0, x1 in region_boxes(h, w):
+    for y0, y1, x0, x1 in region_boxes(h, w, grid):
         total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
         out.append(total / ((y1 - y0) * (x1 - x0)))
     return l2_normalise(np.asarray(out, dtype=np.float32))
@@ -209,7 +211,7 @@ def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
 def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
     """One forward pass and a hash; keypoints follow only if a candidate needs them."""
     image = image.convert("RGB")
-    return QuerySignature(vectors=pool_regions(_forward(backbone, image)), hash=phash(image), image=image)
+    return QuerySignature(vectors=pool_regions(_forward(backbone, image), QUERY_GRID), hash=phash(image), image=image)
 
 
 # ---------------------------------------------------------------- scoring
