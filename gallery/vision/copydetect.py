@@ -40,7 +40,7 @@ CNN_LONG_SIDE = 320
 SIFT_LONG_SIDE = 400
 SIFT_FEATURES = 300
 RATIO_TEST = 0.8
-RANSAC_PIXELS = 10.0
+RANSAC_PIXELS = 3.0
 CANDIDATES = 4
 # This many consistent keypoints settle it: later candidates need no verifying.
 CONCLUSIVE_INLIERS = 40
@@ -239,14 +239,15 @@ class Evidence:
 
 
 HASH_FIRES = 10
-INLIERS_FIRE = 12
+INLIERS_FIRE = 15
 CNN_FIRES = 0.9
 
 
 def fuse(evidence: Evidence) -> float:
     """One score in [0, 1] from independent signals (a noisy-OR of calibrated parts).
 
-    Keypoints: 12 consistent matches give 0.5, 40 give 0.77. Hash: only distances well
+    Keypoints: 15 consistent matches give 0.5, 45 give 0.75 (two photos of one species
+    reach ~15 within 3 px; copies 25 and more). Hash: only distances well
     under the ~32 bits of unrelated photos count. CNN: only very high similarity counts,
     because two photos of the same subject are close too.
     """
