@@ -58,9 +58,15 @@ class Command(BaseCommand):
         order = rng.permutation(len(paths))
         backbone = pipeline.current_backbone()
         real = [pipeline.decode(paths[i].read_bytes()).image for i in order[: opts["real_works"]]]
-        others = [pipeline.decode(paths[i].read_bytes()).image for i in order[opts["real_works"] : opts["real_works"] + opts["queries"] // 2]]
+        others = [
+            pipeline.decode(paths[i].read_bytes()).image
+            for i in order[opts["real_works"] : opts["real_works"] + opts["queries"] // 2]
+        ]
         signatures = [copydetect.describe_work(backbone, im) for im in tqdm(real, desc="register", disable=opts["json"])]
-        queries = [attacks.apply(str(rng.choice(attacks.ALL_FAMILIES)), real[i % len(real)], rng, others[0]) for i in range(opts["queries"] - len(others))]
+        queries = [
+            attacks.apply(str(rng.choice(attacks.ALL_FAMILIES)), real[i % len(real)], rng, others[0])
+            for i in range(opts["queries"] - len(others))
+        ]
         queries += others
         report: dict[str, Any] = {"real_works": len(real), "queries": len(queries), "sizes": {}}
         for size in sizes:
