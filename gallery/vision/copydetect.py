@@ -273,7 +273,6 @@ class CopyIndex:
         self._signatures: dict[int, WorkSignature] = {}
         self._globals: np.ndarray | None = None
         self._regions: np.ndarray | None = None
-        self._region_owner = np.zeros(0, dtype=np.int64)
         self._hashes = np.zeros((0, 2), dtype=np.uint64)
         self._pending: list[tuple[int, WorkSignature]] = []
 
@@ -292,13 +291,10 @@ class CopyIndex:
     def _flush(self) -> None:
         if not self._pending:
             return
-        start = len(self.ids)
         new_globals = np.concatenate([s.globals for _, s in self._pending])
         new_regions = np.concatenate([s.regions for _, s in self._pending])
-        owners = np.concatenate([np.full(len(s.regions), start + i) for i, (_, s) in enumerate(self._pending)])
         self._globals = new_globals if self._globals is None else np.concatenate([self._globals, new_globals])
         self._regions = new_regions if self._regions is None else np.concatenate([self._regions, new_regions])
-        self._region_owner = np.concatenate([self._region_owner, owners])
         self._hashes = np.concatenate([self._hashes, np.stack([s.hashes for _, s in self._pending])])
         self.ids += [i for i, _ in self._pending]
         self._pending = []
@@ -316,8 +312,8 @@ class CopyIndex:
         # Every upload window against every whole-work view: pastes, borders, rotations.
         by_view = (query.vectors @ self._globals.T).max(axis=0).reshape(n, views)
         # The whole upload against every window of the work: crops.
-        by_window = np.full(n, -1.0, dtype=np.float32)
-        np.maximum.at(by_window, self._region_owner, self._regions @ query.vectors[0])
+        # Every work has the same windows (a fixed grid), so a reshape groups them.
+        by_window = (self._regions @ query.vectors[0]).reshape(n, -1).max(axis=1)
         best_view = by_view.argmax(axis=1)
         best = by_view[np.arange(n), best_view]
         use_window = by_window > best
