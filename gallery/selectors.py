@@ -228,3 +228,82 @@ def catalog_jobs(*, limit: int = 10) -> list[CatalogJob]:
 def duplicate_groups():  # type: ignore[no-untyped-def]
     """The latest near-duplicate groups, members with their tags, best match first."""
     return DuplicateGroup.objects.prefetch_related("images").select_related("job")
+
+
+# ---------------------------------------------------------------- copyright monitoring
+from django.contrib.auth.base_user import AbstractBaseUser  # noqa: E402
+from django.contrib.auth.models import AnonymousUser  # noqa: E402
+from django.db.models import QuerySet  # noqa: E402
+
+from .models import COPYRIGHT_STAFF_GROUP, CopyMatch, ProtectedWork, WorkSignature  # noqa: E402
+from .vision import copydetect  # noqa: E402
+from .vision.backbones import Backbone  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LoadedCopyIndex:
+    backbone: Backbone
+    works: copydetect.CopyIndex
+
+
+class _CopyIndexCache:
+    """The protected works' signatures, loaded once per process and appended to as works
+    are registered (new rows by primary key); a removed work triggers a reload."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._index = copydetect.CopyIndex()
+        self._last_row = 0
+
+    def get(self) -> LoadedCopyIndex:
+        backbone = pipeline.current_backbone()
+        rows = WorkSignature.objects.filter(
+            backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, work__status=ProtectedWork.Status.READY
+        )
+        with self._lock:
+            if self._key != backbone.name:
+                self._key, self._index, self._last_row = backbone.name, copydetect.CopyIndex(), 0
+            for pk, work_id, data in rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data"):
+                self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
+                self._last_row = pk
+            if len(self._index) != rows.count():
+                self._index, self._last_row = copydetect.CopyIndex(), 0
+                for pk, work_id, data in rows.order_by("pk").values_list("pk", "work_id", "data"):
+                    self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
+                    self._last_row = pk
+            return LoadedCopyIndex(backbone, self._index)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._index, self._last_row = None, copydetect.CopyIndex(), 0
+
+
+copy_index = _CopyIndexCache()
+
+
+def user_is_copyright_staff(*, user: AbstractBaseUser | AnonymousUser) -> bool:
+    if not user.is_authenticated:
+        return False
+    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=COPYRIGHT_STAFF_GROUP).exists()  # type: ignore[union-attr]
+
+
+MATCH_ORDERS = {"newest": ("-created_at", "-id"), "score": ("-score", "-created_at")}
+
+
+def copy_matches(*, status: str = "", rights_holder: str = "", order: str = "newest") -> QuerySet[CopyMatch]:
+    """The review queue: filtered by status and rights holder, newest or highest score first."""
+    rows = CopyMatch.objects.select_related("work", "image")
+    if status:
+        rows = rows.filter(status=status)
+    if rights_holder:
+        rows = rows.filter(work__rights_holder=rights_holder)
+    return rows.order_by(*MATCH_ORDERS.get(order, MATCH_ORDERS["newest"]))
+
+
+def rights_holders() -> list[str]:
+    return list(ProtectedWork.objects.order_by("rights_holder").values_list("rights_holder", flat=True).distinct())
+
+
+def protected_works() -> QuerySet[ProtectedWork]:
+    return ProtectedWork.objects.select_related("registered_by").order_by("-created_at", "-id")

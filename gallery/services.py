@@ -741,3 +741,263 @@ def _picture_hash(image_id: int) -> int | None:
             return int(str(imagehash.phash(picture.convert("RGB"))), 16)
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- copyright monitoring
+# Imported here rather than at the top so the section stays self-contained.
+from .models import COPYRIGHT_STAFF_GROUP, CopyMatch, MatchDecision, ProtectedWork, WorkSignature  # noqa: E402
+from .vision import copydetect  # noqa: E402
+
+
+class WorkRejected(ValueError):
+    """A protected work that cannot be registered; the message is meant for the user."""
+
+
+def protected_work_register(
+    *,
+    file: IO[bytes],
+    title: str,
+    rights_holder: str,
+    reference: str = "",
+    note: str = "",
+    registered_by: AbstractBaseUser | None = None,
+    queue: bool = True,
+) -> ProtectedWork:
+    """Store a protected work; its signature is computed and the catalog scanned on commit."""
+    title, rights_holder = title.strip(), rights_holder.strip()
+    if not title or not rights_holder:
+        raise WorkRejected("A protected work needs a title and a rights holder.")
+    try:
+        data = read_upload(file)
+    except ImageRejected as exc:
+        raise WorkRejected(str(exc)) from None
+    checksum = hashlib.sha256(data).hexdigest()
+    existing = ProtectedWork.objects.filter(checksum=checksum).first()
+    if existing is not None:
+        raise WorkRejected(f"This image is already registered as “{existing.title}”.")
+    try:
+        decoded = pipeline.decode(data)
+    except ImageDecodeError as exc:
+        raise WorkRejected(str(exc)) from None
+    work = ProtectedWork(
+        title=title[:200],
+        rights_holder=rights_holder[:200],
+        reference=reference.strip()[:200],
+        note=note.strip(),
+        checksum=checksum,
+        width=decoded.width,
+        height=decoded.height,
+        registered_by=registered_by if registered_by is not None and registered_by.is_authenticated else None,
+    )
+    try:
+        with transaction.atomic():
+            work.file.save(f"{checksum[:2]}/{checksum}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
+            work.save()
+            if queue:
+                transaction.on_commit(lambda: protected_work_queue(work_id=work.pk))
+    except IntegrityError:
+        if work.file and work.file.name:
+            work.file.storage.delete(work.file.name)
+        raise WorkRejected("This image is already registered.") from None
+    return work
+
+
+def protected_work_queue(*, work_id: int) -> None:
+    from .tasks import describe_protected_work
+
+    try:
+        describe_protected_work.apply_async(args=[work_id], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
+    except Exception as exc:  # broker unreachable: the work stays pending, visibly
+        log.warning("could not queue protected work %s (%s)", work_id, exc)
+
+
+def protected_work_describe(*, work_id: int) -> ProtectedWork | None:
+    """Compute and store the work's signature (once per backbone and descriptor version)
+    and add it to this process's index. Safe to run twice."""
+
+    work = ProtectedWork.objects.filter(pk=work_id).first()
+    if work is None:
+        return None
+    backbone = pipeline.current_backbone()
+    row = WorkSignature.objects.filter(work=work, backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION).first()
+    if row is None:
+        try:
+            with work.file.open("rb") as f:
+                image = pipeline.decode(f.read()).image
+        except (FileNotFoundError, ImageDecodeError) as exc:
+            reason = "The stored file is missing." if isinstance(exc, FileNotFoundError) else str(exc)
+            ProtectedWork.objects.filter(pk=work.pk).update(status=ProtectedWork.Status.FAILED, status_reason=reason)
+            work.refresh_from_db()
+            return work
+        signature = copydetect.describe_work(backbone, image)
+        row, _ = WorkSignature.objects.get_or_create(
+            work=work, backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, defaults={"data": signature.to_bytes()}
+        )
+    ProtectedWork.objects.filter(pk=work.pk).update(status=ProtectedWork.Status.READY, status_reason="")
+    work.refresh_from_db()
+    return work
+
+
+def _evidence_signals(evidence: copydetect.Evidence, *, exact: bool = False) -> dict[str, object]:
+    return {
+        "exact": exact,
+        "cnn": round(evidence.cnn, 4),
+        "cnn_view": evidence.cnn_view,
+        "hash_distance": evidence.hash_distance,
+        "inliers": evidence.inliers,
+        "mirrored": evidence.mirrored,
+        "fired": ["identical file (same checksum)"] if exact else evidence.fired(),
+    }
+
+
+def copy_match_record(*, work_id: int, image_id: int, score: float, signals: dict[str, object], found_by: str) -> CopyMatch:
+    """Create the match once; an existing pair (pending, confirmed or dismissed) is never
+    raised again, only its score kept at the best seen while it is pending."""
+    match, created = CopyMatch.objects.get_or_create(
+        work_id=work_id, image_id=image_id, defaults={"score": score, "signals": signals, "found_by": found_by}
+    )
+    if not created and match.status == CopyMatch.Status.PENDING and score > match.score:
+        CopyMatch.objects.filter(pk=match.pk).update(score=score, signals=signals)
+        match.refresh_from_db()
+    return match
+
+
+def _threshold() -> float:
+    return float(settings.COPYRIGHT["THRESHOLD"])
+
+
+def upload_match(*, image_id: int) -> list[CopyMatch]:
+    """Check one ready upload against every protected work; record likely copies."""
+    from .selectors import copy_index
+
+    image = Image.objects.filter(pk=image_id, status=Image.Status.READY).first()
+    if image is None or not ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists():
+        return []
+    matches = [
+        copy_match_record(
+            work_id=w.pk, image_id=image.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="upload"
+        )
+        for w in ProtectedWork.objects.filter(checksum=image.checksum)
+    ]
+    index = copy_index.get()
+    try:
+        with image.file.open("rb") as f:
+            decoded = pipeline.decode(f.read()).image
+    except (FileNotFoundError, ImageDecodeError):
+        return matches
+    query = copydetect.describe_query(index.backbone, decoded)
+    for candidate in index.works.match(query):
+        if candidate.score >= _threshold():
+            matches.append(
+                copy_match_record(
+                    work_id=candidate.work_id,
+                    image_id=image.pk,
+                    score=candidate.score,
+                    signals=_evidence_signals(candidate.evidence),
+                    found_by="upload",
+                )
+            )
+    return matches
+
+
+_NO_EVIDENCE = copydetect.Evidence(cnn=1.0, cnn_view="original", hash_distance=0, inliers=-1, mirrored=False)
+
+
+def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
+    """Check the existing catalog for copies of a newly registered work.
+
+    The stored embeddings of the catalog rank it against the work's views and windows;
+    the nearest SCAN_CANDIDATES images (and any with the same checksum) are then
+    described and verified in full.
+    """
+    from .selectors import copy_index
+
+    work = ProtectedWork.objects.filter(pk=work_id, status=ProtectedWork.Status.READY).first()
+    if work is None:
+        return []
+    index = copy_index.get()
+    if work.pk not in index.works:
+        return []
+    signature = index.works.signature(work.pk)
+    probes = np.concatenate([signature.globals, signature.regions])
+    ids, best = [], []
+    rows = Embedding.objects.filter(backbone=index.backbone.name, image__status=Image.Status.READY)
+    chunk: list[tuple[int, bytes]] = []
+    for row in [*rows.values_list("image_id", "vector").iterator(chunk_size=2000), None]:
+        if row is not None:
+            chunk.append(row)
+        if chunk and (row is None or len(chunk) == 2000):
+            ids.append(np.array([r[0] for r in chunk], dtype=np.int64))
+            best.append(_best_probe(chunk, probes))
+            chunk = []
+    matches = [
+        copy_match_record(
+            work_id=work.pk, image_id=im.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="scan"
+        )
+        for im in Image.objects.filter(checksum=work.checksum)
+    ]
+    if ids:
+        all_ids, all_best = np.concatenate(ids), np.concatenate(best)
+        nearest = all_ids[np.argsort(-all_best, kind="stable")[: settings.COPYRIGHT["SCAN_CANDIDATES"]]]
+        single = copydetect.CopyIndex()
+        single.add(work.pk, signature)
+        for image in Image.objects.filter(pk__in=nearest.tolist()):
+            try:
+                with image.file.open("rb") as f:
+                    decoded = pipeline.decode(f.read()).image
+            except (FileNotFoundError, ImageDecodeError):
+                continue
+            candidate = single.match(copydetect.describe_query(index.backbone, decoded))[0]
+            if candidate.score >= _threshold():
+                matches.append(
+                    copy_match_record(
+                        work_id=work.pk,
+                        image_id=image.pk,
+                        score=candidate.score,
+                        signals=_evidence_signals(candidate.evidence),
+                        found_by="scan",
+                    )
+                )
+    ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
+    return matches
+
+
+def _best_probe(rows: list[tuple[int, bytes]], probes: np.ndarray) -> np.ndarray:
+    x = np.stack([np.frombuffer(bytes(blob), dtype=np.float32) for _, blob in rows])
+    return (x @ probes.T).max(axis=1)
+
+
+class DecisionRejected(ValueError):
+    """A review action that cannot be applied; the message is meant for the reviewer."""
+
+
+def match_decide(
+    *, match: CopyMatch, action: str, decided_by: AbstractBaseUser, note: str = "", hide_upload: bool = False
+) -> MatchDecision:
+    """Confirm (optionally hiding the upload), dismiss, or annotate a match; every call is
+    recorded with who, when and why."""
+    note = note.strip()
+    if action not in MatchDecision.Action.values:
+        raise DecisionRejected(f"Unknown action “{action}”.")
+    if action == MatchDecision.Action.NOTE and not note:
+        raise DecisionRejected("Write the note before saving it.")
+    if hide_upload and action != MatchDecision.Action.CONFIRM:
+        raise DecisionRejected("Only a confirmed copy can be hidden.")
+    with transaction.atomic():
+        match = CopyMatch.objects.select_for_update().get(pk=match.pk)
+        if action == MatchDecision.Action.CONFIRM:
+            match.status = CopyMatch.Status.CONFIRMED
+        elif action == MatchDecision.Action.DISMISS:
+            match.status = CopyMatch.Status.DISMISSED
+        if action != MatchDecision.Action.NOTE:
+            match.decided_at = timezone.now()
+            match.save(update_fields=["status", "decided_at"])
+        if hide_upload:
+            images_set_visibility(image_ids=[match.image_id], visibility="hidden")
+        return MatchDecision.objects.create(match=match, action=action, note=note, hid_upload=hide_upload, decided_by=decided_by)
+
+
+def copyright_staff_group_ensure() -> None:
+    from django.contrib.auth.models import Group
+
+    Group.objects.get_or_create(name=COPYRIGHT_STAFF_GROUP)

@@ -31,6 +31,8 @@ def embed_image(self: Any, image_id: int) -> dict[str, Any]:
     if outcome.state == "busy":
         # Another worker holds it; look again once its claim could have gone stale.
         raise self.retry(countdown=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"] // 4 + 1, max_retries=None)
+    for ready_id in outcome.ready:
+        match_upload.delay(ready_id)  # copyright check, right after the embedding
     if outcome.ready:
         backbone = services.pipeline.catalog_state().backbone
         if services.reduction_needed(backbone=backbone):
@@ -97,3 +99,35 @@ def _resume_catalog_jobs(sender: Any = None, **_: Any) -> None:
         "pk", flat=True
     ):
         run_catalog_job.delay(pk)
+
+
+# ---------------------------------------------------------------- copyright monitoring
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5, name="gallery.match_upload")
+def match_upload(self: Any, image_id: int) -> int:
+    """Check a ready upload against the protected works; returns how many matches it has."""
+    try:
+        return len(services.upload_match(image_id=image_id))
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5, name="gallery.describe_protected_work")
+def describe_protected_work(self: Any, work_id: int) -> str | None:
+    try:
+        work = services.protected_work_describe(work_id=work_id)
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+    if work is not None and work.status == work.Status.READY:
+        scan_catalog_for_work.delay(work_id)
+    return work.status if work is not None else None
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5, name="gallery.scan_catalog_for_work")
+def scan_catalog_for_work(self: Any, work_id: int) -> int:
+    """Check the existing catalog for copies of a newly registered work."""
+    try:
+        return len(services.protected_work_scan_catalog(work_id=work_id))
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc

@@ -12,3 +12,15 @@ urlpatterns = [
     path("images/<int:pk>/", views.image_detail, name="detail"),
     path("search/", views.search, name="search"),
 ]
+
+# ---------------------------------------------------------------- copyright monitoring
+from . import copyright_views  # noqa: E402
+
+urlpatterns += [
+    path("copyright/", copyright_views.match_queue, name="copyright_queue"),
+    path("copyright/matches/<int:pk>/", copyright_views.match_detail, name="copyright_match"),
+    path("copyright/matches/<int:pk>/decide/", copyright_views.match_decide, name="copyright_decide"),
+    path("copyright/works/", copyright_views.work_list, name="copyright_works"),
+    path("copyright/works/new/", copyright_views.work_register, name="copyright_register"),
+    path("copyright/works/<int:pk>/image/", copyright_views.work_file, name="copyright_work_file"),
+]

@@ -203,3 +203,17 @@ if PRODUCTION:
 CELERY_BEAT_SCHEDULE = {
     "sweep-waiting-images": {"task": "gallery.sweep_waiting_images", "schedule": env_int("IMAGESEARCH_SWEEP_SECONDS", 60)},
 }
+
+# ---------------------------------------------------------------- copyright monitoring
+COPYRIGHT = {
+    # A match scoring at least this is queued for review. Chosen from the precision /
+    # recall curve of `manage.py evaluate_copies`; the review page shows what it implies.
+    "THRESHOLD": float(env("IMAGESEARCH_COPY_THRESHOLD", "0.6")),
+    # Precision and recall measured at that threshold on the attack suite (leeds-butterfly).
+    "MEASURED_PRECISION": float(env("IMAGESEARCH_COPY_MEASURED_PRECISION", "0.970")),
+    "MEASURED_RECALL": float(env("IMAGESEARCH_COPY_MEASURED_RECALL", "0.958")),
+    # A newly registered work is verified in full against this many catalog images,
+    # the nearest by their stored embeddings.
+    "SCAN_CANDIDATES": env_int("IMAGESEARCH_COPY_SCAN_CANDIDATES", 40),
+    "PAGE_SIZE": env_int("IMAGESEARCH_COPY_PAGE_SIZE", 25),
+}

@@ -1,0 +1,98 @@
+"""Cost of the copyright check per upload as the register of protected works grows.
+
+Real photos of the folder are registered as works (full signatures). To reach 1k or 10k
+works, their signatures are repeated as transformed variants at the descriptor level
+(vectors perturbed and renormalised, hashes re-drawn, keypoints shared), which costs the
+matcher exactly what distinct works would. Each query is a real upload: an edited copy
+of a registered photo or an unrelated photo. Reported: p50/p95 of the whole check
+(forward pass, hashing, index search, keypoint verification).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from gallery import pipeline
+from gallery.vision import attacks, copydetect
+from gallery.vision.backbones import l2_normalise
+from gallery.vision.datasets import find_images
+
+
+def _variant(signature: copydetect.WorkSignature, rng: np.random.Generator) -> copydetect.WorkSignature:
+    def jitter(x: np.ndarray) -> np.ndarray:
+        return l2_normalise(x + rng.normal(0, 0.02, x.shape).astype(np.float32))
+
+    return copydetect.WorkSignature(
+        globals=jitter(signature.globals),
+        regions=jitter(signature.regions),
+        hashes=rng.integers(0, 2**63, 2, dtype=np.int64).astype(np.uint64),
+        keypoints=signature.keypoints,
+        mirrored_keypoints=signature.mirrored_keypoints,
+    )
+
+
+class Command(BaseCommand):
+    help = "p50/p95 cost of checking one upload against 1k and 10k protected works."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--sizes", default="1000,10000")
+        parser.add_argument("--real-works", type=int, default=100, help="photos registered with full signatures")
+        parser.add_argument("--queries", type=int, default=60)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        sizes = [int(s) for s in opts["sizes"].split(",") if s.strip()]
+        paths = find_images(opts["directory"])
+        if len(paths) < opts["real_works"] + opts["queries"] // 2 or not sizes:
+            raise CommandError("not enough photos in the folder for these settings")
+        rng = np.random.default_rng(opts["seed"])
+        order = rng.permutation(len(paths))
+        backbone = pipeline.current_backbone()
+        real = [pipeline.decode(paths[i].read_bytes()).image for i in order[: opts["real_works"]]]
+        others = [
+            pipeline.decode(paths[i].read_bytes()).image
+            for i in order[opts["real_works"] : opts["real_works"] + opts["queries"] // 2]
+        ]
+        signatures = [copydetect.describe_work(backbone, im) for im in tqdm(real, desc="register", disable=opts["json"])]
+        queries = [
+            attacks.apply(str(rng.choice(attacks.ALL_FAMILIES)), real[i % len(real)], rng, others[0])
+            for i in range(opts["queries"] - len(others))
+        ]
+        queries += others
+        report: dict[str, Any] = {"real_works": len(real), "queries": len(queries), "sizes": {}}
+        for size in sizes:
+            index = copydetect.CopyIndex()
+            for i in range(size):
+                base = signatures[i % len(signatures)]
+                index.add(i, base if i < len(signatures) else _variant(base, rng))
+            index.match(copydetect.describe_query(backbone, queries[0]))  # builds the matrices
+            total, describe = [], []
+            for im in queries:
+                started = time.perf_counter()
+                query = copydetect.describe_query(backbone, im)
+                described = time.perf_counter()
+                index.match(query)
+                total.append(time.perf_counter() - started)
+                describe.append(described - started)
+            report["sizes"][size] = {
+                "p50_ms": 1000 * float(np.percentile(total, 50)),
+                "p95_ms": 1000 * float(np.percentile(total, 95)),
+                "describe_p50_ms": 1000 * float(np.percentile(describe, 50)),
+            }
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+            return
+        for size, row in report["sizes"].items():
+            self.stdout.write(
+                f"{size:>6} works: p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms per upload "
+                f"(of which the forward pass and hash {row['describe_p50_ms']:.0f} ms)"
+            )

@@ -1,0 +1,296 @@
+"""Copyright monitoring through the product: registering works, matching uploads in the
+worker, scanning the catalog, and the staff review pages with their access rules."""
+
+from __future__ import annotations
+
+import io
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from PIL import Image as PILImage
+from PIL import ImageOps
+
+from gallery import selectors, services
+from gallery.models import COPYRIGHT_STAFF_GROUP, CopyMatch, Image, MatchDecision, ProtectedWork
+
+from .conftest import photo_bytes
+from .live import Browser, live_stack
+
+pytestmark = pytest.mark.django_db
+
+
+def _jpeg(image: PILImage.Image) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _file(data: bytes, name: str = "photo.jpg") -> io.BytesIO:
+    f = io.BytesIO(data)
+    f.name = name
+    return f
+
+
+def _upload(data: bytes, name: str) -> Image:
+    image = services.image_create(file=_file(data, name), original_name=name)
+    return Image.objects.get(pk=image.pk)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_index():  # type: ignore[no-untyped-def]
+    selectors.copy_index.clear()
+
+
+@pytest.fixture
+def staff(db) -> User:  # type: ignore[no-untyped-def]
+    user = User.objects.create_user("rights", password="pw-rights-1")
+    user.groups.add(Group.objects.get(name=COPYRIGHT_STAFF_GROUP))
+    return user
+
+
+@pytest.fixture
+def staff_client(client, staff):  # type: ignore[no-untyped-def]
+    client.force_login(staff)
+    return client
+
+
+def _register(client, data: bytes, *, title: str = "Monarch at dawn", holder: str = "Ada Photo Ltd"):  # type: ignore[no-untyped-def]
+    upload = SimpleUploadedFile("work.jpg", data, content_type="image/jpeg")
+    return client.post(
+        reverse("gallery:copyright_register"), {"file": upload, "title": title, "rights_holder": holder, "reference": "AP-1"}
+    )
+
+
+@pytest.mark.slow
+def test_a_new_work_finds_an_existing_cropped_copy_through_the_background_scan(
+    staff_client, butterflies, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    work_path, same_species = butterflies["001"][0], butterflies["001"][1]
+    original = PILImage.open(work_path).convert("RGB")
+    w, h = original.size
+    cropped = original.crop((w // 4, 0, w, round(h * 0.66)))  # half the area, off-centre
+    with django_capture_on_commit_callbacks(execute=True):
+        copy = _upload(_jpeg(cropped), "cropped.jpg")
+        other = _upload(same_species.read_bytes(), same_species.name)
+    assert Image.objects.get(pk=copy.pk).status == Image.Status.READY
+    assert not CopyMatch.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _register(staff_client, work_path.read_bytes())
+    assert response.status_code == 302
+    work = ProtectedWork.objects.get()
+    assert work.status == ProtectedWork.Status.READY and work.scanned_at is not None
+    matches = list(CopyMatch.objects.all())
+    assert [(m.image_id, m.status, m.found_by) for m in matches] == [(copy.pk, CopyMatch.Status.PENDING, "scan")]
+    assert not CopyMatch.objects.filter(image=other).exists()  # another monarch is not a copy
+
+    queue = staff_client.get(reverse("gallery:copyright_queue")).content.decode()
+    assert "Monarch at dawn" in queue and f'data-match-id="{matches[0].pk}"' in queue
+
+
+@pytest.mark.slow
+def test_upload_of_a_mirrored_copy_is_matched_and_an_exact_copy_by_checksum(
+    butterflies, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    work_path = butterflies["004"][0]
+    with django_capture_on_commit_callbacks(execute=True):
+        work = services.protected_work_register(file=_file(work_path.read_bytes()), title="Swallowtail", rights_holder="B")
+    with django_capture_on_commit_callbacks(execute=True):
+        mirrored = _upload(_jpeg(ImageOps.mirror(PILImage.open(work_path))), "mirrored.jpg")
+        exact = _upload(work_path.read_bytes(), "same-file.jpg")
+        unrelated = _upload(butterflies["009"][0].read_bytes(), "other.jpg")
+    by_image = {m.image_id: m for m in CopyMatch.objects.filter(work=work)}
+    assert set(by_image) == {mirrored.pk, exact.pk}
+    assert by_image[exact.pk].score == 1.0 and by_image[exact.pk].signals["exact"] is True
+    assert by_image[mirrored.pk].signals["mirrored"] is True
+    assert unrelated.pk not in by_image
+
+
+def _pending_match(name: str = "suspect.jpg", seed: int = 1) -> CopyMatch:
+    work = ProtectedWork.objects.create(
+        title="Harbour", rights_holder="Sea Pictures", checksum=f"{seed:064d}", width=10, height=10, file="protected/x.jpg"
+    )
+    image = _upload(photo_bytes(seed=seed), name)
+    return CopyMatch.objects.create(work=work, image=image, score=0.91, signals={"fired": ["perceptual hash"]}, found_by="upload")
+
+
+def test_staff_confirm_and_hide_then_dismiss_through_the_pages(staff_client, staff) -> None:  # type: ignore[no-untyped-def]
+    match = _pending_match()
+    page = staff_client.get(reverse("gallery:copyright_match", args=[match.pk]))
+    assert page.status_code == 200 and "Harbour" in page.content.decode() and "perceptual hash" in page.content.decode()
+
+    url = reverse("gallery:copyright_decide", args=[match.pk])
+    response = staff_client.post(url, {"action": "confirm", "hide_upload": "on", "note": "same boats, cropped"})
+    assert response.status_code == 302
+    match.refresh_from_db()
+    assert match.status == CopyMatch.Status.CONFIRMED
+    assert Image.objects.get(pk=match.image_id).visibility == Image.Visibility.HIDDEN
+    assert staff_client.get(reverse("gallery:detail", args=[match.image_id])).status_code == 404
+    gallery = staff_client.get(reverse("gallery:index")).content.decode()
+    assert f"/images/{match.image_id}/" not in gallery
+    decision = MatchDecision.objects.get(match=match)
+    assert (decision.action, decision.decided_by, decision.note, decision.hid_upload) == (
+        "confirm",
+        staff,
+        "same boats, cropped",
+        True,
+    )
+    history = staff_client.get(reverse("gallery:copyright_match", args=[match.pk])).content.decode()
+    assert "rights" in history and "same boats, cropped" in history and "upload hidden" in history
+
+    other = _pending_match("second.jpg", seed=2)
+    response = staff_client.post(reverse("gallery:copyright_decide", args=[other.pk]), {"action": "dismiss", "note": "own photo"})
+    assert response.status_code == 302
+    other.refresh_from_db()
+    assert other.status == CopyMatch.Status.DISMISSED
+    assert Image.objects.get(pk=other.image_id).visibility == Image.Visibility.PUBLISHED
+    # A dismissed pair is not raised again by a later check.
+    services.copy_match_record(work_id=other.work_id, image_id=other.image_id, score=0.99, signals={}, found_by="scan")
+    other.refresh_from_db()
+    assert other.status == CopyMatch.Status.DISMISSED and other.score == 0.91
+
+    pending = staff_client.get(reverse("gallery:copyright_queue"), {"status": "pending"}).content.decode()
+    assert "data-match-id" not in pending
+    dismissed = staff_client.get(reverse("gallery:copyright_queue"), {"status": "dismissed", "rights_holder": "Sea Pictures"})
+    assert f'data-match-id="{other.pk}"' in dismissed.content.decode()
+    assert (
+        "data-match-id" not in staff_client.get(reverse("gallery:copyright_queue"), {"rights_holder": "Nobody"}).content.decode()
+    )
+
+
+def test_queue_orders_by_newest_or_by_score(staff_client) -> None:  # type: ignore[no-untyped-def]
+    low = _pending_match("a.jpg", seed=3)
+    high = _pending_match("b.jpg", seed=4)
+    CopyMatch.objects.filter(pk=high.pk).update(score=0.99)
+    CopyMatch.objects.filter(pk=low.pk).update(score=0.70)
+    newest = staff_client.get(reverse("gallery:copyright_queue")).content.decode()
+    by_score = staff_client.get(reverse("gallery:copyright_queue"), {"order": "score"}).content.decode()
+    ids = lambda html: [int(i) for i in re.findall(r'data-match-id="(\d+)"', html)]  # noqa: E731
+    assert ids(newest) == [high.pk, low.pk]
+    assert ids(by_score) == [high.pk, low.pk]
+    CopyMatch.objects.filter(pk=high.pk).update(score=0.5)
+    assert ids(staff_client.get(reverse("gallery:copyright_queue"), {"order": "score"}).content.decode()) == [low.pk, high.pk]
+
+
+@pytest.mark.parametrize(
+    ("post", "message"),
+    [
+        ({"action": "note", "note": ""}, "Write the note"),
+        ({"action": "dismiss", "hide_upload": "on"}, "Only a confirmed copy can be hidden"),
+        ({"action": "delete-everything"}, "Select a valid choice"),
+    ],
+)
+def test_bad_decisions_get_a_clear_error_and_change_nothing(staff_client, post, message) -> None:  # type: ignore[no-untyped-def]
+    match = _pending_match()
+    response = staff_client.post(reverse("gallery:copyright_decide", args=[match.pk]), post)
+    assert response.status_code == 400 and message in response.content.decode()
+    match.refresh_from_db()
+    assert match.status == CopyMatch.Status.PENDING and not MatchDecision.objects.exists()
+    assert Image.objects.get(pk=match.image_id).visibility == Image.Visibility.PUBLISHED
+
+
+def test_a_note_is_recorded_without_changing_the_status(staff_client) -> None:  # type: ignore[no-untyped-def]
+    match = _pending_match()
+    staff_client.post(reverse("gallery:copyright_decide", args=[match.pk]), {"action": "note", "note": "asked the uploader"})
+    match.refresh_from_db()
+    assert match.status == CopyMatch.Status.PENDING
+    assert list(MatchDecision.objects.values_list("action", "note")) == [("note", "asked the uploader")]
+
+
+def test_registering_bad_input_is_refused_and_stores_nothing(staff_client, media_files) -> None:  # type: ignore[no-untyped-def]
+    response = _register(staff_client, b"not an image at all")
+    assert response.status_code == 400 and "not an image" in response.content.decode()
+    response = staff_client.post(reverse("gallery:copyright_register"), {"title": "x", "rights_holder": "y"})
+    assert response.status_code == 400
+    assert not ProtectedWork.objects.exists() and media_files() == []
+
+
+def test_registering_the_same_work_twice_is_refused(staff_client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    data = photo_bytes(seed=7)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert _register(staff_client, data).status_code == 302
+    response = _register(staff_client, data, title="Again")
+    assert response.status_code == 400 and "already registered" in response.content.decode()
+    assert ProtectedWork.objects.count() == 1
+
+
+def _review_requests(match: CopyMatch) -> list[tuple[str, str, dict[str, str]]]:
+    return [
+        ("get", reverse("gallery:copyright_queue"), {}),
+        ("get", reverse("gallery:copyright_match", args=[match.pk]), {}),
+        ("post", reverse("gallery:copyright_decide", args=[match.pk]), {"action": "confirm", "hide_upload": "on"}),
+        ("post", reverse("gallery:copyright_decide", args=[match.pk]), {"action": "dismiss"}),
+        ("post", reverse("gallery:copyright_decide", args=[match.pk]), {"action": "note", "note": "x"}),
+        ("get", reverse("gallery:copyright_works"), {}),
+        ("get", reverse("gallery:copyright_register"), {}),
+        ("post", reverse("gallery:copyright_register"), {"title": "t", "rights_holder": "h"}),
+        ("get", reverse("gallery:copyright_work_file", args=[match.work_id]), {}),
+    ]
+
+
+def test_non_staff_and_anonymous_are_refused_everywhere(client) -> None:  # type: ignore[no-untyped-def]
+    match = _pending_match()
+    for method, url, data in _review_requests(match):
+        response = getattr(client, method)(url, data)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), (method, url)
+    client.force_login(User.objects.create_user("visitor", password="pw-visitor-1", is_staff=True))
+    for method, url, data in _review_requests(match):
+        assert getattr(client, method)(url, data).status_code == 403, (method, url)
+    match.refresh_from_db()
+    assert match.status == CopyMatch.Status.PENDING and not MatchDecision.objects.exists()
+    assert Image.objects.get(pk=match.image_id).visibility == Image.Visibility.PUBLISHED
+    assert ProtectedWork.objects.count() == 1
+
+
+def test_superusers_may_review_and_forms_need_csrf(client) -> None:  # type: ignore[no-untyped-def]
+    match = _pending_match()
+    client.force_login(User.objects.create_superuser("root", password="pw-root-1"))
+    assert client.get(reverse("gallery:copyright_match", args=[match.pk])).status_code == 200
+    from django.test import Client
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(User.objects.get(username="root"))
+    assert strict.post(reverse("gallery:copyright_decide", args=[match.pk]), {"action": "dismiss"}).status_code == 403
+    match.refresh_from_db()
+    assert match.status == CopyMatch.Status.PENDING
+
+
+@pytest.mark.slow
+def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_path, butterflies) -> None:  # type: ignore[no-untyped-def]
+    work_path = butterflies["002"][0]
+    mirrored = tmp_path / "mirrored.jpg"
+    mirrored.write_bytes(_jpeg(ImageOps.mirror(PILImage.open(work_path))))
+    innocent = butterflies["002"][1]
+    with live_stack(tmp_path / "var") as stack:
+        import subprocess
+        import sys
+
+        register = (
+            f"from gallery import services; import io; f = io.BytesIO(open({str(work_path)!r}, 'rb').read()); f.name = 'w.jpg'; "
+            "services.protected_work_register(file=f, title='Admiral', rights_holder='Lepido Press')"
+        )
+        root = Path(__file__).resolve().parent.parent
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", register], cwd=root, env=stack.env, check=True)
+        db = sqlite3.connect(stack.var / "db.sqlite3")
+        deadline = time.monotonic() + 120
+        while db.execute("select status from gallery_protectedwork").fetchone()[0] != "ready":
+            assert time.monotonic() < deadline, "the work was never described\n" + stack.log_tail()
+            time.sleep(0.5)
+        browser = Browser(stack.url)
+        response = browser.upload([mirrored, innocent])
+        assert response.status_code == 200, response.text[:300]
+        ids = [int(i) for i in re.search(r"ids=([\d,]+)", response.url).group(1).split(",")]  # type: ignore[union-attr]
+        assert set(browser.wait_ready(ids).values()) == {"ready"}
+        deadline = time.monotonic() + 120
+        while not (rows := db.execute("select image_id, status from gallery_copymatch").fetchall()):
+            assert time.monotonic() < deadline, "no match was recorded\n" + stack.log_tail()
+            time.sleep(0.5)
+        time.sleep(3)  # the innocent upload's check has finished too
+        rows = db.execute("select image_id, status from gallery_copymatch").fetchall()
+        assert rows == [(ids[0], "pending")], f"{rows}\n{stack.log_tail()}"
