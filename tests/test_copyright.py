@@ -17,10 +17,10 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from gallery import selectors, services
+from gallery.livestack import Browser, live_stack
 from gallery.models import COPYRIGHT_STAFF_GROUP, CopyMatch, Image, MatchDecision, ProtectedWork
 
 from .conftest import photo_bytes
-from .live import Browser, live_stack
 
 pytestmark = pytest.mark.django_db
 
