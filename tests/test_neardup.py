@@ -103,3 +103,22 @@ def test_planted_copies_are_grouped_and_resolved_by_an_editor(
     assert DuplicateGroup.objects.count() == 1
     gallery = {im.pk for im in client.get(reverse("gallery:index")).context["page"].object_list}
     assert originals[0].pk in gallery and not gallery & {c.pk for c in planted[0]}
+
+
+def test_the_approximate_path_for_large_catalogs_finds_the_same_planted_pairs() -> None:
+    from gallery.vision.neardup import similar_pairs
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(20, 32))
+    x = (centres[rng.integers(0, 20, size=3000)] + 0.8 * rng.normal(size=(3000, 32))).astype(np.float32)
+    planted = rng.choice(3000, size=60, replace=False)
+    copies = x[planted] + 0.01 * rng.normal(size=(60, 32)).astype(np.float32)
+    data = np.concatenate([x, copies])
+    expected = {(int(a), 3000 + n) for n, a in enumerate(planted)}
+    exact = similar_pairs(data, threshold=0.99)
+    approx = similar_pairs(data, threshold=0.99, approximate_above=1000)
+    found_exact = set(zip(exact[0].tolist(), exact[1].tolist(), strict=True))
+    found_approx = set(zip(approx[0].tolist(), approx[1].tolist(), strict=True))
+    assert expected <= found_exact
+    assert len(expected & found_approx) >= 0.97 * len(expected)
+    assert found_approx <= found_exact  # nothing below the threshold sneaks in

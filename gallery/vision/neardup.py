@@ -2,8 +2,9 @@
 
 The normalised matrix is compared with itself block by block (upper triangle only),
 keeping just the pairs at or above the threshold, so memory stays at one block of
-scores plus the vectors; pairs are then joined into groups with union-find. The
-work grows with N² (one matrix product), the memory with N.
+scores plus the vectors; pairs are then joined into groups with union-find. This exact
+path grows with N²; above a size bound an inverted-file index finds each image's
+nearest neighbours instead, which grows with about N·√N.
 
 Global CNN embeddings rank same-species photos about as close as a re-encoded copy,
 so candidate pairs can be confirmed with a perceptual hash of the pictures.
@@ -29,56 +30,96 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def _keep_best_per_row(
+    i: np.ndarray, j: np.ndarray, s: np.ndarray, max_per_row: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At most `max_per_row` pairs per first index, the most similar ones."""
+    if len(i) == 0:
+        return i, j, s
+    order = np.lexsort((-s, i))
+    i, j, s = i[order], j[order], s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(i)) + 1]
+    rank = np.arange(len(i)) - np.repeat(starts, np.diff(np.r_[starts, len(i)]))
+    keep = rank < max_per_row
+    return i[keep], j[keep], s[keep]
+
+
 def similar_pairs(
-    x: np.ndarray, *, threshold: float, max_per_row: int = 10, block: int = 1024, chunk: int = 16384
+    x: np.ndarray,
+    *,
+    threshold: float,
+    max_per_row: int = 10,
+    block: int = 1024,
+    chunk: int = 16384,
+    approximate_above: int = 200_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) whose cosine similarity is at least `threshold`, at most the
     `max_per_row` most similar later rows per row, so dense clusters of look-alikes
     cannot flood the result (the pairs stay below N × max_per_row).
 
-    Scores are computed `block` rows against `chunk` columns at a time: memory is
-    block × chunk floats (64 MB by default) whatever the number of rows.
+    Up to `approximate_above` rows the search is exact: scores are computed `block`
+    rows against `chunk` columns at a time (64 MB of scores by default whatever N) and
+    thresholded before anything is sorted. Above it, an inverted-file index (faiss)
+    finds each row's nearest neighbours without comparing every pair.
     """
     if not -1.0 <= threshold <= 1.0:
         raise ValueError("threshold is a cosine similarity between -1 and 1")
     xn = normalise_rows(x)
     n = xn.shape[0]
+    if n > approximate_above:
+        return _similar_pairs_ivf(xn, threshold=threshold, max_per_row=max_per_row)
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
     for r0 in range(0, n, block):
         rows = xn[r0 : r0 + block]
-        row_idx = np.arange(r0, r0 + len(rows))[:, None]
-        cand_j: list[np.ndarray] = []
-        cand_s: list[np.ndarray] = []
         for c0 in range(r0, n, chunk):
             scores = rows @ xn[c0 : c0 + chunk].T
-            cols = np.arange(c0, c0 + scores.shape[1])[None, :]
-            scores[cols <= row_idx] = -np.inf  # upper triangle only
-            k = min(max_per_row, scores.shape[1])
-            top = (
-                np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                if k < scores.shape[1]
-                else np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-            )
-            cand_j.append(top + c0)
-            cand_s.append(np.take_along_axis(scores, top, axis=1))
-        all_j, all_s = np.concatenate(cand_j, axis=1), np.concatenate(cand_s, axis=1)
-        if all_j.shape[1] > max_per_row:
-            best = np.argpartition(-all_s, max_per_row - 1, axis=1)[:, :max_per_row]
-            all_j, all_s = np.take_along_axis(all_j, best, axis=1), np.take_along_axis(all_s, best, axis=1)
-        ii, kk = np.nonzero(all_s >= threshold)
-        if len(ii):
+            ii, jj = np.nonzero(scores >= threshold)
+            keep = jj + c0 > ii + r0  # upper triangle only
+            ii, jj = ii[keep], jj[keep]
             found_i.append(ii + r0)
-            found_j.append(all_j[ii, kk])
-            found_s.append(all_s[ii, kk])
+            found_j.append(jj + c0)
+            found_s.append(scores[ii, jj])
     if not found_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32)
-    return (
+    return _keep_best_per_row(
         np.concatenate(found_i).astype(np.int64),
         np.concatenate(found_j).astype(np.int64),
         np.concatenate(found_s).astype(np.float32),
+        max_per_row,
+    )
+
+
+def _similar_pairs_ivf(xn: np.ndarray, *, threshold: float, max_per_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Approximate pairs for very large catalogs: IVF over inner product, each row's
+    nearest neighbours, thresholded. Near-duplicates sit far closer than the cell size,
+    so they share an inverted list and are found."""
+    import faiss
+
+    n, d = xn.shape
+    nlist = int(min(max(4 * np.sqrt(n), 256), 16384))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    index.train(xn[rng.choice(n, size=min(n, 64 * nlist), replace=False)])
+    index.add(xn)
+    index.nprobe = 8
+    found_i, found_j, found_s = [], [], []
+    k = max_per_row + 1
+    for r0 in range(0, n, 65536):
+        sims, nbrs = index.search(xn[r0 : r0 + 65536], k)
+        rows = np.arange(r0, r0 + len(sims))[:, None].repeat(k, axis=1)
+        keep = (nbrs > rows) & (sims >= threshold)  # each pair once, from its smaller index
+        found_i.append(rows[keep])
+        found_j.append(nbrs[keep])
+        found_s.append(sims[keep])
+    return _keep_best_per_row(
+        np.concatenate(found_i).astype(np.int64),
+        np.concatenate(found_j).astype(np.int64),
+        np.concatenate(found_s).astype(np.float32),
+        max_per_row,
     )
 
 
