@@ -294,3 +294,19 @@ def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_pat
         time.sleep(3)  # the innocent upload's check has finished too
         rows = db.execute("select image_id, status from gallery_copymatch").fetchall()
         assert rows == [(ids[0], "pending")], f"{rows}\n{stack.log_tail()}"
+
+
+@pytest.mark.slow
+def test_a_bulk_import_is_checked_against_protected_works(tmp_path, butterflies, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+
+    work_path = butterflies["006"][0]
+    with django_capture_on_commit_callbacks(execute=True):
+        work = services.protected_work_register(file=_file(work_path.read_bytes()), title="Mourning cloak", rights_holder="C")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "flipped.jpg").write_bytes(_jpeg(ImageOps.mirror(PILImage.open(work_path))))
+    (folder / "other.jpg").write_bytes(butterflies["006"][3].read_bytes())
+    call_command("import_images", str(folder), "--no-progress")
+    matched = {m.image.original_name for m in CopyMatch.objects.filter(work=work)}
+    assert matched == {"flipped.jpg"}

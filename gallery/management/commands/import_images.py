@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from tqdm import tqdm
 
 from gallery import services
-from gallery.models import Image
+from gallery.models import Image, ProtectedWork
 from gallery.vision.datasets import find_images
 from gallery.vision.preprocess import ImageDecodeError
 
@@ -70,6 +70,7 @@ class Command(BaseCommand):
         self._metadata_by_name = self._metadata(opts)
         self._known = set(Image.objects.values_list("checksum", flat=True))
         self._decoded: dict[int, PILImage.Image] = {}
+        self._monitoring = ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists()
         self._summary = {"imported": 0, "skipped": 0}
         self._rejected: list[tuple[Path, str]] = []
         paths = find_images(root)
@@ -146,5 +147,8 @@ class Command(BaseCommand):
     def _embed(self, batch: list[int]) -> None:
         while batch:
             outcome = services.images_embed_batch(image_id=batch[0], predecoded=self._decoded)
+            if self._monitoring:  # imported photos are checked against protected works like uploads
+                for pk in outcome.ready:
+                    services.upload_match(image_id=pk)
             done = set(outcome.ready) | set(outcome.failed) | {batch[0]}
             batch[:] = [pk for pk in batch if pk not in done]
