@@ -9,6 +9,7 @@ from typing import IO
 
 import numpy as np
 from django.conf import settings
+from django.db.models import Q, QuerySet
 
 from . import pipeline
 from .models import CatalogJob, DuplicateGroup, Embedding, Image, ReducedVector, Reduction, Tag
@@ -228,3 +229,17 @@ def catalog_jobs(*, limit: int = 10) -> list[CatalogJob]:
 def duplicate_groups():  # type: ignore[no-untyped-def]
     """The latest near-duplicate groups, members with their tags, best match first."""
     return DuplicateGroup.objects.prefetch_related("images").select_related("job")
+
+
+# ---- JSON API
+
+
+def images_visible_to(*, user) -> QuerySet[Image]:  # type: ignore[no-untyped-def]
+    """Images a user may open: published ones, their own uploads, everything for staff."""
+    images = Image.objects.prefetch_related("tags")
+    if getattr(user, "is_staff", False):
+        return images
+    visible = Q(visibility=Image.Visibility.PUBLISHED)
+    if getattr(user, "is_authenticated", False):
+        visible |= Q(uploaded_by=user)
+    return images.filter(visible)
