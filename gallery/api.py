@@ -12,10 +12,10 @@ from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest, JsonResponse
 from django.urls import Resolver404, path, re_path, resolve, reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework import exceptions, generics, permissions, status
-from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework import exceptions, generics, permissions, serializers, status
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -342,13 +342,22 @@ class SimilarView(APIView):
         return _results(request, _similar(request, image, form.validated_data), form.validated_data, image=image)
 
 
+@extend_schema(
+    summary="Get an API token",
+    description="Exchange a username and password for the token that uploads send as `Authorization: Token ...`.",
+    responses={200: inline_serializer("Token", {"token": serializers.CharField()}), **_errors(400, 415)},
+)
+class TokenView(ObtainAuthToken):
+    pass
+
+
 urlpatterns = [
     path("images/", ImageListView.as_view(), name="image-list"),
     path("images/<int:pk>/", ImageDetailView.as_view(), name="image-detail"),
     path("images/<int:pk>/status/", ImageStatusView.as_view(), name="image-status"),
     path("images/<int:pk>/similar/", SimilarView.as_view(), name="image-similar"),
     path("search/", SearchView.as_view(), name="search"),
-    path("auth/token/", obtain_auth_token, name="token"),
+    path("auth/token/", TokenView.as_view(), name="token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api:schema"), name="redoc"),
