@@ -9,6 +9,7 @@ from typing import IO
 
 import numpy as np
 from django.conf import settings
+from django.db.models import Q, QuerySet
 
 from . import pipeline
 from .models import CatalogJob, DuplicateGroup, Embedding, Image, ReducedVector, Reduction, Tag
@@ -233,7 +234,6 @@ def duplicate_groups():  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- copyright monitoring
 from django.contrib.auth.base_user import AbstractBaseUser  # noqa: E402
 from django.contrib.auth.models import AnonymousUser  # noqa: E402
-from django.db.models import QuerySet  # noqa: E402
 
 from .models import COPYRIGHT_STAFF_GROUP, CopyMatch, ProtectedWork, WorkSignature  # noqa: E402
 from .vision import copydetect  # noqa: E402
@@ -307,3 +307,17 @@ def rights_holders() -> list[str]:
 
 def protected_works() -> QuerySet[ProtectedWork]:
     return ProtectedWork.objects.select_related("registered_by").order_by("-created_at", "-id")
+
+
+# ---- JSON API
+
+
+def images_visible_to(*, user) -> QuerySet[Image]:  # type: ignore[no-untyped-def]
+    """Images a user may open: published ones, their own uploads, everything for staff."""
+    images = Image.objects.prefetch_related("tags")
+    if getattr(user, "is_staff", False):
+        return images
+    visible = Q(visibility=Image.Visibility.PUBLISHED)
+    if getattr(user, "is_authenticated", False):
+        visible |= Q(uploaded_by=user)
+    return images.filter(visible)

@@ -16,6 +16,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from . import selectors, services
+from .api import rejection_code
 from .forms import MetricForm, SearchForm, UploadForm
 from .models import Image
 from .vision.preprocess import to_rgb
@@ -38,7 +39,11 @@ def image_upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html", {"form": UploadForm()})
     form = UploadForm(request.POST, request.FILES)
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
     if not form.is_valid():
+        if wants_json:
+            errors = [{"name": "", "code": "invalid_parameter", "message": str(e)} for es in form.errors.values() for e in es]
+            return JsonResponse({"images": [], "errors": errors}, status=400)
         return render(request, "gallery/upload.html", {"form": form}, status=400)
     created: list[Image] = []
     problems: list[dict[str, object]] = []
@@ -48,9 +53,11 @@ def image_upload(request: HttpRequest) -> HttpResponse:
                 services.image_create(file=f, uploaded_by=request.user, title=form.cleaned_data["title"], original_name=f.name)
             )
         except services.DuplicateImage as exc:
-            problems.append({"name": f.name, "message": str(exc), "existing": exc.existing})
+            problems.append({"name": f.name, "message": str(exc), "existing": exc.existing, "code": rejection_code(exc)})
         except services.ImageRejected as exc:
-            problems.append({"name": f.name, "message": str(exc)})
+            problems.append({"name": f.name, "message": str(exc), "code": rejection_code(exc)})
+    if wants_json:
+        return _upload_json(created, problems)
     if not created:
         return render(request, "gallery/upload.html", {"form": UploadForm(), "problems": problems}, status=400)
     if problems:
@@ -58,6 +65,32 @@ def image_upload(request: HttpRequest) -> HttpResponse:
             {"name": p["name"], "message": p["message"], "existing_id": getattr(p.get("existing"), "pk", None)} for p in problems
         ]
     return redirect(f"{reverse('gallery:upload_status')}?ids={','.join(str(im.pk) for im in created)}")
+
+
+def _upload_json(created: list[Image], problems: list[dict[str, object]]) -> JsonResponse:
+    """The page's script uploads file by file and shows each file's outcome in place."""
+    images = [
+        {
+            "id": im.pk,
+            "name": im.original_name,
+            "title": im.display_title,
+            "status": im.status,
+            "status_label": im.get_status_display(),
+            "page_url": reverse("gallery:detail", args=[im.pk]),
+            "thumbnail_url": im.thumbnail.url,
+        }
+        for im in created
+    ]
+    errors = [
+        {
+            "name": p["name"],
+            "code": p["code"],
+            "message": p["message"],
+            **({"existing_url": reverse("gallery:detail", args=[p["existing"].pk])} if p.get("existing") else {}),  # type: ignore[attr-defined]
+        }
+        for p in problems
+    ]
+    return JsonResponse({"images": images, "errors": errors}, status=201 if images else 400)
 
 
 @require_GET
@@ -108,7 +141,7 @@ def _inline_preview(upload: UploadedFile) -> str:
         with PILImage.open(upload) as im:
             im.draft("RGB", (640, 640))  # JPEG: decode at reduced scale, much faster
             preview = to_rgb(ImageOps.exif_transpose(im) or im)
-        preview.thumbnail((320, 320))
+        preview.thumbnail((640, 640))
         out = io.BytesIO()
         preview.save(out, format="JPEG", quality=80)
         return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what the project needs on a fresh machine: a virtual environment with the
 # pinned packages and, with --dev, the system services the tests start (Redis,
-# docker-compose for validating the compose file). Safe to run again: it skips work
-# that is already done.
+# docker-compose for validating the compose file, Chromium for the browser tests).
+# Safe to run again: it skips work that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,8 @@ if [[ $dev == 1 ]]; then
   missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  # The browser tests drive Debian's Chromium with Playwright (never its own download).
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   if ((${#missing[@]})); then
     sudo_cmd=()
     [[ $(id -u) == 0 ]] || sudo_cmd=(sudo -n)

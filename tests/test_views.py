@@ -152,3 +152,19 @@ def test_hidden_images_leave_the_gallery_and_search(client, butterflies, admin_c
     assert [h.image for h in similar] == [images[2]]
     assert client.get(reverse("gallery:detail", args=[images[1].pk])).status_code == 404
     assert admin_client.get(reverse("gallery:detail", args=[images[1].pk])).status_code == 200
+
+
+def test_upload_answers_json_to_the_page_script(client) -> None:  # type: ignore[no-untyped-def]
+    """The upload page's script sends one file per request and shows each outcome in place."""
+    data = photo_bytes(seed=11)
+    ok = client.post(reverse("gallery:upload"), {"files": [_file(data, "one.jpg")]}, HTTP_ACCEPT="application/json")
+    assert ok.status_code == 201
+    image = Image.objects.get()
+    [row] = ok.json()["images"]
+    assert row["id"] == image.pk and row["status"] == "pending" and row["page_url"] == f"/images/{image.pk}/"
+    again = client.post(reverse("gallery:upload"), {"files": [_file(data, "copy.jpg")]}, HTTP_ACCEPT="application/json")
+    assert again.status_code == 400
+    [error] = again.json()["errors"]
+    assert error["code"] == "duplicate" and error["name"] == "copy.jpg" and error["existing_url"] == f"/images/{image.pk}/"
+    nothing = client.post(reverse("gallery:upload"), {}, HTTP_ACCEPT="application/json")
+    assert nothing.status_code == 400 and nothing.json()["errors"][0]["message"] == "Choose at least one photo."
