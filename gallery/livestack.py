@@ -43,15 +43,44 @@ class Stack:
                 out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
-    def start_worker(self, name: str = "e2e") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "e2e", *, beat: bool = False) -> subprocess.Popen[bytes]:
+        """Another Celery worker; with `beat`, it also runs the periodic sweep."""
         log = open(self.logs / "worker.log", "ab")  # noqa: SIM115 - owned by the process
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "imagesearch",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-n",
+            f"{name}@%h",
+        ]
+        if beat:
+            args += ["--beat", "--schedule", str(self.var / "celerybeat-schedule")]
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "imagesearch", "worker", "--pool=solo", "--loglevel=INFO", "-n", f"{name}@%h"],
+            args,
             cwd=ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def create_user(self, username: str, password: str, *, staff: bool = False) -> None:
+        code = (
+            "from django.contrib.auth import get_user_model; U = get_user_model(); "
+            f"u = U.objects.create_user({username!r}, password={password!r}); u.is_staff = {staff!r}; u.save()"
+        )
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True)
+
+    def browser(self, username: str = "tester", password: str = "a long test password") -> Browser:
+        """A browser signed in as a new ordinary user (uploading needs an account)."""
+        self.create_user(username, password)
+        browser = Browser(self.url)
+        browser.login(username, password)
+        return browser
 
 
 def redis_executable() -> str | None:
@@ -119,6 +148,16 @@ class Browser:
     def _token(self, path: str) -> str:
         self.session.get(self.url + path, timeout=10)
         return str(self.session.cookies["csrftoken"])
+
+    def login(self, username: str, password: str) -> None:
+        token = self._token("/accounts/login/")
+        response = self.session.post(
+            self.url + "/accounts/login/",
+            data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/"},
+            timeout=30,
+        )
+        if "sessionid" not in self.session.cookies:
+            raise RuntimeError(f"sign-in as {username} failed ({response.status_code})")
 
     def upload(self, paths: list[Path]) -> requests.Response:
         token = self._token("/upload/")

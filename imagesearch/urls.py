@@ -1,10 +1,17 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from django.views.static import serve
 
+from gallery.ratelimit import rate_limited
+
+handler400 = "gallery.views.bad_request"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/login/", rate_limited("login")(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("gallery.urls")),
 ]
 
