@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 from django.views.static import serve
 
@@ -18,4 +19,7 @@ urlpatterns = [
 if settings.IMAGESEARCH["SERVE_MEDIA"]:
     # The embedded default serves media itself; production puts a web server or object
     # storage in front and turns this off.
-    urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]
+    def media(request: HttpRequest, path: str) -> HttpResponse:
+        return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+    urlpatterns += [re_path(r"^media/(?P<path>.*)$", media)]
