@@ -34,6 +34,18 @@ class Stack:
     worker: subprocess.Popen[bytes]
     web: subprocess.Popen[bytes]
     logs: Path
+    redis: subprocess.Popen[bytes] | None = None
+    redis_port: int = 0
+
+    def stop_broker(self) -> None:
+        """Take the broker away (as if Redis went down)."""
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(timeout=20)
+
+    def start_broker(self) -> None:
+        """Bring the broker back on the same port, empty."""
+        self.redis = start_redis(port=self.redis_port, directory=self.var / "redis", persist=False, executable=redis_executable())
 
     def log_tail(self, lines: int = 60) -> str:
         out = []
@@ -89,7 +101,8 @@ def redis_executable() -> str | None:
 
 
 @contextmanager
-def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
+def live_stack(var: Path, *, beat: bool = False, **extra_env: str) -> Iterator[Stack]:
+    """Redis, a Celery worker (with the periodic sweep when `beat`) and gunicorn on loopback."""
     logs = var / "logs"
     logs.mkdir(parents=True)
     redis_port = free_port()
@@ -106,8 +119,8 @@ def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     web_port = free_port()
-    stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs)  # type: ignore[arg-type]
-    stack.worker = stack.start_worker()
+    stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs, redis, redis_port)  # type: ignore[arg-type]
+    stack.worker = stack.start_worker(beat=beat)
     web_log = open(logs / "web.log", "ab")  # noqa: SIM115 - owned by the process
     stack.web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf",
@@ -127,10 +140,10 @@ def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
             time.sleep(0.3)
         yield stack
     finally:
-        for proc in (stack.web, stack.worker, redis):
+        for proc in (stack.web, stack.worker, stack.redis):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (stack.web, stack.worker, redis):
+        for proc in (stack.web, stack.worker, stack.redis):
             if proc is not None:
                 try:
                     proc.wait(timeout=20)

@@ -186,6 +186,9 @@ IMAGESEARCH = {
     # A claim on an image older than this is treated as a crashed worker's.
     "STALE_PROCESSING_SECONDS": env_int("IMAGESEARCH_STALE_PROCESSING_SECONDS", 300),
     "SERVE_MEDIA": env_bool("IMAGESEARCH_SERVE_MEDIA", True),
+    # The periodic sweep queues pending images at least this old (younger ones are
+    # normally still on their way through the broker).
+    "SWEEP_MIN_AGE_SECONDS": env_int("IMAGESEARCH_SWEEP_MIN_AGE_SECONDS", 30),
     # Uploading needs an account unless this is on.
     "ALLOW_ANONYMOUS_UPLOADS": env_bool("IMAGESEARCH_ALLOW_ANONYMOUS_UPLOADS", False),
     # Members of this group (and superusers) review copyright matches.
