@@ -147,9 +147,10 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="preview")
     def preview(self, obj: Image) -> str:
-        if not obj.file:
+        shown = obj.display or obj.thumbnail  # the original is private
+        if not shown:
             return ""
-        return format_html('<a href="{0}"><img src="{0}" alt="" style="max-width:640px;max-height:480px"></a>', obj.file.url)
+        return format_html('<a href="{0}"><img src="{0}" alt="" style="max-width:640px;max-height:480px"></a>', shown.url)
 
     @admin.display(description="most similar")
     def similar(self, obj: Image) -> str:

@@ -45,8 +45,8 @@ def _threshold_context() -> dict[str, float]:
     }
 
 
-@require_GET
 @copyright_staff_required
+@require_GET
 def match_queue(request: HttpRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET or None)
     filters = form.cleaned_data if form.is_valid() else {}
@@ -62,8 +62,8 @@ def match_queue(request: HttpRequest) -> HttpResponse:
     return render(request, "copyright/queue.html", {**context, **_threshold_context()})
 
 
-@require_GET
 @copyright_staff_required
+@require_GET
 def match_detail(request: HttpRequest, pk: int) -> HttpResponse:
     match = get_object_or_404(CopyMatch.objects.select_related("work", "image"), pk=pk)
     return _render_detail(request, match, DecisionForm())
@@ -75,8 +75,8 @@ def _render_detail(request: HttpRequest, match: CopyMatch, form: DecisionForm, s
     return render(request, "copyright/match.html", context, status=status)
 
 
-@require_POST
 @copyright_staff_required
+@require_POST
 def match_decide(request: HttpRequest, pk: int) -> HttpResponse:
     match = get_object_or_404(CopyMatch.objects.select_related("work", "image"), pk=pk)
     form = DecisionForm(request.POST)
@@ -97,15 +97,15 @@ def match_decide(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("gallery:copyright_match", pk=match.pk)
 
 
-@require_GET
 @copyright_staff_required
+@require_GET
 def work_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.protected_works(), settings.COPYRIGHT["PAGE_SIZE"]).get_page(request.GET.get("page"))
     return render(request, "copyright/works.html", {"page": page})
 
 
-@require_http_methods(["GET", "POST"])
 @copyright_staff_required
+@require_http_methods(["GET", "POST"])
 def work_register(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "copyright/register.html", {"form": WorkForm()})
@@ -129,8 +129,8 @@ def work_register(request: HttpRequest) -> HttpResponse:
     return redirect("gallery:copyright_works")
 
 
-@require_GET
 @copyright_staff_required
+@require_GET
 def work_file(request: HttpRequest, pk: int) -> FileResponse:
     """The protected image itself, never published under /media/ links in the pages."""
     work = get_object_or_404(ProtectedWork, pk=pk)

@@ -34,6 +34,18 @@ class Stack:
     worker: subprocess.Popen[bytes]
     web: subprocess.Popen[bytes]
     logs: Path
+    redis: subprocess.Popen[bytes] | None = None
+    redis_port: int = 0
+
+    def stop_broker(self) -> None:
+        """Take the broker away (as if Redis went down)."""
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(timeout=20)
+
+    def start_broker(self) -> None:
+        """Bring the broker back on the same port, empty."""
+        self.redis = start_redis(port=self.redis_port, directory=self.var / "redis", persist=False, executable=redis_executable())
 
     def log_tail(self, lines: int = 60) -> str:
         out = []
@@ -43,15 +55,44 @@ class Stack:
                 out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
-    def start_worker(self, name: str = "e2e") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "e2e", *, beat: bool = False) -> subprocess.Popen[bytes]:
+        """Another Celery worker; with `beat`, it also runs the periodic sweep."""
         log = open(self.logs / "worker.log", "ab")  # noqa: SIM115 - owned by the process
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "imagesearch",
+            "worker",
+            "--pool=solo",
+            "--loglevel=INFO",
+            "-n",
+            f"{name}@%h",
+        ]
+        if beat:
+            args += ["--beat", "--schedule", str(self.var / "celerybeat-schedule")]
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "imagesearch", "worker", "--pool=solo", "--loglevel=INFO", "-n", f"{name}@%h"],
+            args,
             cwd=ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def create_user(self, username: str, password: str, *, staff: bool = False) -> None:
+        code = (
+            "from django.contrib.auth import get_user_model; U = get_user_model(); "
+            f"u = U.objects.create_user({username!r}, password={password!r}); u.is_staff = {staff!r}; u.save()"
+        )
+        subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True)
+
+    def browser(self, username: str = "tester", password: str = "a long test password") -> Browser:
+        """A browser signed in as a new ordinary user (uploading needs an account)."""
+        self.create_user(username, password)
+        browser = Browser(self.url)
+        browser.login(username, password)
+        return browser
 
 
 def redis_executable() -> str | None:
@@ -60,7 +101,8 @@ def redis_executable() -> str | None:
 
 
 @contextmanager
-def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
+def live_stack(var: Path, *, beat: bool = False, **extra_env: str) -> Iterator[Stack]:
+    """Redis, a Celery worker (with the periodic sweep when `beat`) and gunicorn on loopback."""
     logs = var / "logs"
     logs.mkdir(parents=True)
     redis_port = free_port()
@@ -77,8 +119,8 @@ def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     web_port = free_port()
-    stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs)  # type: ignore[arg-type]
-    stack.worker = stack.start_worker()
+    stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs, redis, redis_port)  # type: ignore[arg-type]
+    stack.worker = stack.start_worker(beat=beat)
     web_log = open(logs / "web.log", "ab")  # noqa: SIM115 - owned by the process
     stack.web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf",
@@ -98,10 +140,10 @@ def live_stack(var: Path, **extra_env: str) -> Iterator[Stack]:
             time.sleep(0.3)
         yield stack
     finally:
-        for proc in (stack.web, stack.worker, redis):
+        for proc in (stack.web, stack.worker, stack.redis):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (stack.web, stack.worker, redis):
+        for proc in (stack.web, stack.worker, stack.redis):
             if proc is not None:
                 try:
                     proc.wait(timeout=20)
@@ -119,6 +161,16 @@ class Browser:
     def _token(self, path: str) -> str:
         self.session.get(self.url + path, timeout=10)
         return str(self.session.cookies["csrftoken"])
+
+    def login(self, username: str, password: str) -> None:
+        token = self._token("/accounts/login/")
+        response = self.session.post(
+            self.url + "/accounts/login/",
+            data={"csrfmiddlewaretoken": token, "username": username, "password": password, "next": "/"},
+            timeout=30,
+        )
+        if "sessionid" not in self.session.cookies:
+            raise RuntimeError(f"sign-in as {username} failed ({response.status_code})")
 
     def upload(self, paths: list[Path]) -> requests.Response:
         token = self._token("/upload/")

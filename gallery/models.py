@@ -6,6 +6,8 @@ import numpy as np
 from django.conf import settings
 from django.db import models
 
+from .storage import get_private_storage
+
 
 class Image(models.Model):
     class Status(models.TextChoices):
@@ -14,7 +16,10 @@ class Image(models.Model):
         READY = "ready", "Ready"
         FAILED = "failed", "Failed"
 
-    file = models.FileField(upload_to="originals/", max_length=255)
+    # The upload as sent, metadata included: private, never served.
+    file = models.FileField(upload_to="originals/", max_length=255, storage=get_private_storage)
+    # What browsers get: re-encoded, upright, without EXIF/GPS metadata.
+    display = models.FileField(upload_to="display/", max_length=255, blank=True)
     thumbnail = models.FileField(upload_to="thumbnails/", max_length=255, blank=True)
     title = models.CharField(max_length=200, blank=True)
     original_name = models.CharField(max_length=255, blank=True)
@@ -44,6 +49,12 @@ class Image(models.Model):
 
     def __str__(self) -> str:
         return self.title or self.original_name or f"image {self.pk}"
+
+    @property
+    def display_url(self) -> str:
+        """The public picture: the metadata-free display copy (the original stays private)."""
+        f = self.display or self.thumbnail
+        return f.url if f else ""
 
     @property
     def display_title(self) -> str:

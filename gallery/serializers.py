@@ -53,7 +53,7 @@ class ImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.URLField())
     def get_file_url(self, image: Image) -> str:
-        return _absolute(self.context.get("request"), image.file.url)
+        return _absolute(self.context.get("request"), image.display_url)
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_thumbnail_url(self, image: Image) -> str | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import socket
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
@@ -14,14 +16,14 @@ import numpy as np
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from . import pipeline
 from .models import Embedding, Image, ReducedVector, Reduction
-from .vision.preprocess import ImageDecodeError
+from .vision.preprocess import ImageDecodeError, display_copy_bytes
 from .vision.reduction import FittedPCA, fit_pca
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,11 @@ _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": 
 
 class ImageRejected(ValueError):
     """An upload that cannot enter the catalog; the message is meant for the user."""
+
+
+class CatalogUnavailable(RuntimeError):
+    """The upload was fine but the server could not store it now (database busy, disk
+    full); nothing was stored and the user may try again."""
 
 
 class DuplicateImage(ImageRejected):
@@ -65,6 +72,15 @@ def _thumbnail_bytes(image: PILImage.Image) -> bytes:
     return out.getvalue()
 
 
+def original_name_clean(name: str) -> str:
+    """The file name as the user knows it, for display only: no folders, no control or
+    invisible characters, at most 255 characters. Stored files never use it."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and unicodedata.category(ch) not in ("Cf", "Co", "Cs"))
+    name = name.strip().strip(".")
+    return name[:255]
+
+
 def image_create(
     *,
     file: IO[bytes],
@@ -76,12 +92,17 @@ def image_create(
 ) -> Image:
     """Validate and store an upload as a pending Image; its embedding is queued on commit.
 
-    Raises ImageRejected (or DuplicateImage) with a message for the user; nothing is
-    stored in that case.
+    The original goes to private storage; browsers get a re-encoded, metadata-free display
+    copy and thumbnail. Raises ImageRejected (or DuplicateImage) with a message for the
+    user, or CatalogUnavailable when the database or the disk cannot take it; nothing is
+    stored in any of these cases.
     """
     data = read_upload(file)
     checksum = hashlib.sha256(data).hexdigest()
-    existing = Image.objects.filter(checksum=checksum).first()
+    try:
+        existing = Image.objects.filter(checksum=checksum).first()
+    except OperationalError as exc:
+        raise CatalogUnavailable(_BUSY) from exc
     if existing is not None:
         raise DuplicateImage(existing)
     try:
@@ -89,7 +110,8 @@ def image_create(
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc)) from None
     thumb = _thumbnail_bytes(decoded.image)
-    name = (original_name or getattr(file, "name", "") or "")[:255]
+    display = display_copy_bytes(decoded.image)
+    name = original_name_clean(original_name or getattr(file, "name", "") or "")
     image = Image(
         title=title[:200],
         original_name=name,
@@ -104,6 +126,7 @@ def image_create(
     try:
         with transaction.atomic():
             image.file.save(f"{stem}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
+            image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
             image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
             image.save()
             if queue:
@@ -114,6 +137,16 @@ def image_create(
         if existing is None:
             raise
         raise DuplicateImage(existing) from None
+    except OperationalError as exc:
+        _delete_files(image)
+        log.warning("upload not stored, database unavailable: %s", exc)
+        raise CatalogUnavailable(_BUSY) from exc
+    except OSError as exc:
+        _delete_files(image)
+        log.error("upload not stored, storage failed: %s", exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CatalogUnavailable("The server has no room for new photos right now; nothing was stored.") from exc
+        raise CatalogUnavailable("The server could not store the photo; nothing was stored. Please try again.") from exc
     except BaseException:
         _delete_files(image)
         raise
@@ -122,10 +155,16 @@ def image_create(
     return image
 
 
+_BUSY = "The catalog is busy right now; nothing was stored. Please try again in a moment."
+
+
 def _delete_files(image: Image) -> None:
-    for f in (image.file, image.thumbnail):
+    for f in (image.file, image.display, image.thumbnail):
         if f and f.name:
-            f.storage.delete(f.name)
+            try:
+                f.storage.delete(f.name)
+            except OSError as exc:
+                log.error("could not delete %s: %s", f.name, exc)
 
 
 def image_queue_embedding(*, image_id: int) -> bool:

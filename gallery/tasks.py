@@ -49,8 +49,10 @@ def fit_reduction(backbone: str) -> int | None:
 
 
 @shared_task(name="gallery.sweep_waiting_images")
-def sweep_waiting_images(min_age_seconds: int = 30) -> int:
+def sweep_waiting_images(min_age_seconds: int | None = None) -> int:
     """Queue images that have waited too long (broker down at upload, crashed worker)."""
+    if min_age_seconds is None:
+        min_age_seconds = settings.IMAGESEARCH["SWEEP_MIN_AGE_SECONDS"]
     now = timezone.now()
     stale = now - timedelta(seconds=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"])
     waiting = Image.objects.filter(

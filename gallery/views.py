@@ -16,9 +16,11 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from . import selectors, services
+from .access import upload_permission_required
 from .api import rejection_code
 from .forms import MetricForm, SearchForm, UploadForm
 from .models import Image
+from .ratelimit import rate_limited
 from .vision.preprocess import to_rgb
 
 
@@ -35,6 +37,8 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@upload_permission_required
+@rate_limited("upload")
 def image_upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/upload.html", {"form": UploadForm()})
@@ -56,10 +60,15 @@ def image_upload(request: HttpRequest) -> HttpResponse:
             problems.append({"name": f.name, "message": str(exc), "existing": exc.existing, "code": rejection_code(exc)})
         except services.ImageRejected as exc:
             problems.append({"name": f.name, "message": str(exc), "code": rejection_code(exc)})
+        except services.CatalogUnavailable as exc:
+            problems.append({"name": f.name, "message": str(exc), "unavailable": True, "code": "unavailable"})
     if wants_json:
         return _upload_json(created, problems)
     if not created:
-        return render(request, "gallery/upload.html", {"form": UploadForm(), "problems": problems}, status=400)
+        unavailable = any(p.get("unavailable") for p in problems)
+        return render(
+            request, "gallery/upload.html", {"form": UploadForm(), "problems": problems}, status=503 if unavailable else 400
+        )
     if problems:
         request.session["upload_problems"] = [
             {"name": p["name"], "message": p["message"], "existing_id": getattr(p.get("existing"), "pk", None)} for p in problems
@@ -90,10 +99,12 @@ def _upload_json(created: list[Image], problems: list[dict[str, object]]) -> Jso
         }
         for p in problems
     ]
-    return JsonResponse({"images": images, "errors": errors}, status=201 if images else 400)
+    unavailable = any(p.get("unavailable") for p in problems)
+    return JsonResponse({"images": images, "errors": errors}, status=201 if images else 503 if unavailable else 400)
 
 
 @require_GET
+@upload_permission_required
 def upload_status(request: HttpRequest) -> HttpResponse:
     ids = _parse_ids(request.GET.get("ids", ""))
     images = list(Image.objects.filter(pk__in=ids).order_by("pk"))
@@ -150,6 +161,7 @@ def _inline_preview(upload: UploadedFile) -> str:
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited("search")
 def search(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "gallery/search.html", {"form": SearchForm(initial={"metric": selectors.default_metric()})})
@@ -178,3 +190,8 @@ def search(request: HttpRequest) -> HttpResponse:
             "space": selectors.active_space().label,
         },
     )
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A malformed or oversized request (too many files or fields): say so, store nothing."""
+    return render(request, "400.html", {"max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES}, status=400)

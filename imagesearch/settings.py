@@ -97,7 +97,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # instead of failing half-way; WAL lets readers run beside the writer.
     DATABASES["default"]["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
+        "timeout": env_int("IMAGESEARCH_SQLITE_TIMEOUT", 30),
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 
@@ -118,8 +118,12 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "staticfiles")))
 MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env("DJANGO_MEDIA_ROOT", str(VAR_DIR / "media")))
+# Original uploads keep their EXIF/GPS metadata, so they live outside MEDIA_ROOT and no
+# URL serves them; browsers get re-encoded, metadata-free copies from MEDIA_ROOT.
+PRIVATE_MEDIA_ROOT = Path(env("IMAGESEARCH_PRIVATE_MEDIA_ROOT", str(VAR_DIR / "private")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "private": {"BACKEND": "gallery.storage.PrivateFileSystemStorage", "OPTIONS": {"location": str(PRIVATE_MEDIA_ROOT)}},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if PRODUCTION
@@ -129,7 +133,17 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = not PRODUCTION
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
+
+# The rate limiter's counters; a shared cache (Redis) in production so every web
+# process counts together, an in-process one by default.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("DJANGO_CACHE_URL")}
+    if env("DJANGO_CACHE_URL")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 
 MAX_UPLOAD_MB = env_int("IMAGESEARCH_MAX_UPLOAD_MB", 20)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
@@ -173,6 +187,22 @@ IMAGESEARCH = {
     # A claim on an image older than this is treated as a crashed worker's.
     "STALE_PROCESSING_SECONDS": env_int("IMAGESEARCH_STALE_PROCESSING_SECONDS", 300),
     "SERVE_MEDIA": env_bool("IMAGESEARCH_SERVE_MEDIA", True),
+    # The periodic sweep queues pending images at least this old (younger ones are
+    # normally still on their way through the broker).
+    "SWEEP_MIN_AGE_SECONDS": env_int("IMAGESEARCH_SWEEP_MIN_AGE_SECONDS", 30),
+    # Uploading needs an account unless this is on.
+    "ALLOW_ANONYMOUS_UPLOADS": env_bool("IMAGESEARCH_ALLOW_ANONYMOUS_UPLOADS", False),
+    # Members of this group (and superusers) review copyright matches.
+    "COPYRIGHT_GROUP": env("IMAGESEARCH_COPYRIGHT_GROUP", "Copyright staff"),
+    # Requests per client (signed-in user, else address) and period; "0" turns one off.
+    "RATE_LIMITS": {
+        "search": env("IMAGESEARCH_RATE_SEARCH", "60/m"),
+        "upload": env("IMAGESEARCH_RATE_UPLOAD", "30/m"),
+        "login": env("IMAGESEARCH_RATE_LOGIN", "10/m"),
+    },
+    "RATE_LIMIT_CACHE": "default",
+    # Behind a reverse proxy that sets X-Forwarded-For, count by its first address.
+    "TRUST_X_FORWARDED_FOR": env_bool("IMAGESEARCH_TRUST_X_FORWARDED_FOR", False),
 }
 
 # ---------------------------------------------------------------- Celery

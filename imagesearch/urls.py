@@ -1,17 +1,27 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 from django.views.static import serve
 
 from gallery import api
+from gallery.ratelimit import rate_limited
+
+handler400 = "gallery.views.bad_request"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include((api.urlpatterns, "api"))),
+    path("accounts/login/", rate_limited("login")(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("gallery.urls")),
 ]
 
 if settings.IMAGESEARCH["SERVE_MEDIA"]:
     # The embedded default serves media itself; production puts a web server or object
     # storage in front and turns this off.
-    urlpatterns += [re_path(r"^media/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]
+    def media(request: HttpRequest, path: str) -> HttpResponse:
+        return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+    urlpatterns += [re_path(r"^media/(?P<path>.*)$", media)]

@@ -17,6 +17,11 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
     """Every test writes uploads into its own temporary MEDIA_ROOT."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MEDIA_ROOT.mkdir()
+    settings.PRIVATE_MEDIA_ROOT = tmp_path / "private"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "private": {**settings.STORAGES["private"], "OPTIONS": {"location": str(tmp_path / "private")}},
+    }
     from gallery.selectors import catalog_index
 
     catalog_index.clear()
@@ -24,7 +29,21 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def media_files(settings) -> Callable[[], list[Path]]:  # type: ignore[no-untyped-def]
-    return lambda: sorted(p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file())
+    """Every stored file: public display copies and thumbnails, private originals."""
+    roots = [Path(settings.MEDIA_ROOT), Path(settings.PRIVATE_MEDIA_ROOT)]
+    return lambda: sorted(p for root in roots for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def user(django_user_model):  # type: ignore[no-untyped-def]
+    return django_user_model.objects.create_user(username="uploader", password="a long test password")
+
+
+@pytest.fixture
+def user_client(client, user):  # type: ignore[no-untyped-def]
+    """A browser signed in as an ordinary (non-staff) user."""
+    client.force_login(user)
+    return client
 
 
 def photo_bytes(

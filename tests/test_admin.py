@@ -85,7 +85,7 @@ def test_list_shows_thumbnails_status_reasons_and_filters(editor: Client, catalo
 def test_detail_page_has_a_large_preview_and_the_most_similar_images(editor: Client, catalog: list[Image]) -> None:
     page = editor.get(reverse("admin:gallery_image_change", args=[catalog[0].pk]))
     html = page.content.decode()
-    assert catalog[0].file.url in html
+    assert catalog[0].display.url in html  # the metadata-free copy; the original is private
     sibling = catalog[1]  # the other photo of the same species
     similar_section = html.rsplit("Most similar", 1)[1]
     first_link = similar_section.split('href="', 1)[1].split('"', 1)[0]
@@ -132,7 +132,7 @@ def test_delete_action_removes_files_vectors_and_gallery_entries(
     assert "2 images deleted." in response.content.decode()
     assert not Image.objects.filter(pk__in=[im.pk for im in gone]).exists()
     assert not Embedding.objects.filter(image_id__in=[im.pk for im in gone]).exists()
-    assert len(media_files()) == before - 4  # original + thumbnail each
+    assert len(media_files()) == before - 6  # original, display copy and thumbnail each
     assert _gallery_ids(editor) == {im.pk for im in catalog[2:]}
     assert "delete_selected" not in editor.get(reverse(CHANGELIST)).content.decode()
 

@@ -40,7 +40,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_VAR_DIR": str(var), **production}
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    with live_stack(var, **production) as running:
+    with live_stack(var, **production) as running:  # type: ignore[arg-type]
+        running.create_user(*VISITOR)
         yield running
 
 
@@ -51,6 +52,18 @@ def browser() -> Iterator[Browser]:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+VISITOR = ("visitor", "a long visitor password")
+
+
+def _sign_in(page: Page, stack: Stack) -> None:
+    """Uploading needs an account: sign in through the real sign-in page."""
+    page.goto(stack.url + "/accounts/login/")
+    page.get_by_label("User name").fill(VISITOR[0])
+    page.get_by_label("Password").fill(VISITOR[1])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(stack.url + "/")
 
 
 def _offsite_requests(page: Page, stack: Stack) -> list[str]:
@@ -79,6 +92,7 @@ def test_upload_watch_ready_search_and_compare(stack: Stack, browser: Browser, b
     first, second, query = butterflies["001"][0], butterflies["004"][0], butterflies["004"][-1]
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     offsite = _offsite_requests(page, stack)
+    _sign_in(page, stack)
     page.goto(stack.url + "/upload/")
     expect(page.get_by_text("drag and drop photos here")).to_be_visible()
 
@@ -194,6 +208,7 @@ def test_phone_sized_screen_and_keyboard(stack: Stack, browser: Browser) -> None
 def test_upload_and_search_work_without_javascript(stack: Stack, browser: Browser, butterflies) -> None:  # type: ignore[no-untyped-def]
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
+    _sign_in(page, stack)
     page.goto(stack.url + "/upload/")
     expect(page.get_by_text("drag and drop photos here")).to_be_hidden()
     page.get_by_label("Photos (one or many").set_input_files([str(butterflies["009"][0]), str(butterflies["009"][1])])

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gallery.livestack import Browser, live_stack
+from gallery.livestack import live_stack
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def test_upload_over_http_then_search_with_a_held_back_photo(tmp_path, butterfli
     catalog = [p for s in species for p in butterflies[s][:6]]
     held_back = {s: butterflies[s][-1] for s in species}
     with live_stack(tmp_path / "var", IMAGESEARCH_PCA_MIN_IMAGES="16", IMAGESEARCH_PCA_DIMS="12") as stack:
-        browser = Browser(stack.url)
+        browser = stack.browser()
         ids: list[int] = []
         for chunk in (catalog[:9], catalog[9:]):
             response = browser.upload(chunk)

@@ -31,7 +31,7 @@ def test_upload_is_stored_pending_then_embedded_on_commit(make_photo, media_file
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         image = _upload(make_photo())
     assert image.status == Image.Status.PENDING
-    assert len(media_files()) == 2  # original and thumbnail
+    assert len(media_files()) == 3  # private original, display copy, thumbnail
     assert image.file.name.endswith(f"{image.checksum}.jpg")  # a server-made name
     assert len(callbacks) == 1
     callbacks[0]()  # the queued task runs eagerly

@@ -30,23 +30,23 @@ def _catalog(paths) -> list[Image]:  # type: ignore[no-untyped-def]
     return images
 
 
-def test_multi_file_upload_goes_from_pending_to_ready(client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+def test_multi_file_upload_goes_from_pending_to_ready(user_client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
     files = [_file(photo_bytes(seed=i, color=(50 * i, 100, 150)), f"photo{i}.jpg") for i in range(3)]
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = client.post(reverse("gallery:upload"), {"files": files, "title": "Holiday"})
+        response = user_client.post(reverse("gallery:upload"), {"files": files, "title": "Holiday"})
     assert response.status_code == 302
     ids = [im.pk for im in Image.objects.order_by("pk")]
     assert len(ids) == 3 and response["Location"].endswith("ids=" + ",".join(map(str, ids)))
-    page = client.get(response["Location"])
+    page = user_client.get(response["Location"])
     assert page.content.decode().count("Pending") == 3
     assert "updates by itself" in page.content.decode()
-    status = client.get(reverse("gallery:status_json"), {"ids": ",".join(map(str, ids))}).json()
+    status = user_client.get(reverse("gallery:status_json"), {"ids": ",".join(map(str, ids))}).json()
     assert {row["status"] for row in status["images"]} == {"pending"}
     for callback in callbacks:
         callback()
-    status = client.get(reverse("gallery:status_json"), {"ids": ",".join(map(str, ids))}).json()
+    status = user_client.get(reverse("gallery:status_json"), {"ids": ",".join(map(str, ids))}).json()
     assert {row["status"] for row in status["images"]} == {"ready"}
-    assert client.get(response["Location"]).content.decode().count(">Ready<") == 3
+    assert user_client.get(response["Location"]).content.decode().count(">Ready<") == 3
     assert set(Image.objects.values_list("title", flat=True)) == {"Holiday"}
 
 
@@ -60,26 +60,26 @@ def test_multi_file_upload_goes_from_pending_to_ready(client, django_capture_on_
     ],
     ids=["empty", "text-as-jpg", "truncated", "too-many-pixels"],
 )
-def test_bad_uploads_get_a_clear_message_and_store_nothing(client, settings, media_files, data, name, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_uploads_get_a_clear_message_and_store_nothing(user_client, settings, media_files, data, name, message) -> None:  # type: ignore[no-untyped-def]
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_PIXELS": 1_000_000}
-    response = client.post(reverse("gallery:upload"), {"files": [_file(data, name)]})
+    response = user_client.post(reverse("gallery:upload"), {"files": [_file(data, name)]})
     assert response.status_code == 400
     body = response.content.decode()
     assert name in body and message in body
     assert Image.objects.count() == 0 and media_files() == []
 
 
-def test_file_over_the_size_limit_is_refused(client, settings, media_files) -> None:  # type: ignore[no-untyped-def]
+def test_file_over_the_size_limit_is_refused(user_client, settings, media_files) -> None:  # type: ignore[no-untyped-def]
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_UPLOAD_BYTES": 2_000}
-    response = client.post(reverse("gallery:upload"), {"files": [_file(photo_bytes(), "large.jpg")]})
+    response = user_client.post(reverse("gallery:upload"), {"files": [_file(photo_bytes(), "large.jpg")]})
     assert response.status_code == 400 and "limit" in response.content.decode()
     assert Image.objects.count() == 0 and media_files() == []
 
 
-def test_good_and_bad_files_together(client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+def test_good_and_bad_files_together(user_client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
     existing = services.image_create(file=_file(photo_bytes(seed=9), "old.jpg"), queue=False)
     files = [_file(photo_bytes(seed=1), "good.jpg"), _file(b"nope", "bad.png"), _file(photo_bytes(seed=9), "dupe.jpg")]
-    response = client.post(reverse("gallery:upload"), {"files": files}, follow=True)
+    response = user_client.post(reverse("gallery:upload"), {"files": files}, follow=True)
     body = response.content.decode()
     assert response.status_code == 200
     assert "bad.png" in body and "dupe.jpg" in body and "already in the catalog" in body
@@ -87,8 +87,8 @@ def test_good_and_bad_files_together(client, django_capture_on_commit_callbacks)
     assert Image.objects.count() == 2
 
 
-def test_no_file_chosen(client) -> None:  # type: ignore[no-untyped-def]
-    response = client.post(reverse("gallery:upload"), {})
+def test_no_file_chosen(user_client) -> None:  # type: ignore[no-untyped-def]
+    response = user_client.post(reverse("gallery:upload"), {})
     assert response.status_code == 400 and "Choose at least one photo" in response.content.decode()
 
 

@@ -78,6 +78,18 @@ def decode_image(data: bytes | BinaryIO, *, max_pixels: int = 50_000_000) -> Dec
     return DecodedImage(rgb, fmt, rgb.width, rgb.height)
 
 
+def display_copy_bytes(image: PILImage.Image, *, max_side: int = 2048, quality: int = 88) -> bytes:
+    """A re-encoded JPEG of a decoded (upright RGB) image, at most `max_side` pixels on its
+    long side. Nothing of the uploaded file survives but the pixels: no EXIF, GPS, ICC,
+    comments or trailing bytes."""
+    copy = to_rgb(image)
+    if max(copy.size) > max_side:
+        copy.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+    out = io.BytesIO()
+    copy.save(out, format="JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
 def to_rgb(im: PILImage.Image) -> PILImage.Image:
     """8-bit RGB from any Pillow mode; transparency is composited onto white."""
     if im.mode == "RGB":

@@ -1,0 +1,38 @@
+"""`manage.py loadtest`: the load benchmark on a throw-away stack on loopback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from gallery.loadtest import run_load
+
+
+class Command(BaseCommand):
+    help = "Search and upload from many concurrent clients against 127.0.0.1 for a fixed time; report errors and latency."
+
+    def add_arguments(self, parser: Any) -> None:
+        default = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "leeds-butterfly" / "images"
+        parser.add_argument("dataset", nargs="?", type=Path, default=default, help="a folder of photos")
+        parser.add_argument("--search-clients", type=int, default=50)
+        parser.add_argument("--upload-clients", type=int, default=5)
+        parser.add_argument("--duration", type=float, default=60.0, help="seconds")
+        parser.add_argument("--seed-catalog", type=int, default=40, help="photos in the catalog before the load starts")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        photos = sorted(p for p in Path(opts["dataset"]).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if not photos:
+            raise CommandError(f"no photos under {opts['dataset']}")
+        report = run_load(
+            photos=photos,
+            search_clients=opts["search_clients"],
+            upload_clients=opts["upload_clients"],
+            duration=opts["duration"],
+            seed_catalog=opts["seed_catalog"],
+        )
+        self.stdout.write(report.summary())
+        if report.errors or report.ready != len(report.uploaded_ids):
+            sys.exit(1)

@@ -1,0 +1,38 @@
+"""Where uploads live: originals in a private location that no URL serves, and the
+re-encoded, metadata-free display copies and thumbnails in the public media storage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.files.storage import FileSystemStorage, storages
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.functional import LazyObject, empty
+
+
+class PrivateFileSystemStorage(FileSystemStorage):
+    """A file system storage whose files have no URL: originals keep their EXIF and GPS
+    metadata, so they are never handed to a browser."""
+
+    def url(self, name: str | None) -> str:
+        raise ValueError("Private files have no public URL.")
+
+
+class _PrivateStorage(LazyObject):
+    def _setup(self) -> None:
+        self._wrapped = storages["private"]
+
+
+private_storage: Any = _PrivateStorage()
+
+
+def get_private_storage() -> Any:
+    """The storage of original uploads (the `private` entry of STORAGES)."""
+    return private_storage
+
+
+@receiver(setting_changed)
+def _reset_private_storage(*, setting: str, **_: Any) -> None:
+    if setting in ("STORAGES", "PRIVATE_MEDIA_ROOT"):
+        private_storage._wrapped = empty
