@@ -71,3 +71,27 @@ def test_every_exif_orientation_is_embedded_upright(make_photo) -> None:  # type
     for image in images[1:]:
         assert float(np.dot(reference, vectors[image.pk])) > 0.97, image.original_name
     assert float(np.dot(reference, vectors[other.pk])) < 0.9
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if len(c.parts()) == 1], ids=str)
+def test_json_api_upload(case: HostileUpload, django_user_model, media_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same corpus through POST /api/v1/images/: a JSON error with a stable code, or the stated result."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    user = django_user_model.objects.create_user("api-uploader", password="a long passphrase")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    body, content_type = multipart(case.parts(), field="file")
+    response = client.generic("POST", "/api/v1/images/", body, content_type=content_type)
+    if case.outcome == "refused":
+        assert 400 <= response.status_code < 500, response.status_code
+        error = response.json()["error"]
+        assert error["code"] and error["message"]
+        assert Image.objects.count() == 0 and media_files() == []
+    else:
+        assert response.status_code == 202, response.content[:500]
+        image = Image.objects.get()
+        assert case.check is not None
+        case.check(image)
+        assert all(image.checksum in p.name for p in media_files())
