@@ -17,7 +17,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from gallery import selectors, services
-from gallery.livestack import Browser, live_stack
+from gallery.livestack import live_stack
 from gallery.models import COPYRIGHT_STAFF_GROUP, CopyMatch, Image, MatchDecision, ProtectedWork
 
 from .conftest import photo_bytes
@@ -282,7 +282,7 @@ def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_pat
         while db.execute("select status from gallery_protectedwork").fetchone()[0] != "ready":
             assert time.monotonic() < deadline, "the work was never described\n" + stack.log_tail()
             time.sleep(0.5)
-        browser = Browser(stack.url)
+        browser = stack.browser()
         response = browser.upload([mirrored, innocent])
         assert response.status_code == 200, response.text[:300]
         ids = [int(i) for i in re.search(r"ids=([\d,]+)", response.url).group(1).split(",")]  # type: ignore[union-attr]
