@@ -243,7 +243,7 @@ def _catalog_image_from_url(url: str) -> int:
     media = str(settings.MEDIA_URL)
     if path.startswith(media):
         name = path[len(media) :]
-        pk = Image.objects.filter(Q(file=name) | Q(thumbnail=name)).values_list("pk", flat=True).first()
+        pk = Image.objects.filter(Q(display=name) | Q(thumbnail=name)).values_list("pk", flat=True).first()
         if pk is not None:
             return int(pk)
     else:

@@ -110,7 +110,7 @@ def test_more_like_this_by_id_url_and_get(api: APIClient, catalog: list[Image]) 
     assert by_id["query"]["image"]["id"] == image.pk and by_id["query"]["name"] == ""
     ids = [r["image"]["id"] for r in by_id["results"]]
     assert image.pk not in ids and {Image.objects.get(pk=i).original_name[:3] for i in ids} == {"004"}
-    for url in (f"http://testserver/images/{image.pk}/", f"/api/v1/images/{image.pk}/", image.file.url, image.thumbnail.url):
+    for url in (f"http://testserver/images/{image.pk}/", f"/api/v1/images/{image.pk}/", image.display_url, image.thumbnail.url):
         by_url = api.post("/api/v1/search/", {"image_url": url, "limit": 3}, format="json").json()
         assert [r["image"]["id"] for r in by_url["results"]] == ids, url
     by_get = api.get(f"/api/v1/images/{image.pk}/similar/", {"limit": 3, "metric": "inner_product"}).json()

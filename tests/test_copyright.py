@@ -238,7 +238,7 @@ def test_non_staff_and_anonymous_are_refused_everywhere(client) -> None:  # type
     match = _pending_match()
     for method, url, data in _review_requests(match):
         response = getattr(client, method)(url, data)
-        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), (method, url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), (method, url)
     client.force_login(User.objects.create_user("visitor", password="pw-visitor-1", is_staff=True))
     for method, url, data in _review_requests(match):
         assert getattr(client, method)(url, data).status_code == 403, (method, url)

@@ -154,8 +154,9 @@ def test_hidden_images_leave_the_gallery_and_search(client, butterflies, admin_c
     assert admin_client.get(reverse("gallery:detail", args=[images[1].pk])).status_code == 200
 
 
-def test_upload_answers_json_to_the_page_script(client) -> None:  # type: ignore[no-untyped-def]
+def test_upload_answers_json_to_the_page_script(user_client) -> None:  # type: ignore[no-untyped-def]
     """The upload page's script sends one file per request and shows each outcome in place."""
+    client = user_client
     data = photo_bytes(seed=11)
     ok = client.post(reverse("gallery:upload"), {"files": [_file(data, "one.jpg")]}, HTTP_ACCEPT="application/json")
     assert ok.status_code == 201
