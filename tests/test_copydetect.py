@@ -120,7 +120,7 @@ def test_the_shortlist_of_a_large_register_keeps_the_works_an_exact_scan_ranks_f
     for i in range(200):
         v = vectors(per_work)
         hashes = np.array([i, i], dtype=np.uint64)
-        index.add(i, copydetect.WorkSignature(v[:5], v[5:], hashes, empty, empty))
+        index.add(i, copydetect.WorkSignature(v[:5], v[6:], hashes, empty, empty, small=v[5]))
     for target in (7, 120, 199):
         signature = index.signature(target)
         windows = vectors(20)

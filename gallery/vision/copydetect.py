@@ -32,6 +32,13 @@ from .phash import hamming, hash_similarity, phash, phash_variants
 
 DESCRIPTOR_VERSION = 1
 WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotated 270°")
+# The index keeps, per work, its orientations, its whole-image descriptor at a small scale
+# (how it looks when pasted into a part of another photo), then its windows.
+SMALL = len(WORK_VARIANTS)
+VIEWS = (*WORK_VARIANTS, "the work, small")
+SMALL_LONG_SIDE = 160
+# Upload windows are compared with these views: pastes, borders, mirrored pastes.
+WINDOW_VIEWS = (0, SMALL, 1)
 # (window side as a fraction of the feature map's side, positions per axis).
 REGION_GRID = ((0.5, 3), (0.7, 2))
 # An upload is also searched with sliding windows (every position, one feature-map cell
@@ -174,6 +181,14 @@ class WorkSignature:
     keypoints: Keypoints
     mirrored_keypoints: Keypoints
     version: int = DESCRIPTOR_VERSION
+    # (dim,) the whole work at SMALL_LONG_SIDE; signatures stored before it existed use
+    # the original view in its place.
+    small: np.ndarray | None = None
+
+    def vectors(self) -> np.ndarray:
+        """The rows the index keeps: orientations, the small view, windows."""
+        small = self.globals[0] if self.small is None else self.small
+        return np.concatenate([self.globals, small[None], self.regions])
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
@@ -187,6 +202,7 @@ class WorkSignature:
             mkp_xy=self.mirrored_keypoints.xy,
             mkp_desc=self.mirrored_keypoints.desc,
             version=np.array([self.version]),
+            **({} if self.small is None else {"small": self.small.astype(np.float16)}),
         )
         return out.getvalue()
 
@@ -200,6 +216,7 @@ class WorkSignature:
                 keypoints=Keypoints(z["kp_xy"], z["kp_desc"]),
                 mirrored_keypoints=Keypoints(z["mkp_xy"], z["mkp_desc"]),
                 version=int(z["version"][0]),
+                small=l2_normalise(z["small"].astype(np.float32)[None])[0] if "small" in z.files else None,
             )
 
 
@@ -221,14 +238,17 @@ class QuerySignature:
 
 
 def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
-    """Five forward passes (one per orientation) plus SIFT of the work and its mirror."""
+    """Five forward passes (one per orientation), one at a small scale, and SIFT of the work
+    and its mirror."""
     image = image.convert("RGB")
     mirrored = ImageOps.mirror(image)
     views = [image, mirrored, image.rotate(90, expand=True), image.rotate(180), image.rotate(270, expand=True)]
     maps = [_forward(backbone, v) for v in views]
     pooled = pool_regions(maps[0])
     globals_ = np.stack([pooled[0]] + [pool_regions(m)[0] for m in maps[1:]])
+    small = np.asarray(fit_long_side(image, SMALL_LONG_SIDE), dtype=np.uint8)
     return WorkSignature(
+        small=pool_regions(backbone.feature_maps(small[None])[0], ())[0],
         globals=globals_,
         regions=pooled[1:],
         hashes=phash_variants(image),
@@ -345,7 +365,7 @@ class CopyIndex:
         self._fitted_on = 0
         self._low = np.zeros((0, PROJECTED_DIMS), dtype=np.float32)
         self._offset = np.zeros(0, dtype=np.float32)
-        self._low_originals = self._low
+        self._low_views = self._low
 
     def __len__(self) -> int:
         return len(self.ids) + len(self._pending)
@@ -361,12 +381,12 @@ class CopyIndex:
 
     @property
     def per_work(self) -> int:
-        return len(WORK_VARIANTS) + len(region_boxes(8, 8)) - 1  # the grid, without the whole map
+        return len(VIEWS) + len(region_boxes(8, 8)) - 1  # the grid, without the whole map
 
     def _flush(self) -> None:
         if not self._pending:
             return
-        new = np.concatenate([np.concatenate([s.globals, s.regions]) for _, s in self._pending]).astype(np.float16)
+        new = np.concatenate([s.vectors() for _, s in self._pending]).astype(np.float16)
         self._vectors = new if self._vectors is None else np.concatenate([self._vectors, new])
         self._hashes = np.concatenate([self._hashes, np.stack([s.hashes for _, s in self._pending])])
         self.ids += [i for i, _ in self._pending]
@@ -382,7 +402,8 @@ class CopyIndex:
         else:
             low, offset = self._project(self._vectors[len(self._low) :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
-        self._low_originals = np.ascontiguousarray(self._low[:: self.per_work])
+        by_work = self._low.reshape(len(self.ids), self.per_work, -1)
+        self._low_views = np.ascontiguousarray(by_work[:, [0, SMALL]].reshape(2 * len(self.ids), -1))
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._projection is not None
@@ -398,17 +419,17 @@ class CopyIndex:
 
     def _scores(self, vectors: np.ndarray, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
         """Per work in `vectors` ((works * per_work, dim)): the best CNN similarity and which
-        comparison gave it (an index into WORK_VARIANTS, or len(WORK_VARIANTS) for a window)."""
+        comparison gave it (an index into VIEWS, or len(VIEWS) for a window of the work)."""
         per_work = self.per_work
         # The whole upload against every view and window of the work: crops, rotations.
         whole, which = _best_per_work(vectors @ query.vectors[0], per_work)
-        # Every upload window against the work as is and mirrored: pastes, borders.
-        views = vectors.reshape(-1, per_work, vectors.shape[1])[:, :2]
+        # Every upload window against the work as is, small and mirrored: pastes, borders.
+        views = vectors.reshape(-1, per_work, vectors.shape[1])[:, list(WINDOW_VIEWS)]
         by_window = (query.vectors[1:] @ views.reshape(-1, vectors.shape[1]).T).max(axis=0)
-        window, window_view = _best_per_work(by_window, 2)
+        window, window_view = _best_per_work(by_window, len(WINDOW_VIEWS))
         use_window = window > whole
-        how = np.where(which < len(WORK_VARIANTS), which, len(WORK_VARIANTS))
-        return np.where(use_window, window, whole), np.where(use_window, window_view, how)
+        how = np.where(which < len(VIEWS), which, len(VIEWS))
+        return np.where(use_window, window, whole), np.where(use_window, np.array(WINDOW_VIEWS)[window_view], how)
 
     def cnn_scores(self, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
         """Per work: the best CNN similarity and which comparison gave it. Past
@@ -420,8 +441,9 @@ class CopyIndex:
             return self._scores(self._vectors.astype(np.float32), query)
         offset = self._offset.reshape(n, per_work)
         rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
-        # Windows against the work as is only; the exact pass adds its mirror image.
-        by_window = self._projection.dots(self._low_originals, offset[:, 0], query.vectors[1:]).max(axis=1)
+        # Windows against the work as is and small; the exact pass adds its mirror image.
+        by_window = self._projection.dots(self._low_views, offset[:, [0, SMALL]].reshape(-1), query.vectors[1:])
+        by_window = by_window.max(axis=1).reshape(n, 2).max(axis=1)
         rough = np.maximum(rough, by_window)
         shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
         rows = self._vectors.reshape(n, per_work, dim)[shortlist].reshape(-1, dim).astype(np.float32)
@@ -453,7 +475,7 @@ class CopyIndex:
                 flipped = verify(keypoints, signature.mirrored_keypoints) if plain < INLIERS_FIRE else 0
                 inliers, mirrored = max(plain, flipped), flipped > plain
                 settled = inliers >= CONCLUSIVE_INLIERS
-            view = WORK_VARIANTS[how[i]] if how[i] < len(WORK_VARIANTS) else "a part of the work"
+            view = VIEWS[how[i]] if how[i] < len(VIEWS) else "a part of the work"
             evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored)
             out.append(Candidate(self.ids[i], fuse(evidence), evidence))
         return sorted(out, key=lambda c: -c.score)

@@ -35,6 +35,7 @@ def _variant(signature: copydetect.WorkSignature, rng: np.random.Generator) -> c
     return copydetect.WorkSignature(
         globals=jitter(signature.globals),
         regions=jitter(signature.regions),
+        small=None if signature.small is None else jitter(signature.small[None])[0],
         hashes=rng.integers(0, 2**63, 2, dtype=np.int64).astype(np.uint64),
         keypoints=signature.keypoints,
         mirrored_keypoints=signature.mirrored_keypoints,
