@@ -79,3 +79,53 @@ def test_micro_ap_and_precision_at_threshold_follow_their_definitions() -> None:
     assert scores.recall_at_1 == pytest.approx(2 / 3)
     assert scores.precision_at_threshold == pytest.approx(1 / 3)
     assert copyeval.choose_threshold(preds, min_precision=0.5) == pytest.approx(0.7)
+
+
+@pytest.mark.slow
+def test_a_work_pasted_small_into_another_photo_is_found_and_its_species_is_not(butterflies) -> None:  # type: ignore[no-untyped-def]
+    from gallery.vision.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    species = butterflies["002"]
+    works = [_photo(p) for p in species[:3]]
+    index = copydetect.CopyIndex()
+    for i, im in enumerate(works):
+        index.add(i, copydetect.describe_work(backbone, im))
+    backgrounds = [_photo(butterflies["009"][0]), _photo(butterflies["004"][1])]
+    for i, work in enumerate(works):
+        pasted = attacks.paste_into(work, backgrounds[i % 2], np.random.default_rng(20 + i))
+        best = index.match(copydetect.describe_query(backbone, pasted))[0]
+        assert (best.work_id, best.score >= 0.6) == (i, True), (i, best)
+    # Other photos of the same species, pasted the same way, are not copies of any work.
+    for j, other in enumerate(species[3:6]):
+        pasted = attacks.paste_into(_photo(other), backgrounds[j % 2], np.random.default_rng(40 + j))
+        assert index.match(copydetect.describe_query(backbone, pasted))[0].score < 0.6, other
+
+
+def test_the_shortlist_of_a_large_register_keeps_the_works_an_exact_scan_ranks_first(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(copydetect, "SHORTLIST_ABOVE", 50)
+    monkeypatch.setattr(copydetect, "SHORTLIST", 10)
+    monkeypatch.setattr(copydetect, "PROJECTED_DIMS", 16)
+    rng = np.random.default_rng(0)
+    # CNN activations are non-negative and lie close to a low-dimensional subspace.
+    basis = np.abs(rng.normal(size=(12, 64))).astype(np.float32)
+    per_work = copydetect.CopyIndex().per_work
+    empty = copydetect.Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+
+    def vectors(k: int) -> np.ndarray:
+        x = np.abs(rng.normal(size=(k, 12))).astype(np.float32) @ basis
+        return copydetect.l2_normalise(x + 0.05 * np.abs(rng.normal(size=x.shape)).astype(np.float32))
+
+    index = copydetect.CopyIndex()
+    for i in range(200):
+        v = vectors(per_work)
+        hashes = np.array([i, i], dtype=np.uint64)
+        index.add(i, copydetect.WorkSignature(v[:5], v[6:], hashes, empty, empty, small=v[5]))
+    for target in (7, 120, 199):
+        signature = index.signature(target)
+        windows = vectors(20)
+        windows[3] = copydetect.l2_normalise(signature.globals[0] + 0.05 * windows[3])  # the work, pasted
+        query = copydetect.QuerySignature(vectors=np.concatenate([vectors(1), windows]), hash=0)
+        shortlisted, _ = index.cnn_scores(query)
+        assert int(np.argmax(shortlisted)) == target
+        assert (shortlisted >= 0).sum() == 10  # only the shortlist was scored exactly

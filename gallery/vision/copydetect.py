@@ -32,18 +32,36 @@ from .phash import hamming, hash_similarity, phash, phash_variants
 
 DESCRIPTOR_VERSION = 1
 WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotated 270°")
+# The index keeps, per work, its orientations, its whole-image descriptor at a small scale
+# (how it looks when pasted into a part of another photo), then its windows.
+SMALL = len(WORK_VARIANTS)
+VIEWS = (*WORK_VARIANTS, "the work, small")
+SMALL_LONG_SIDE = 160
+# Upload windows are compared with these views: pastes, borders, mirrored pastes.
+WINDOW_VIEWS = (0, SMALL, 1)
 # (window side as a fraction of the feature map's side, positions per axis).
 REGION_GRID = ((0.5, 3), (0.7, 2))
-# An upload is also cut finer, so that a work pasted small into another photo fills a window.
-QUERY_GRID = (*REGION_GRID, (0.4, 3))
+# An upload is also searched with sliding windows (every position, one feature-map cell
+# apart) of these sides, as fractions of the map's height and width: a work pasted at
+# 35–70% of another photo's size then fills one of them closely.
+QUERY_WINDOW_SIDES = (0.4, 0.55, 0.7)
 CNN_LONG_SIDE = 320
 SIFT_LONG_SIDE = 400
 SIFT_FEATURES = 300
+# An upload gets more keypoints at a finer scale: a work pasted into a part of it keeps enough.
+QUERY_SIFT_LONG_SIDE = 512
+QUERY_SIFT_FEATURES = 600
 RATIO_TEST = 0.8
 RANSAC_PIXELS = 3.0
 CANDIDATES = 4
 # This many consistent keypoints settle it: later candidates need no verifying.
 CONCLUSIVE_INLIERS = 40
+# Past this many works a PCA projection (this many dimensions, fitted on at most this many
+# vectors) shortlists works for exact scoring.
+SHORTLIST_ABOVE = 512
+SHORTLIST = 64
+PROJECTED_DIMS = 128
+PROJECTION_SAMPLE = 4096
 
 
 # ---------------------------------------------------------------- descriptors
@@ -68,17 +86,32 @@ def region_boxes(height: int, width: int, grid: tuple[tuple[float, int], ...] = 
     return boxes
 
 
-def pool_regions(fmap: np.ndarray, grid: tuple[tuple[float, int], ...] = REGION_GRID) -> np.ndarray:
-    """(h, w, c) activations → (regions, c) L2-normalised mean-pooled descriptors."""
-    h, w, _ = fmap.shape
+def sliding_boxes(height: int, width: int, sides: tuple[float, ...] = QUERY_WINDOW_SIDES) -> list[tuple[int, int, int, int]]:
+    """The whole map, then windows of every (height side, width side) pair at every
+    position one cell apart."""
+    boxes = [(0, height, 0, width)]
+    for fh in sides:
+        rh = max(1, round(height * fh))
+        for fw in sides:
+            rw = max(1, round(width * fw))
+            boxes += [(y, y + rh, x, x + rw) for y in range(height - rh + 1) for x in range(width - rw + 1)]
+    return list(dict.fromkeys(boxes))
+
+
+def pool_boxes(fmap: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """(h, w, c) activations → (len(boxes), c) L2-normalised mean-pooled descriptors."""
+    h, w, c = fmap.shape
     # An integral image makes every window's sum four lookups.
-    integral = np.zeros((h + 1, w + 1, fmap.shape[2]), dtype=np.float64)
+    integral = np.zeros((h + 1, w + 1, c), dtype=np.float64)
     integral[1:, 1:] = fmap.cumsum(0).cumsum(1)
-    out = []
-    for y0, y1, x0, x1 in region_boxes(h, w, grid):
-        total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        out.append(total / ((y1 - y0) * (x1 - x0)))
-    return l2_normalise(np.asarray(out, dtype=np.float32))
+    y0, y1, x0, x1 = (np.array(v) for v in zip(*boxes, strict=True))
+    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return l2_normalise((total / ((y1 - y0) * (x1 - x0))[:, None]).astype(np.float32))
+
+
+def pool_regions(fmap: np.ndarray, grid: tuple[tuple[float, int], ...] = REGION_GRID) -> np.ndarray:
+    """(h, w, c) activations → (regions, c) descriptors of `region_boxes`."""
+    return pool_boxes(fmap, region_boxes(fmap.shape[0], fmap.shape[1], grid))
 
 
 def _forward(backbone: Backbone, image: PILImage.Image) -> np.ndarray:
@@ -92,30 +125,33 @@ class Keypoints:
 
     xy: np.ndarray
     desc: np.ndarray
+    _root: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
 
+    @property
+    def root(self) -> np.ndarray:
+        """RootSIFT descriptors (L1-normalised, square-rooted), computed once and kept."""
+        if self._root is None:
+            d = self.desc.astype(np.float32)
+            d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-6)
+            self._root = np.sqrt(d)
+        return self._root
 
-_sift = None
+
+_sift: dict[int, object] = {}
 
 
-def sift_keypoints(image: PILImage.Image) -> Keypoints:
-    global _sift
-    if _sift is None:
-        _sift = cv2.SIFT_create(nfeatures=SIFT_FEATURES)  # type: ignore[attr-defined]
-    gray = np.asarray(fit_long_side(image, SIFT_LONG_SIDE).convert("L"), dtype=np.uint8)
-    points, desc = _sift.detectAndCompute(gray, None)
+def sift_keypoints(image: PILImage.Image, *, long_side: int = SIFT_LONG_SIDE, features: int = SIFT_FEATURES) -> Keypoints:
+    if features not in _sift:
+        _sift[features] = cv2.SIFT_create(nfeatures=features)  # type: ignore[attr-defined]
+    gray = np.asarray(fit_long_side(image, long_side).convert("L"), dtype=np.uint8)
+    points, desc = _sift[features].detectAndCompute(gray, None)  # type: ignore[attr-defined]
     if desc is None or not points:
         return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
     xy = np.array([p.pt for p in points], dtype=np.float32)
     return Keypoints(xy, np.clip(desc, 0, 255).astype(np.uint8))
-
-
-def _root_sift(desc: np.ndarray) -> np.ndarray:
-    d = desc.astype(np.float32)
-    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-6)
-    return np.sqrt(d)
 
 
 def verify(query: Keypoints, work: Keypoints) -> int:
@@ -123,7 +159,7 @@ def verify(query: Keypoints, work: Keypoints) -> int:
     if len(query) < 3 or len(work) < 3:
         return 0
     matcher = cv2.BFMatcher(cv2.NORM_L2)
-    pairs = matcher.knnMatch(_root_sift(query.desc), _root_sift(work.desc), k=2)
+    pairs = matcher.knnMatch(query.root, work.root, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO_TEST * p[1].distance]
     if len(good) < 3:
         return 0
@@ -145,6 +181,14 @@ class WorkSignature:
     keypoints: Keypoints
     mirrored_keypoints: Keypoints
     version: int = DESCRIPTOR_VERSION
+    # (dim,) the whole work at SMALL_LONG_SIDE; signatures stored before it existed use
+    # the original view in its place.
+    small: np.ndarray | None = None
+
+    def vectors(self) -> np.ndarray:
+        """The rows the index keeps: orientations, the small view, windows."""
+        small = self.globals[0] if self.small is None else self.small
+        return np.concatenate([self.globals, small[None], self.regions])
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
@@ -158,6 +202,7 @@ class WorkSignature:
             mkp_xy=self.mirrored_keypoints.xy,
             mkp_desc=self.mirrored_keypoints.desc,
             version=np.array([self.version]),
+            **({} if self.small is None else {"small": self.small.astype(np.float16)}),
         )
         return out.getvalue()
 
@@ -171,6 +216,7 @@ class WorkSignature:
                 keypoints=Keypoints(z["kp_xy"], z["kp_desc"]),
                 mirrored_keypoints=Keypoints(z["mkp_xy"], z["mkp_desc"]),
                 version=int(z["version"][0]),
+                small=l2_normalise(z["small"].astype(np.float32)[None])[0] if "small" in z.files else None,
             )
 
 
@@ -187,19 +233,22 @@ class QuerySignature:
         if self.keypoints is None:
             if self.image is None:
                 raise ValueError("the query image is needed for keypoints")
-            self.keypoints = sift_keypoints(self.image)
+            self.keypoints = sift_keypoints(self.image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
         return self.keypoints
 
 
 def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
-    """Five forward passes (one per orientation) plus SIFT of the work and its mirror."""
+    """Five forward passes (one per orientation), one at a small scale, and SIFT of the work
+    and its mirror."""
     image = image.convert("RGB")
     mirrored = ImageOps.mirror(image)
     views = [image, mirrored, image.rotate(90, expand=True), image.rotate(180), image.rotate(270, expand=True)]
     maps = [_forward(backbone, v) for v in views]
     pooled = pool_regions(maps[0])
     globals_ = np.stack([pooled[0]] + [pool_regions(m)[0] for m in maps[1:]])
+    small = np.asarray(fit_long_side(image, SMALL_LONG_SIDE), dtype=np.uint8)
     return WorkSignature(
+        small=pool_regions(backbone.feature_maps(small[None])[0], ())[0],
         globals=globals_,
         regions=pooled[1:],
         hashes=phash_variants(image),
@@ -211,7 +260,9 @@ def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
 def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
     """One forward pass and a hash; keypoints follow only if a candidate needs them."""
     image = image.convert("RGB")
-    return QuerySignature(vectors=pool_regions(_forward(backbone, image), QUERY_GRID), hash=phash(image), image=image)
+    fmap = _forward(backbone, image)
+    vectors = pool_boxes(fmap, sliding_boxes(fmap.shape[0], fmap.shape[1]))
+    return QuerySignature(vectors=vectors, hash=phash(image), image=image)
 
 
 # ---------------------------------------------------------------- scoring
@@ -265,16 +316,56 @@ class Candidate:
     evidence: Evidence
 
 
+def _best_per_work(scores: np.ndarray, per_work: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n * per_work,) similarities → per work: the best and which of its vectors gave it."""
+    grouped = scores.reshape(-1, per_work)
+    which = grouped.argmax(axis=1)
+    return grouped[np.arange(grouped.shape[0]), which], which
+
+
+class _Projection:
+    """A PCA of the register's CNN vectors, for a cheap first pass over many works.
+
+    Dot products are kept exact up to the dropped components: x·q = x'·q' + m·x + m·q − m·m,
+    with x', q' the centred projections and m the mean.
+    """
+
+    def __init__(self, sample: np.ndarray, dims: int) -> None:
+        self.mean = sample.mean(axis=0).astype(np.float32)
+        centred = (sample - self.mean).astype(np.float32)
+        # The leading right singular vectors of the centred sample (its covariance's eigenvectors).
+        _, vectors = np.linalg.eigh(centred.T @ centred)
+        self.components = np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
+
+    def project(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.ascontiguousarray((x - self.mean) @ self.components), (x @ self.mean).astype(np.float32)
+
+    def dots(self, low: np.ndarray, offset: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """(n, k) projected rows and their m·x → (n, len(query)) approximate dot products."""
+        q_low, q_offset = self.project(query)
+        return low @ q_low.T + offset[:, None] + (q_offset - float(self.mean @ self.mean))[None, :]
+
+
 class CopyIndex:
-    """Protected works' signatures in memory, appended to as works are registered."""
+    """Protected works' signatures in memory, appended to as works are registered.
+
+    Every work contributes the same number of CNN vectors (its views, then its windows),
+    so per-work maxima are reshapes. Past SHORTLIST_ABOVE works, a PCA projection of the
+    vectors picks a shortlist that is then scored exactly; the projection is refitted
+    whenever the register has doubled since the last fit, so nothing is rebuilt per upload.
+    """
 
     def __init__(self) -> None:
         self.ids: list[int] = []
         self._signatures: dict[int, WorkSignature] = {}
-        self._globals: np.ndarray | None = None
-        self._regions: np.ndarray | None = None
+        self._vectors: np.ndarray | None = None  # (works * per_work, dim) float16
         self._hashes = np.zeros((0, 2), dtype=np.uint64)
         self._pending: list[tuple[int, WorkSignature]] = []
+        self._projection: _Projection | None = None
+        self._fitted_on = 0
+        self._low = np.zeros((0, PROJECTED_DIMS), dtype=np.float32)
+        self._offset = np.zeros(0, dtype=np.float32)
+        self._low_views = self._low
 
     def __len__(self) -> int:
         return len(self.ids) + len(self._pending)
@@ -288,36 +379,79 @@ class CopyIndex:
         self._signatures[work_id] = signature
         self._pending.append((work_id, signature))
 
+    @property
+    def per_work(self) -> int:
+        return len(VIEWS) + len(region_boxes(8, 8)) - 1  # the grid, without the whole map
+
     def _flush(self) -> None:
         if not self._pending:
             return
-        new_globals = np.concatenate([s.globals for _, s in self._pending])
-        new_regions = np.concatenate([s.regions for _, s in self._pending])
-        self._globals = new_globals if self._globals is None else np.concatenate([self._globals, new_globals])
-        self._regions = new_regions if self._regions is None else np.concatenate([self._regions, new_regions])
+        new = np.concatenate([s.vectors() for _, s in self._pending]).astype(np.float16)
+        self._vectors = new if self._vectors is None else np.concatenate([self._vectors, new])
         self._hashes = np.concatenate([self._hashes, np.stack([s.hashes for _, s in self._pending])])
         self.ids += [i for i, _ in self._pending]
         self._pending = []
+        n = len(self.ids)
+        if n < SHORTLIST_ABOVE:
+            return
+        if self._projection is None or n >= 2 * self._fitted_on:
+            step = max(1, len(self._vectors) // PROJECTION_SAMPLE)
+            self._projection = _Projection(self._vectors[::step].astype(np.float32), PROJECTED_DIMS)
+            self._fitted_on = n
+            self._low, self._offset = self._project(self._vectors)
+        else:
+            low, offset = self._project(self._vectors[len(self._low) :])
+            self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
+        by_work = self._low.reshape(len(self.ids), self.per_work, -1)
+        self._low_views = np.ascontiguousarray(by_work[:, [0, SMALL]].reshape(2 * len(self.ids), -1))
+
+    def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self._projection is not None
+        lows, offsets = [], []
+        for start in range(0, len(vectors), 65536):
+            low, offset = self._projection.project(vectors[start : start + 65536].astype(np.float32))
+            lows.append(low)
+            offsets.append(offset)
+        return np.concatenate(lows), np.concatenate(offsets)
 
     def signature(self, work_id: int) -> WorkSignature:
         return self._signatures[work_id]
 
+    def _scores(self, vectors: np.ndarray, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
+        """Per work in `vectors` ((works * per_work, dim)): the best CNN similarity and which
+        comparison gave it (an index into VIEWS, or len(VIEWS) for a window of the work)."""
+        per_work = self.per_work
+        # The whole upload against every view and window of the work: crops, rotations.
+        whole, which = _best_per_work(vectors @ query.vectors[0], per_work)
+        # Every upload window against the work as is, small and mirrored: pastes, borders.
+        views = vectors.reshape(-1, per_work, vectors.shape[1])[:, list(WINDOW_VIEWS)]
+        by_window = (query.vectors[1:] @ views.reshape(-1, vectors.shape[1]).T).max(axis=0)
+        window, window_view = _best_per_work(by_window, len(WINDOW_VIEWS))
+        use_window = window > whole
+        how = np.where(which < len(VIEWS), which, len(VIEWS))
+        return np.where(use_window, window, whole), np.where(use_window, np.array(WINDOW_VIEWS)[window_view], how)
+
     def cnn_scores(self, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
-        """Per work: the best CNN similarity and which comparison gave it (an index into
-        WORK_VARIANTS, or len(WORK_VARIANTS) for a window of the work)."""
+        """Per work: the best CNN similarity and which comparison gave it. Past
+        SHORTLIST_ABOVE works only a shortlist is scored exactly; the rest get -1."""
         self._flush()
-        n = len(self.ids)
-        assert self._globals is not None and self._regions is not None
-        views = len(WORK_VARIANTS)
-        # Every upload window against every whole-work view: pastes, borders, rotations.
-        by_view = (query.vectors @ self._globals.T).max(axis=0).reshape(n, views)
-        # The whole upload against every window of the work: crops.
-        # Every work has the same windows (a fixed grid), so a reshape groups them.
-        by_window = (self._regions @ query.vectors[0]).reshape(n, -1).max(axis=1)
-        best_view = by_view.argmax(axis=1)
-        best = by_view[np.arange(n), best_view]
-        use_window = by_window > best
-        return np.where(use_window, by_window, best), np.where(use_window, views, best_view)
+        assert self._vectors is not None
+        n, per_work, dim = len(self.ids), self.per_work, self._vectors.shape[1]
+        if self._projection is None:
+            return self._scores(self._vectors.astype(np.float32), query)
+        offset = self._offset.reshape(n, per_work)
+        rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
+        # Windows against the work as is and small; the exact pass adds its mirror image.
+        by_window = self._projection.dots(self._low_views, offset[:, [0, SMALL]].reshape(-1), query.vectors[1:])
+        by_window = by_window.max(axis=1).reshape(n, 2).max(axis=1)
+        rough = np.maximum(rough, by_window)
+        shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
+        rows = self._vectors.reshape(n, per_work, dim)[shortlist].reshape(-1, dim).astype(np.float32)
+        exact, how = self._scores(rows, query)
+        best = np.full(n, -1.0, dtype=np.float32)
+        which = np.zeros(n, dtype=np.int64)
+        best[shortlist], which[shortlist] = exact, how
+        return best, which
 
     def match(self, query: QuerySignature, *, candidates: int = CANDIDATES, verify_all: bool = False) -> list[Candidate]:
         """The best-scoring works for an upload, best first, each verified with keypoints."""
@@ -341,7 +475,7 @@ class CopyIndex:
                 flipped = verify(keypoints, signature.mirrored_keypoints) if plain < INLIERS_FIRE else 0
                 inliers, mirrored = max(plain, flipped), flipped > plain
                 settled = inliers >= CONCLUSIVE_INLIERS
-            view = WORK_VARIANTS[how[i]] if how[i] < len(WORK_VARIANTS) else "a part of the work"
+            view = VIEWS[how[i]] if how[i] < len(VIEWS) else "a part of the work"
             evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored)
             out.append(Candidate(self.ids[i], fuse(evidence), evidence))
         return sorted(out, key=lambda c: -c.score)
