@@ -94,6 +94,11 @@ class VectorIndex:
         return self._ids[: self._size]
 
     @property
+    def vectors(self) -> np.ndarray:
+        """The indexed vectors as added (a view; do not modify)."""
+        return self._vectors[: self._size]
+
+    @property
     def nbytes(self) -> int:
         extra = self._unit.nbytes + self._nbr_idx.nbytes + self._nbr_sim.nbytes
         extra += self._augmented.nbytes if self._augmented is not None else 0
