@@ -38,7 +38,10 @@ def search_expansion() -> Expansion:
 def ann_params() -> AnnParams:
     conf = settings.IMAGESEARCH
     return AnnParams(
-        kind=conf["ANN_KIND"], hnsw_m=conf["ANN_HNSW_M"], ef_construction=conf["ANN_EF_CONSTRUCTION"], ef_search=conf["ANN_EF_SEARCH"]
+        kind=conf["ANN_KIND"],
+        hnsw_m=conf["ANN_HNSW_M"],
+        ef_construction=conf["ANN_EF_CONSTRUCTION"],
+        ef_search=conf["ANN_EF_SEARCH"],
     )
 
 
@@ -86,26 +89,35 @@ class CatalogIndex:
     def _new_index(self, dim: int) -> TieredIndex:
         conf = settings.IMAGESEARCH
         return TieredIndex(
-            dim, expansion=search_expansion(), threshold=conf["ANN_THRESHOLD"], params=ann_params(), background=conf["ANN_BACKGROUND"]
+            dim,
+            expansion=search_expansion(),
+            threshold=conf["ANN_THRESHOLD"],
+            params=ann_params(),
+            background=conf["ANN_BACKGROUND"],
         )
 
     def _rebuild(self, key: tuple[str, int | None], backbone: str, reduction: Reduction | None) -> None:
         last = CatalogChange.objects.aggregate(last=Max("pk"))["last"] or 0
+        recent = timezone.now() - timedelta(seconds=settings.IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"])
+        seen = CatalogChange.objects.filter(pk__lte=last, at__gte=recent).values_list("pk", flat=True)
         rows = list(_public_rows(backbone, reduction).order_by("pk").values_list("image_id", "vector"))
         index = None
         if rows:
             ids, vectors = _matrix(rows)
             index = self._new_index(vectors.shape[1])
             index.add(ids, vectors)
-        self._key, self._index, self._last_change, self._window = key, index, last, {}
         self._checked = time.monotonic()
+        self._key, self._index, self._last_change = key, index, last
+        self._window = dict.fromkeys(seen, self._checked)
 
     def _apply_changes(self, backbone: str, reduction: Reduction | None) -> None:
         window = settings.IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
         recent = timezone.now() - timedelta(seconds=window)
         changes = [
             (pk, image_id)
-            for pk, image_id in CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list("pk", "image_id")
+            for pk, image_id in CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
+                "pk", "image_id"
+            )
             if pk not in self._window
         ]
         now = time.monotonic()
@@ -144,6 +156,8 @@ class PgVectorIndex:
         name = f"gallery_rv_hnsw_{int(reduction.pk)}"
         if reduction.pk not in cls._indexed:
             with connection.cursor() as cur:
+                if connection.in_atomic_block:  # deferred foreign-key checks would block CREATE INDEX
+                    cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 cur.execute(
                     f"CREATE INDEX IF NOT EXISTS {name} ON gallery_reducedvector "
                     f"USING hnsw ((vector::vector({int(reduction.dims)})) vector_cosine_ops) WHERE reduction_id = {int(reduction.pk)}"

@@ -60,8 +60,6 @@ def active_space() -> Space:
     return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
 
 
-
-
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
     hits = list(hits)
     images = Image.objects.in_bulk([h.id for h in hits])
@@ -135,7 +133,9 @@ def default_metric() -> str:
 # ---- catalog curation ------------------------------------------------------
 
 
-def _search_tagged(index: TieredIndex | PgVectorIndex, query: np.ndarray, *, tag: str, limit: int, metric: str, exclude: int | None) -> list[Hit]:
+def _search_tagged(
+    index: TieredIndex | PgVectorIndex, query: np.ndarray, *, tag: str, limit: int, metric: str, exclude: int | None
+) -> list[Hit]:
     """Top hits among the images carrying `tag`: a growing top-k of the whole index,
     filtered, until enough tagged images are found or the index is exhausted."""
     allowed = set(Tag.objects.filter(name=tag.strip().lower()).values_list("images__pk", flat=True))

@@ -23,7 +23,7 @@ def pgvector_parse(value: Any) -> bytes:
     adapter is registered, else the text form."""
     if isinstance(value, np.ndarray):
         return np.asarray(value, dtype=np.float32).tobytes()
-    text = value.decode() if isinstance(value, bytes | memoryview) else str(value)
+    text = bytes(value).decode() if isinstance(value, bytes | memoryview) else str(value)
     return np.array(text.strip("[]").split(","), dtype=np.float32).tobytes()
 
 

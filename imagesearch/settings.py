@@ -182,7 +182,7 @@ IMAGESEARCH = {
     "ANN_KIND": env("IMAGESEARCH_ANN_KIND", "hnsw"),
     "ANN_HNSW_M": env_int("IMAGESEARCH_ANN_HNSW_M", 32),
     "ANN_EF_CONSTRUCTION": env_int("IMAGESEARCH_ANN_EF_CONSTRUCTION", 80),
-    "ANN_EF_SEARCH": env_int("IMAGESEARCH_ANN_EF_SEARCH", 48),
+    "ANN_EF_SEARCH": env_int("IMAGESEARCH_ANN_EF_SEARCH", 128),
     "ANN_BACKGROUND": env_bool("IMAGESEARCH_ANN_BACKGROUND", True),
     # Catalog changes are re-read for this long (a transaction committing late), and the
     # index is recounted against the database this often.

@@ -32,7 +32,7 @@ class AnnParams:
     kind: str = "hnsw"
     hnsw_m: int = 32
     ef_construction: int = 80
-    ef_search: int = 48
+    ef_search: int = 128
     ivf_lists: int = 0  # 0: 4·√n, fixed when the index is built
     nprobe: int = 16
 
@@ -57,6 +57,11 @@ class ApproximateIndex:
         return self._size - len(self._dead)
 
     @property
+    def lists(self) -> int:
+        """IVF: the number of inverted lists (0 for HNSW or before the first add)."""
+        return int(getattr(self._index, "nlist", 0))
+
+    @property
     def tombstones(self) -> int:
         return len(self._dead)
 
@@ -70,9 +75,9 @@ class ApproximateIndex:
     def _make(self, sample: np.ndarray) -> faiss.Index:
         p = self.params
         if p.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = p.ef_construction
-            return index
+            hnsw = faiss.IndexHNSWFlat(self.dim, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = p.ef_construction
+            return hnsw
         lists = p.ivf_lists or max(16, int(4 * np.sqrt(max(len(sample), 1))))
         lists = min(lists, max(1, len(sample) // 39))  # faiss wants ≥ 39 training points per list
         quantizer = faiss.IndexFlatIP(self.dim)
@@ -122,7 +127,7 @@ class ApproximateIndex:
             self._selector_parts = (batch,)  # faiss keeps a raw pointer; keep the object alive
         p = self.params
         if p.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = max(p.ef_search, k)
         else:
             params = faiss.SearchParametersIVF()
@@ -252,19 +257,23 @@ class TieredIndex:
             self.rebuild(wait=not self.background)
 
     def rebuild(self, *, wait: bool = True) -> None:
-        """Compact the exact index and (re)build the approximate one from the live rows."""
+        """Compact the exact index and (re)build the approximate one from the live rows:
+        on a background thread, or here when `wait` (joining a build already running)."""
         with self._lock:
-            if self._building is not None:
-                thread = self._building
-            else:
+            thread = self._building
+            if thread is None:
                 order = np.array(sorted(self._position.values()), dtype=np.int64)
                 ids = self._exact.ids[order].copy()
                 vectors = self._exact.vectors[order].copy()
                 self._replay = []
+                if wait:
+                    self._building = threading.current_thread()
+                    self._build(ids, vectors)
+                    return
                 thread = threading.Thread(target=self._build, args=(ids, vectors), name="ann-rebuild", daemon=True)
                 self._building = thread
                 thread.start()
-        if wait:
+        if wait and thread is not threading.current_thread():
             thread.join()
 
     def _build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -306,7 +315,7 @@ class TieredIndex:
             exact, dead = self._exact, self._dead
         if len(exact) == 0:
             return []
-        scores, largest = exact.scores(query, metric=metric, exclude=exclude)
+        scores, largest = exact.scores(query, metric=metric, exclude=exclude, dead=dead)
         worst = _worst(largest)
         if dead.any():
             scores = np.where(dead[: len(scores)], worst, scores)

@@ -115,13 +115,17 @@ class Command(BaseCommand):
                 exact.search(v, k=k)
                 times.append(time.perf_counter() - t0)
             p50, p99 = percentiles_ms(times)
-            self.stdout.write(f"exact (in-process matrix): p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@{k} 1.000, memory {exact.nbytes / 2**20:.0f} MiB")
+            self.stdout.write(
+                f"exact (in-process matrix): p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@{k} 1.000, memory {exact.nbytes / 2**20:.0f} MiB"
+            )
             del exact
 
         for kind in ("hnsw", "ivf"):
             if kind not in kinds:
                 continue
-            params = AnnParams(kind=kind, hnsw_m=opts["hnsw_m"], ef_construction=opts["ef_construction"])
+            params = AnnParams(
+                kind=kind, hnsw_m=opts["hnsw_m"], ef_construction=opts["ef_construction"], ivf_lists=int(4 * np.sqrt(n))
+            )
             faiss.omp_set_num_threads(os.cpu_count() or 1)
             index = ApproximateIndex(d, params=params)
             t0 = time.perf_counter()
@@ -129,7 +133,7 @@ class Command(BaseCommand):
                 index.add(ids[b : b + 100_000], x[b : b + 100_000])
             built = time.perf_counter() - t0
             faiss.omp_set_num_threads(1)
-            label = f"HNSW{params.hnsw_m},efConstruction={params.ef_construction}" if kind == "hnsw" else f"IVF{index._index.nlist},Flat"  # type: ignore[union-attr]
+            label = f"HNSW{params.hnsw_m},efConstruction={params.ef_construction}" if kind == "hnsw" else f"IVF{index.lists},Flat"
             self.stdout.write(f"faiss {label}: built in {built:.0f} s, memory {index.nbytes / 2**20:.0f} MiB")
             sweep = opts["ef_search"] if kind == "hnsw" else opts["nprobe"]
             for value in (int(s) for s in sweep.split(",") if s):
@@ -143,7 +147,9 @@ class Command(BaseCommand):
                     found[i, : len(hits)] = [h.id for h in hits]
                 p50, p99 = percentiles_ms(times)
                 name = "efSearch" if kind == "hnsw" else "nprobe"
-                self.stdout.write(f"  {name}={value}: p50 {p50:.3f} ms, p99 {p99:.3f} ms, recall@{k} {recall_at(found, truth):.3f}")
+                self.stdout.write(
+                    f"  {name}={value}: p50 {p50:.3f} ms, p99 {p99:.3f} ms, recall@{k} {recall_at(found, truth):.3f}"
+                )
             del index
 
         if "pgvector" in kinds:
@@ -175,9 +181,13 @@ class Command(BaseCommand):
             cur.execute("SET maintenance_work_mem = '1GB'")
             cur.execute("CREATE INDEX ON benchmark_vectors USING hnsw (v vector_cosine_ops) WITH (m = 16, ef_construction = 64)")
             built = time.perf_counter() - t0
-            cur.execute("SELECT pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = 'benchmark_vectors'::regclass AND NOT indisprimary")
+            cur.execute(
+                "SELECT pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = 'benchmark_vectors'::regclass AND NOT indisprimary"
+            )
             size = cur.fetchone()[0]
-            self.stdout.write(f"pgvector HNSW (m=16, ef_construction=64) on {n} × {d}-d: loaded {loaded:.0f} s, built {built:.0f} s, index {size / 2**20:.0f} MiB")
+            self.stdout.write(
+                f"pgvector HNSW (m=16, ef_construction=64) on {n} × {d}-d: loaded {loaded:.0f} s, built {built:.0f} s, index {size / 2**20:.0f} MiB"
+            )
             for ef in ef_values:
                 cur.execute(f"SET hnsw.ef_search = {int(ef)}")
                 found = np.zeros((len(q), k), dtype=np.int64)
@@ -189,5 +199,7 @@ class Command(BaseCommand):
                     times.append(time.perf_counter() - t0)
                     found[i, : len(rows)] = [r[0] for r in rows]
                 p50, p99 = percentiles_ms(times)
-                self.stdout.write(f"  ef_search={ef}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (SQL round trip), recall@{k} {recall_at(found, truth):.3f}")
+                self.stdout.write(
+                    f"  ef_search={ef}: p50 {p50:.2f} ms, p99 {p99:.2f} ms (SQL round trip), recall@{k} {recall_at(found, truth):.3f}"
+                )
             cur.execute("DROP TABLE benchmark_vectors")
