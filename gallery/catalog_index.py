@@ -128,13 +128,24 @@ class CatalogIndex:
         self._last_change = max(self._last_change, *(pk for pk, _ in changes))
         touched = np.unique(np.array([image_id for _, image_id in changes], dtype=np.int64))
         rows = list(_public_rows(backbone, reduction).filter(image_id__in=touched.tolist()).values_list("image_id", "vector"))
-        if self._index is not None:
-            self._index.remove(touched)
-        if rows:
-            ids, vectors = _matrix(rows)
+        current = {int(i): np.frombuffer(bytes(v), dtype=np.float32) for i, v in rows}
+        index = self._index
+        if index is not None:
+            # Only what actually changed: a logged change can leave this space as it was
+            # (another backbone's vector, a status round trip).
+            gone = [i for i in touched.tolist() if i in index and i not in current]
+            current = {i: v for i, v in current.items() if not _same(index.vector_of(i), v)}
+            index.remove(np.array(gone + list(current), dtype=np.int64))
+        if current:
+            ids = np.fromiter(current.keys(), dtype=np.int64, count=len(current))
+            vectors = np.stack(list(current.values()))
             if self._index is None:
                 self._index = self._new_index(vectors.shape[1])
             self._index.add(ids, vectors)
+
+
+def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
+    return stored is not None and bool(np.array_equal(stored, vector))
 
 
 class PgVectorIndex:

@@ -214,6 +214,12 @@ class TieredIndex:
     def __contains__(self, image_id: int) -> bool:
         return image_id in self._position
 
+    def vector_of(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of an indexed id, or None."""
+        with self._lock:
+            pos = self._position.get(image_id)
+            return None if pos is None else self._exact.vectors[pos].copy()
+
     # ------------------------------------------------------------ changes
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -250,6 +256,11 @@ class TieredIndex:
         if self._building is not None:
             return
         live, dead = len(self._position), int(self._dead.sum())
+        if dead and self.expansion.dba_k > 0 and live <= self.expansion.dba_max_vectors:
+            # Augmented vectors average over neighbours, removed ones included: recompute
+            # now, so search stays exactly what a fresh index would answer.
+            self.rebuild(wait=True)
+            return
         wants_ann = live >= self.threshold
         stale_ann = self._ann is not None and self._ann.tombstones > 0.1 * max(live, 1)
         compact = dead > 0.1 * max(live, 1) and dead >= 64
