@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 
 from .storage import get_private_storage
+from .vector_field import VectorBytesField
 
 
 class Image(models.Model):
@@ -115,7 +117,8 @@ class ReducedVector(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="reduced_vectors")
     reduction = models.ForeignKey(Reduction, on_delete=models.CASCADE, related_name="vectors")
-    vector = models.BinaryField()
+    # float32 bytes in Python; a pgvector column on PostgreSQL (HNSW-indexed per reduction).
+    vector = VectorBytesField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "reduction"], name="one_vector_per_reduction")]
@@ -306,3 +309,24 @@ class MatchDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} on match {self.match_id}"
+
+
+# ---- scale: multi-process index consistency -----------------------------------
+
+
+class CatalogChange(models.Model):
+    """One entry per change that alters what search may return for an image: it became
+    ready or stopped being ready, was hidden, published or deleted, or its vector changed.
+
+    Written by database triggers (so bulk updates and deletes are caught too) and read by
+    every process's in-memory index on each query, which re-reads only those images.
+    """
+
+    image_id = models.BigIntegerField()
+    at = models.DateTimeField(db_default=Now(), db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["image_id"])]
+
+    def __str__(self) -> str:
+        return f"change {self.pk} of image {self.image_id}"

@@ -12,9 +12,12 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from . import pipeline
-from .models import CatalogJob, DuplicateGroup, Embedding, Image, ReducedVector, Reduction, Tag
+from .catalog_index import PgVectorIndex, space_index
+from .catalog_index import catalog_index as catalog_index  # re-exported for tests and commands
+from .models import CatalogJob, DuplicateGroup, Embedding, Image, Reduction, Tag
 from .services import ImageRejected, read_upload, reduction_load
-from .vision.index import Expansion, Hit, VectorIndex, check_metric
+from .vision.ann import TieredIndex
+from .vision.index import Hit, check_metric
 from .vision.preprocess import ImageDecodeError
 
 
@@ -59,71 +62,6 @@ def active_space() -> Space:
     return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
 
 
-def search_expansion() -> Expansion:
-    conf = settings.IMAGESEARCH
-    return Expansion(dba_k=conf["DBA_K"], qe_k=conf["QE_K"], alpha=conf["QE_ALPHA"], dba_max_vectors=conf["DBA_MAX_VECTORS"])
-
-
-class _CatalogIndex:
-    """A process-wide index per space, brought up to date on every query.
-
-    New rows are appended by primary key; a count that no longer matches (an image
-    was removed or hidden) triggers a rebuild. Only ready, published images are indexed.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._key: tuple[str, int | None] | None = None
-        self._index: VectorIndex | None = None
-        self._last_row = 0
-
-    def _rows(self, space: Space):  # type: ignore[no-untyped-def]
-        public = {"image__status": Image.Status.READY, "image__visibility": Image.Visibility.PUBLISHED}
-        if space.reduction is not None:
-            return ReducedVector.objects.filter(reduction=space.reduction, **public)
-        return Embedding.objects.filter(backbone=space.backbone, **public)
-
-    def get(self, space: Space) -> VectorIndex | None:
-        with self._lock:
-            rows = self._rows(space)
-            if self._key != space.key:
-                self._key, self._index, self._last_row = space.key, None, 0
-            new = list(rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "image_id", "vector"))
-            if new:
-                ids = np.fromiter((r[1] for r in new), dtype=np.int64, count=len(new))
-                vecs = np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in new])
-                if self._index is None:
-                    self._index = VectorIndex(vecs.shape[1], expansion=search_expansion())
-                self._index.add(ids, vecs)
-                self._last_row = new[-1][0]
-            if self._index is not None and len(self._index) != rows.count():
-                self._key, self._index, self._last_row = None, None, 0
-                return self._rebuild(space)
-            return self._index
-
-    def _rebuild(self, space: Space) -> VectorIndex | None:
-        rows = self._rows(space)
-        data = list(rows.order_by("pk").values_list("pk", "image_id", "vector"))
-        self._key = space.key
-        if not data:
-            self._index, self._last_row = None, 0
-            return None
-        index = VectorIndex(len(np.frombuffer(bytes(data[0][2]), dtype=np.float32)), expansion=search_expansion())
-        index.add(
-            np.array([r[1] for r in data], dtype=np.int64),
-            np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in data]),
-        )
-        self._index, self._last_row = index, data[-1][0]
-        return index
-
-    def clear(self) -> None:
-        with self._lock:
-            self._key, self._index, self._last_row = None, None, 0
-
-
-catalog_index = _CatalogIndex()
-
-
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
     hits = list(hits)
     images = Image.objects.in_bulk([h.id for h in hits])
@@ -143,7 +81,7 @@ def search_by_vector(
     optionally only those carrying `tag`."""
     check_metric(metric)
     space = space or active_space()
-    index = catalog_index.get(space)
+    index = space_index(backbone=space.backbone, reduction=space.reduction)
     if index is None:
         return []
     query = space.project(embedding)
@@ -197,7 +135,9 @@ def default_metric() -> str:
 # ---- catalog curation ------------------------------------------------------
 
 
-def _search_tagged(index: VectorIndex, query: np.ndarray, *, tag: str, limit: int, metric: str, exclude: int | None) -> list[Hit]:
+def _search_tagged(
+    index: TieredIndex | PgVectorIndex, query: np.ndarray, *, tag: str, limit: int, metric: str, exclude: int | None
+) -> list[Hit]:
     """Top hits among the images carrying `tag`: a growing top-k of the whole index,
     filtered, until enough tagged images are found or the index is exhausted."""
     allowed = set(Tag.objects.filter(name=tag.strip().lower()).values_list("images__pk", flat=True))

@@ -203,6 +203,24 @@ IMAGESEARCH = {
     "RATE_LIMIT_CACHE": "default",
     # Behind a reverse proxy that sets X-Forwarded-For, count by its first address.
     "TRUST_X_FORWARDED_FOR": env_bool("IMAGESEARCH_TRUST_X_FORWARDED_FOR", False),
+    # ---- scale
+    # memory: each web process searches its own index (exact, plus faiss above
+    # ANN_THRESHOLD); pgvector: search is SQL on PostgreSQL (PCA spaces; memory otherwise).
+    "SEARCH_BACKEND": env("IMAGESEARCH_SEARCH_BACKEND", "memory"),
+    # The in-memory index turns approximate (faiss) for cosine at this many vectors; at
+    # the default, database-side augmentation (DBA_MAX_VECTORS) is already off.
+    "ANN_THRESHOLD": env_int("IMAGESEARCH_ANN_THRESHOLD", 200_000),
+    "ANN_KIND": env("IMAGESEARCH_ANN_KIND", "hnsw"),
+    "ANN_HNSW_M": env_int("IMAGESEARCH_ANN_HNSW_M", 32),
+    "ANN_EF_CONSTRUCTION": env_int("IMAGESEARCH_ANN_EF_CONSTRUCTION", 80),
+    "ANN_EF_SEARCH": env_int("IMAGESEARCH_ANN_EF_SEARCH", 128),
+    "ANN_BACKGROUND": env_bool("IMAGESEARCH_ANN_BACKGROUND", True),
+    # Catalog changes are re-read for this long (a transaction committing late), and the
+    # index is recounted against the database this often.
+    "INDEX_CHANGE_WINDOW_SECONDS": env_int("IMAGESEARCH_INDEX_CHANGE_WINDOW_SECONDS", 30),
+    "INDEX_RECHECK_SECONDS": env_int("IMAGESEARCH_INDEX_RECHECK_SECONDS", 10),
+    "CHANGE_LOG_RETENTION_HOURS": env_int("IMAGESEARCH_CHANGE_LOG_RETENTION_HOURS", 24),
+    "PGVECTOR_EF_SEARCH": env_int("IMAGESEARCH_PGVECTOR_EF_SEARCH", 100),
 }
 
 # ---------------------------------------------------------------- Celery

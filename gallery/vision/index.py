@@ -94,6 +94,11 @@ class VectorIndex:
         return self._ids[: self._size]
 
     @property
+    def vectors(self) -> np.ndarray:
+        """The indexed vectors as added (a view; do not modify)."""
+        return self._vectors[: self._size]
+
+    @property
     def nbytes(self) -> int:
         extra = self._nbr_idx.nbytes + self._nbr_sim.nbytes
         extra += self._augmented.nbytes if self._augmented is not None else 0
@@ -182,12 +187,15 @@ class VectorIndex:
         scores, largest = self.scores(query, metric=metric, exclude=exclude)
         return self._hits(scores, k, largest=largest, exclude=exclude)
 
-    def scores(self, query: np.ndarray, *, metric: str = "cosine", exclude: int | None = None) -> tuple[np.ndarray, bool]:
-        """The final-stage score of every indexed vector, and whether larger is better."""
+    def scores(
+        self, query: np.ndarray, *, metric: str = "cosine", exclude: int | None = None, dead: np.ndarray | None = None
+    ) -> tuple[np.ndarray, bool]:
+        """The final-stage score of every indexed vector, and whether larger is better.
+        `dead` marks rows that must not take part (removed, awaiting compaction)."""
         check_metric(metric)
         q = np.asarray(query, dtype=np.float32).reshape(self.dim)
         if metric == "cosine" and self.expansion.enabled:
-            return self._expanded_scores(q, exclude=exclude), True
+            return self._expanded_scores(q, exclude=exclude, dead=dead), True
         x = self._vectors[: self._size]
         dots = x @ q
         if metric == "cosine":
@@ -204,7 +212,7 @@ class VectorIndex:
         hits = [Hit(int(self._ids[i]), float(scores[i])) for i in order if self._ids[i] != exclude]
         return hits[:k]
 
-    def _expanded_scores(self, q: np.ndarray, *, exclude: int | None) -> np.ndarray:
+    def _expanded_scores(self, q: np.ndarray, *, exclude: int | None, dead: np.ndarray | None = None) -> np.ndarray:
         q = l2_rows(q)
         if self._dba_active() and self._augmented is not None:
             db = self._augmented
@@ -217,6 +225,8 @@ class VectorIndex:
         if qe_k > 0:
             if exclude is not None:
                 scores = np.where(self._ids[: self._size] == exclude, -np.inf, scores)
+            if dead is not None and dead.any():
+                scores = np.where(dead[: self._size], -np.inf, scores)
             top = top_k_indices(scores, qe_k, largest=True)
             weights = np.maximum(scores[top], 0.0) ** self.expansion.alpha
             if db is self._augmented:

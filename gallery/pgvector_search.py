@@ -1,0 +1,1 @@
+"""Vector search inside PostgreSQL with pgvector (used when the database is PostgreSQL)."""
