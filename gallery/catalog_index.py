@@ -6,10 +6,14 @@ IMAGESEARCH["ANN_THRESHOLD"] vectors). Every query first reads the catalog chang
 re-reads just those images, so a change committed by any process is visible to every
 process on its next query. Entries are re-read for IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
 because on PostgreSQL a transaction may commit after a later-numbered one; a row-count
-check every INDEX_RECHECK_SECONDS rebuilds an index that drifted anyway.
+check every INDEX_RECHECK_SECONDS rebuilds an index that drifted anyway. Entries older than
+IMAGESEARCH["CHANGE_LOG_RETENTION_SECONDS"] are pruned; the marker entry pruning leaves
+makes an index that had not read that far reload in full.
 
 On PostgreSQL with IMAGESEARCH["SEARCH_BACKEND"] = "pgvector", search is a SQL query
-over the reduced vectors' pgvector column, with an HNSW index per PCA space.
+over the reduced vectors' pgvector column, with an HNSW index per PCA space; with
+database-side augmentation on, the nearest candidates are re-ranked in Python with the
+in-memory index's maths.
 """
 
 from __future__ import annotations
@@ -78,12 +82,12 @@ class CatalogIndex:
             now = time.monotonic()
             if self._key != key:
                 self._rebuild(key, backbone, reduction)
-            else:
-                self._apply_changes(backbone, reduction)
-                if now - self._checked > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
-                    if (len(self._index) if self._index else 0) != _public_rows(backbone, reduction).count():
-                        self._rebuild(key, backbone, reduction)
-                    self._checked = now
+            elif not self._apply_changes(backbone, reduction):
+                self._rebuild(key, backbone, reduction)  # entries it never read were pruned
+            elif now - self._checked > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
+                if (len(self._index) if self._index else 0) != _public_rows(backbone, reduction).count():
+                    self._rebuild(key, backbone, reduction)
+                self._checked = now
             return self._index if self._index is not None and len(self._index) else None
 
     def _new_index(self, dim: int) -> TieredIndex:
@@ -110,20 +114,25 @@ class CatalogIndex:
         self._key, self._index, self._last_change = key, index, last
         self._window = dict.fromkeys(seen, self._checked)
 
-    def _apply_changes(self, backbone: str, reduction: Reduction | None) -> None:
+    def _apply_changes(self, backbone: str, reduction: Reduction | None) -> bool:
+        """Apply the entries not applied yet; False when some were pruned before this
+        index read them (it must reload)."""
         window = settings.IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
         recent = timezone.now() - timedelta(seconds=window)
-        changes = [
-            (pk, image_id)
-            for pk, image_id in CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
-                "pk", "image_id"
-            )
-            if pk not in self._window
-        ]
+        rows = CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
+            "pk", "image_id", "pruned_through"
+        )
+        changes = []
+        for pk, image_id, pruned_through in rows:
+            if pruned_through is not None:
+                if pruned_through > self._last_change:
+                    return False
+            elif pk not in self._window:
+                changes.append((pk, image_id))
         now = time.monotonic()
         self._window = {pk: t for pk, t in self._window.items() if now - t < 2 * window}
         if not changes:
-            return
+            return True
         self._window.update((pk, now) for pk, _ in changes)
         self._last_change = max(self._last_change, *(pk for pk, _ in changes))
         touched = np.unique(np.array([image_id for _, image_id in changes], dtype=np.int64))
@@ -142,6 +151,7 @@ class CatalogIndex:
             if self._index is None:
                 self._index = self._new_index(vectors.shape[1])
             self._index.add(ids, vectors)
+        return True
 
 
 def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
