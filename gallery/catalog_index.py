@@ -31,7 +31,7 @@ from django.utils import timezone
 from .models import CatalogChange, Embedding, Image, ReducedVector, Reduction
 from .vector_field import pgvector_literal
 from .vision.ann import AnnParams, TieredIndex
-from .vision.index import Expansion, Hit, check_metric, l2_rows
+from .vision.index import Expansion, Hit, check_metric, l2_rows, top_k_indices
 
 
 def search_expansion() -> Expansion:
@@ -161,11 +161,16 @@ def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
 class PgVectorIndex:
     """Search as SQL over one PCA space's pgvector column (PostgreSQL only).
 
-    Cosine uses the space's HNSW index (created on first use); α-query expansion runs as
-    a second query, as in the in-memory index. Database-side augmentation is not applied.
+    Cosine uses the space's HNSW index (created on first use). Without database-side
+    augmentation (DBA), α-query expansion runs as a second query. With DBA, the
+    IMAGESEARCH["PGVECTOR_RERANK_CANDIDATES"] nearest images by plain cosine are fetched with
+    each one's DBA_K nearest neighbours, their augmented vectors computed as the in-memory
+    index computes them, and the candidates ranked by augmented similarity (then expanded
+    with α-QE): the in-memory ranking whenever its top-k lies among those candidates.
     """
 
     _indexed: set[int] = set()
+    _sizes: dict[int, tuple[float, int]] = {}  # reduction id -> (when counted, searchable rows)
     OPERATORS = {"cosine": "<=>", "euclidean": "<->", "inner_product": "<#>"}
 
     def __init__(self, reduction: Reduction):
@@ -188,6 +193,66 @@ class PgVectorIndex:
 
     def __len__(self) -> int:
         return int(_public_rows(self.reduction.backbone, self.reduction).count())
+
+    def _size(self) -> int:
+        """The searchable row count, recounted every INDEX_RECHECK_SECONDS (it only decides
+        whether augmentation applies, as DBA_MAX_VECTORS does in memory)."""
+        now = time.monotonic()
+        counted = self._sizes.get(self.reduction.pk)
+        if counted is None or now - counted[0] > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
+            counted = (now, len(self))
+            self._sizes[self.reduction.pk] = counted
+        return counted[1]
+
+    def _neighbours(self, ids: list[int], *, k: int) -> dict[int, list[tuple[int, np.ndarray]]]:
+        """Each candidate's k nearest searchable images (itself included) with their vectors."""
+        d = self.dims
+        sql = (
+            "SELECT c.id, n.image_id, n.vector FROM unnest(%s::bigint[]) AS c(id) "
+            "JOIN gallery_reducedvector cv ON cv.image_id = c.id AND cv.reduction_id = %s "
+            "CROSS JOIN LATERAL ("
+            f"  SELECT rv.image_id, rv.vector, rv.vector::vector({d}) <=> cv.vector::vector({d}) AS distance"
+            "  FROM gallery_reducedvector rv JOIN gallery_image im ON im.id = rv.image_id"
+            "  WHERE rv.reduction_id = %s AND im.status = %s AND im.visibility = %s"
+            f"  ORDER BY rv.vector::vector({d}) <=> cv.vector::vector({d}) LIMIT %s"
+            ") n ORDER BY c.id, n.distance"
+        )
+        params = [ids, self.reduction.pk, self.reduction.pk, Image.Status.READY, Image.Visibility.PUBLISHED, k]
+        found: dict[int, list[tuple[int, np.ndarray]]] = {}
+        with connection.cursor() as cur:
+            cur.execute(f"SET hnsw.ef_search = {max(int(settings.IMAGESEARCH['PGVECTOR_EF_SEARCH']), k)}")
+            cur.execute(sql, params)
+            for cid, nid, vector in cur.fetchall():
+                found.setdefault(int(cid), []).append((int(nid), np.frombuffer(_as_bytes(vector), dtype=np.float32)))
+        return found
+
+    def _augmented_search(self, q: np.ndarray, *, k: int, exclude: int | None, expansion: Expansion) -> list[Hit]:
+        """DBA (and α-QE) over the nearest candidates, with VectorIndex's maths."""
+        pool = max(k, expansion.qe_k, int(settings.IMAGESEARCH["PGVECTOR_RERANK_CANDIDATES"]))
+        candidates = self._query(q, k=pool, metric="cosine", exclude=exclude)
+        if not candidates:
+            return []
+        ids = [int(r[0]) for r in candidates]
+        neighbours = self._neighbours(ids, k=expansion.dba_k)
+        kept, rows = [], []
+        for image_id in ids:
+            near = neighbours.get(image_id, [])
+            own = next((v for i, v in near if i == image_id), None)
+            if own is None:  # it left the catalog between the two queries
+                continue
+            unit = l2_rows(np.stack([v for _, v in near]))
+            weights = np.maximum(unit @ l2_rows(own), 0.0) ** expansion.alpha
+            kept.append(image_id)
+            rows.append(l2_rows(weights @ unit))
+        if not kept:
+            return []
+        augmented = np.stack(rows)
+        scores = augmented @ q
+        if expansion.qe_k > 0:
+            top = top_k_indices(scores, expansion.qe_k, largest=True)
+            weights = np.maximum(scores[top], 0.0) ** expansion.alpha
+            scores = augmented @ l2_rows(q + weights @ augmented[top])
+        return [Hit(kept[i], float(scores[i])) for i in top_k_indices(scores, k, largest=True)]
 
     def _query(self, q: np.ndarray, *, k: int, metric: str, exclude: int | None, with_vectors: bool = False) -> list[tuple]:
         op = self.OPERATORS[metric]
@@ -213,6 +278,8 @@ class PgVectorIndex:
             self.ensure_index(self.reduction)
             expansion = search_expansion()
             q = l2_rows(q)
+            if expansion.dba_k > 0 and self._size() <= expansion.dba_max_vectors:
+                return self._augmented_search(q, k=k, exclude=exclude, expansion=expansion)
             if expansion.qe_k > 0:
                 first = self._query(q, k=expansion.qe_k, metric=metric, exclude=exclude, with_vectors=True)
                 if first:
