@@ -75,7 +75,7 @@ class ImageAdmin(admin.ModelAdmin):
     form = ImageForm
     list_display = ("thumb", "__str__", "status_text", "visibility", "backbones", "pca", "tag_list", "created_at", "uploaded_by")
     list_display_links = ("thumb", "__str__")
-    list_filter = ("status", "visibility", BackboneFilter, TagFilter, "created_at")
+    list_filter = ("status", "visibility", "lane", BackboneFilter, TagFilter, "created_at")
     search_fields = ("title", "original_name", "checksum", "tags__name")
     list_select_related = ("uploaded_by",)
     list_per_page = 50
@@ -86,7 +86,20 @@ class ImageAdmin(admin.ModelAdmin):
         ("Most similar", {"fields": ("similar",)}),
         (
             "Processing",
-            {"fields": ("status", "status_reason", "backbones", "pca", "attempts", "claimed_by", "claimed_at")},
+            {
+                "fields": (
+                    "status",
+                    "status_reason",
+                    "backbones",
+                    "pca",
+                    "lane",
+                    "attempts",
+                    "claimed_by",
+                    "claimed_at",
+                    "embedded_by",
+                    "embedded_at",
+                )
+            },
         ),
         ("File", {"fields": ("original_name", "checksum", "size", "width", "height", "format", "uploaded_by", "created_at")}),
     )
@@ -97,9 +110,12 @@ class ImageAdmin(admin.ModelAdmin):
         "status_reason",
         "backbones",
         "pca",
+        "lane",
         "attempts",
         "claimed_by",
         "claimed_at",
+        "embedded_by",
+        "embedded_at",
         "original_name",
         "checksum",
         "size",

@@ -6,10 +6,14 @@ IMAGESEARCH["ANN_THRESHOLD"] vectors). Every query first reads the catalog chang
 re-reads just those images, so a change committed by any process is visible to every
 process on its next query. Entries are re-read for IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
 because on PostgreSQL a transaction may commit after a later-numbered one; a row-count
-check every INDEX_RECHECK_SECONDS rebuilds an index that drifted anyway.
+check every INDEX_RECHECK_SECONDS rebuilds an index that drifted anyway. Entries older than
+IMAGESEARCH["CHANGE_LOG_RETENTION_SECONDS"] are pruned; the marker entry pruning leaves
+makes an index that had not read that far reload in full.
 
 On PostgreSQL with IMAGESEARCH["SEARCH_BACKEND"] = "pgvector", search is a SQL query
-over the reduced vectors' pgvector column, with an HNSW index per PCA space.
+over the reduced vectors' pgvector column, with an HNSW index per PCA space; with
+database-side augmentation on, the nearest candidates are re-ranked in Python with the
+in-memory index's maths.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from django.utils import timezone
 from .models import CatalogChange, Embedding, Image, ReducedVector, Reduction
 from .vector_field import pgvector_literal
 from .vision.ann import AnnParams, TieredIndex
-from .vision.index import Expansion, Hit, check_metric, l2_rows
+from .vision.index import Expansion, Hit, check_metric, l2_rows, top_k_indices
 
 
 def search_expansion() -> Expansion:
@@ -78,12 +82,12 @@ class CatalogIndex:
             now = time.monotonic()
             if self._key != key:
                 self._rebuild(key, backbone, reduction)
-            else:
-                self._apply_changes(backbone, reduction)
-                if now - self._checked > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
-                    if (len(self._index) if self._index else 0) != _public_rows(backbone, reduction).count():
-                        self._rebuild(key, backbone, reduction)
-                    self._checked = now
+            elif not self._apply_changes(backbone, reduction):
+                self._rebuild(key, backbone, reduction)  # entries it never read were pruned
+            elif now - self._checked > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
+                if (len(self._index) if self._index else 0) != _public_rows(backbone, reduction).count():
+                    self._rebuild(key, backbone, reduction)
+                self._checked = now
             return self._index if self._index is not None and len(self._index) else None
 
     def _new_index(self, dim: int) -> TieredIndex:
@@ -110,20 +114,25 @@ class CatalogIndex:
         self._key, self._index, self._last_change = key, index, last
         self._window = dict.fromkeys(seen, self._checked)
 
-    def _apply_changes(self, backbone: str, reduction: Reduction | None) -> None:
+    def _apply_changes(self, backbone: str, reduction: Reduction | None) -> bool:
+        """Apply the entries not applied yet; False when some were pruned before this
+        index read them (it must reload)."""
         window = settings.IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
         recent = timezone.now() - timedelta(seconds=window)
-        changes = [
-            (pk, image_id)
-            for pk, image_id in CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
-                "pk", "image_id"
-            )
-            if pk not in self._window
-        ]
+        rows = CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
+            "pk", "image_id", "pruned_through"
+        )
+        changes = []
+        for pk, image_id, pruned_through in rows:
+            if pruned_through is not None:
+                if pruned_through > self._last_change:
+                    return False
+            elif pk not in self._window:
+                changes.append((pk, image_id))
         now = time.monotonic()
         self._window = {pk: t for pk, t in self._window.items() if now - t < 2 * window}
         if not changes:
-            return
+            return True
         self._window.update((pk, now) for pk, _ in changes)
         self._last_change = max(self._last_change, *(pk for pk, _ in changes))
         touched = np.unique(np.array([image_id for _, image_id in changes], dtype=np.int64))
@@ -142,6 +151,7 @@ class CatalogIndex:
             if self._index is None:
                 self._index = self._new_index(vectors.shape[1])
             self._index.add(ids, vectors)
+        return True
 
 
 def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
@@ -151,11 +161,16 @@ def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
 class PgVectorIndex:
     """Search as SQL over one PCA space's pgvector column (PostgreSQL only).
 
-    Cosine uses the space's HNSW index (created on first use); α-query expansion runs as
-    a second query, as in the in-memory index. Database-side augmentation is not applied.
+    Cosine uses the space's HNSW index (created on first use). Without database-side
+    augmentation (DBA), α-query expansion runs as a second query. With DBA, the
+    IMAGESEARCH["PGVECTOR_RERANK_CANDIDATES"] nearest images by plain cosine are fetched with
+    each one's DBA_K nearest neighbours, their augmented vectors computed as the in-memory
+    index computes them, and the candidates ranked by augmented similarity (then expanded
+    with α-QE): the in-memory ranking whenever its top-k lies among those candidates.
     """
 
     _indexed: set[int] = set()
+    _sizes: dict[int, tuple[float, int]] = {}  # reduction id -> (when counted, searchable rows)
     OPERATORS = {"cosine": "<=>", "euclidean": "<->", "inner_product": "<#>"}
 
     def __init__(self, reduction: Reduction):
@@ -178,6 +193,66 @@ class PgVectorIndex:
 
     def __len__(self) -> int:
         return int(_public_rows(self.reduction.backbone, self.reduction).count())
+
+    def _size(self) -> int:
+        """The searchable row count, recounted every INDEX_RECHECK_SECONDS (it only decides
+        whether augmentation applies, as DBA_MAX_VECTORS does in memory)."""
+        now = time.monotonic()
+        counted = self._sizes.get(self.reduction.pk)
+        if counted is None or now - counted[0] > settings.IMAGESEARCH["INDEX_RECHECK_SECONDS"]:
+            counted = (now, len(self))
+            self._sizes[self.reduction.pk] = counted
+        return counted[1]
+
+    def _neighbours(self, ids: list[int], *, k: int) -> dict[int, list[tuple[int, np.ndarray]]]:
+        """Each candidate's k nearest searchable images (itself included) with their vectors."""
+        d = self.dims
+        sql = (
+            "SELECT c.id, n.image_id, n.vector FROM unnest(%s::bigint[]) AS c(id) "
+            "JOIN gallery_reducedvector cv ON cv.image_id = c.id AND cv.reduction_id = %s "
+            "CROSS JOIN LATERAL ("
+            f"  SELECT rv.image_id, rv.vector, rv.vector::vector({d}) <=> cv.vector::vector({d}) AS distance"
+            "  FROM gallery_reducedvector rv JOIN gallery_image im ON im.id = rv.image_id"
+            "  WHERE rv.reduction_id = %s AND im.status = %s AND im.visibility = %s"
+            f"  ORDER BY rv.vector::vector({d}) <=> cv.vector::vector({d}) LIMIT %s"
+            ") n ORDER BY c.id, n.distance"
+        )
+        params = [ids, self.reduction.pk, self.reduction.pk, Image.Status.READY, Image.Visibility.PUBLISHED, k]
+        found: dict[int, list[tuple[int, np.ndarray]]] = {}
+        with connection.cursor() as cur:
+            cur.execute(f"SET hnsw.ef_search = {max(int(settings.IMAGESEARCH['PGVECTOR_EF_SEARCH']), k)}")
+            cur.execute(sql, params)
+            for cid, nid, vector in cur.fetchall():
+                found.setdefault(int(cid), []).append((int(nid), np.frombuffer(_as_bytes(vector), dtype=np.float32)))
+        return found
+
+    def _augmented_search(self, q: np.ndarray, *, k: int, exclude: int | None, expansion: Expansion) -> list[Hit]:
+        """DBA (and α-QE) over the nearest candidates, with VectorIndex's maths."""
+        pool = max(k, expansion.qe_k, int(settings.IMAGESEARCH["PGVECTOR_RERANK_CANDIDATES"]))
+        candidates = self._query(q, k=pool, metric="cosine", exclude=exclude)
+        if not candidates:
+            return []
+        ids = [int(r[0]) for r in candidates]
+        neighbours = self._neighbours(ids, k=expansion.dba_k)
+        kept, rows = [], []
+        for image_id in ids:
+            near = neighbours.get(image_id, [])
+            own = next((v for i, v in near if i == image_id), None)
+            if own is None:  # it left the catalog between the two queries
+                continue
+            unit = l2_rows(np.stack([v for _, v in near]))
+            weights = np.maximum(unit @ l2_rows(own), 0.0) ** expansion.alpha
+            kept.append(image_id)
+            rows.append(l2_rows(weights @ unit))
+        if not kept:
+            return []
+        augmented = np.stack(rows)
+        scores = augmented @ q
+        if expansion.qe_k > 0:
+            top = top_k_indices(scores, expansion.qe_k, largest=True)
+            weights = np.maximum(scores[top], 0.0) ** expansion.alpha
+            scores = augmented @ l2_rows(q + weights @ augmented[top])
+        return [Hit(kept[i], float(scores[i])) for i in top_k_indices(scores, k, largest=True)]
 
     def _query(self, q: np.ndarray, *, k: int, metric: str, exclude: int | None, with_vectors: bool = False) -> list[tuple]:
         op = self.OPERATORS[metric]
@@ -203,6 +278,8 @@ class PgVectorIndex:
             self.ensure_index(self.reduction)
             expansion = search_expansion()
             q = l2_rows(q)
+            if expansion.dba_k > 0 and self._size() <= expansion.dba_max_vectors:
+                return self._augmented_search(q, k=k, exclude=exclude, expansion=expansion)
             if expansion.qe_k > 0:
                 first = self._query(q, k=expansion.qe_k, metric=metric, exclude=exclude, with_vectors=True)
                 if first:

@@ -1,4 +1,4 @@
-"""Real processes on loopback for end-to-end tests and benchmarks: Redis, a Celery worker, gunicorn."""
+"""Real processes on loopback for end-to-end tests and benchmarks: Redis, Celery workers, gunicorn."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -36,6 +36,7 @@ class Stack:
     logs: Path
     redis: subprocess.Popen[bytes] | None = None
     redis_port: int = 0
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def stop_broker(self) -> None:
         """Take the broker away (as if Redis went down)."""
@@ -69,6 +70,8 @@ class Stack:
             "--loglevel=INFO",
             "-n",
             f"{name}@%h",
+            "-Q",
+            "interactive,bulk",
         ]
         if beat:
             args += ["--beat", "--schedule", str(self.var / "celerybeat-schedule")]
@@ -79,6 +82,18 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def wait_workers_ready(self, names: list[str], timeout: float = 180) -> None:
+        """Wait until each named worker has connected and said it is ready."""
+        deadline = time.monotonic() + timeout
+        host = socket.gethostname()
+        while True:
+            text = (self.logs / "worker.log").read_text(errors="replace")
+            if all(f"{name}@{host} ready." in text for name in names):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers {names} did not start\n" + self.log_tail())
+            time.sleep(0.3)
 
     def create_user(self, username: str, password: str, *, staff: bool = False) -> None:
         code = (
@@ -101,8 +116,9 @@ def redis_executable() -> str | None:
 
 
 @contextmanager
-def live_stack(var: Path, *, beat: bool = False, **extra_env: str) -> Iterator[Stack]:
-    """Redis, a Celery worker (with the periodic sweep when `beat`) and gunicorn on loopback."""
+def live_stack(var: Path, *, beat: bool = False, workers: int = 1, **extra_env: str) -> Iterator[Stack]:
+    """Redis, Celery workers (the first runs the periodic tasks when `beat`) and gunicorn on
+    loopback. One worker is named `e2e`; several are `w1`, `w2`, ... on the same Redis."""
     logs = var / "logs"
     logs.mkdir(parents=True)
     redis_port = free_port()
@@ -120,7 +136,9 @@ def live_stack(var: Path, *, beat: bool = False, **extra_env: str) -> Iterator[S
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     web_port = free_port()
     stack = Stack(f"http://127.0.0.1:{web_port}", var, env, None, None, logs, redis, redis_port)  # type: ignore[arg-type]
-    stack.worker = stack.start_worker(beat=beat)
+    names = ["e2e"] if workers == 1 else [f"w{i}" for i in range(1, workers + 1)]
+    stack.workers = [stack.start_worker(name, beat=beat and i == 0) for i, name in enumerate(names)]
+    stack.worker = stack.workers[0]
     web_log = open(logs / "web.log", "ab")  # noqa: SIM115 - owned by the process
     stack.web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf",
@@ -140,10 +158,11 @@ def live_stack(var: Path, *, beat: bool = False, **extra_env: str) -> Iterator[S
             time.sleep(0.3)
         yield stack
     finally:
-        for proc in (stack.web, stack.worker, stack.redis):
+        procs = [stack.web, stack.worker, *stack.workers, stack.redis]
+        for proc in procs:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
-        for proc in (stack.web, stack.worker, stack.redis):
+        for proc in procs:
             if proc is not None:
                 try:
                     proc.wait(timeout=20)

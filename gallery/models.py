@@ -10,8 +10,16 @@ from django.db.models.functions import Now
 from .storage import get_private_storage
 from .vector_field import VectorBytesField
 
+# Each lane is a Celery queue of the same name; workers take interactive work first.
+LANE_INTERACTIVE = "interactive"
+LANE_BULK = "bulk"
+
 
 class Image(models.Model):
+    class Lane(models.TextChoices):
+        INTERACTIVE = LANE_INTERACTIVE, "Interactive (uploads)"
+        BULK = LANE_BULK, "Bulk (imports, re-embedding)"
+
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         PROCESSING = "processing", "Processing"
@@ -40,14 +48,17 @@ class Image(models.Model):
     status_reason = models.TextField(blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="when a worker took it")
     claimed_by = models.CharField(max_length=200, blank=True, help_text="the worker that took it")
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="how many times a worker claimed it")
+    lane = models.CharField(max_length=12, choices=Lane.choices, default=Lane.INTERACTIVE)
+    embedded_by = models.CharField(max_length=200, blank=True, help_text="the worker that embedded it")
+    embedded_at = models.DateTimeField(null=True, blank=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [models.Index(fields=["status", "created_at"]), models.Index(fields=["status", "lane", "created_at"])]
 
     def __str__(self) -> str:
         return self.title or self.original_name or f"image {self.pk}"
@@ -324,6 +335,9 @@ class CatalogChange(models.Model):
 
     image_id = models.BigIntegerField()
     at = models.DateTimeField(db_default=Now(), db_index=True)
+    # Set on the marker entry that pruning leaves: every entry up to this id was deleted,
+    # so an index that had not read that far must reload instead of applying changes.
+    pruned_through = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["image_id"])]

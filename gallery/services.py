@@ -17,12 +17,12 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Case, F, Max, Q, When
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from . import pipeline
-from .models import Embedding, Image, ReducedVector, Reduction
+from .models import LANE_BULK, LANE_INTERACTIVE, CatalogChange, Embedding, Image, ReducedVector, Reduction
 from .vision.preprocess import ImageDecodeError, display_copy_bytes
 from .vision.reduction import FittedPCA, fit_pca
 
@@ -88,9 +88,11 @@ def image_create(
     title: str = "",
     original_name: str = "",
     queue: bool = True,
+    lane: str = LANE_INTERACTIVE,
     decoded_sink: dict[int, PILImage.Image] | None = None,
 ) -> Image:
-    """Validate and store an upload as a pending Image; its embedding is queued on commit.
+    """Validate and store an upload as a pending Image; its embedding is queued on commit,
+    on the lane's queue (uploads from people: interactive; imports: bulk).
 
     The original goes to private storage; browsers get a re-encoded, metadata-free display
     copy and thumbnail. Raises ImageRejected (or DuplicateImage) with a message for the
@@ -121,6 +123,7 @@ def image_create(
         height=decoded.height,
         format=decoded.format,
         uploaded_by=uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None,
+        lane=lane,
     )
     stem = f"{checksum[:2]}/{checksum}"
     try:
@@ -130,7 +133,7 @@ def image_create(
             image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
             image.save()
             if queue:
-                transaction.on_commit(lambda: image_queue_embedding(image_id=image.pk))
+                transaction.on_commit(lambda: image_queue_embedding(image_id=image.pk, lane=image.lane))
     except IntegrityError:
         _delete_files(image)
         existing = Image.objects.filter(checksum=checksum).first()
@@ -167,13 +170,13 @@ def _delete_files(image: Image) -> None:
                 log.error("could not delete %s: %s", f.name, exc)
 
 
-def image_queue_embedding(*, image_id: int) -> bool:
-    """Queue the embedding task; when the broker is down the image stays pending and the
-    worker's periodic sweep picks it up later. Returns whether it was queued."""
+def image_queue_embedding(*, image_id: int, lane: str) -> bool:
+    """Queue the embedding task on the image's lane; when the broker is down the image stays
+    pending and the worker's periodic sweep picks it up later. Returns whether it was queued."""
     from .tasks import embed_image
 
     try:
-        embed_image.apply_async(args=[image_id], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
+        embed_image.apply_async(args=[image_id], queue=lane, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
         return True
     except Exception as exc:  # broker unreachable
         log.warning("could not queue image %s (%s); the sweep will retry", image_id, exc)
@@ -194,6 +197,7 @@ def images_set_visibility(*, image_ids: list[int], visibility: str) -> int:
 @dataclass
 class BatchOutcome:
     state: str  # claimed | done | busy | missing
+    lane: str = LANE_INTERACTIVE
     ready: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
 
@@ -207,7 +211,8 @@ def worker_name() -> str:
 
 
 def images_claim(*, image_id: int, batch_size: int, worker: str) -> tuple[str, list[Image]]:
-    """Claim the image and up to batch_size-1 other waiting images for one forward pass."""
+    """Claim the image and up to batch_size-1 other waiting images of its lane for one
+    forward pass (an upload never waits inside a bulk import's batch)."""
     with transaction.atomic():
         image = Image.objects.select_for_update().filter(pk=image_id).first()
         if image is None:
@@ -220,7 +225,7 @@ def images_claim(*, image_id: int, batch_size: int, worker: str) -> tuple[str, l
         waiting = Q(status=Image.Status.PENDING) | Q(status=Image.Status.PROCESSING, claimed_at__lt=stale)
         others = list(
             Image.objects.select_for_update(skip_locked=True)
-            .filter(waiting)
+            .filter(waiting, lane=image.lane)
             .exclude(pk=image_id)
             .order_by("created_at", "id")
             .values_list("pk", flat=True)[: max(batch_size - 1, 0)]
@@ -256,7 +261,7 @@ def images_embed_batch(
     """
     conf = settings.IMAGESEARCH
     state, images = images_claim(image_id=image_id, batch_size=conf["BATCH_SIZE"], worker=worker or worker_name())
-    outcome = BatchOutcome(state=state)
+    outcome = BatchOutcome(state=state, lane=str(images[0].lane) if images else LANE_INTERACTIVE)
     if state != "claimed":
         return outcome
     pending_ids = [im.pk for im in images]
@@ -325,9 +330,36 @@ def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) ->
                     for pk, p in zip(ids, projected, strict=True)
                 ]
             )
-        Image.objects.filter(pk__in=ids).update(status=Image.Status.READY, status_reason="", claimed_at=None, claimed_by="")
+        Image.objects.filter(pk__in=ids).update(
+            status=Image.Status.READY,
+            status_reason="",
+            # A worker's batch records who embedded it; a re-embed job (nothing claimed) keeps the record.
+            embedded_by=Case(When(claimed_by="", then=F("embedded_by")), default=F("claimed_by")),
+            embedded_at=timezone.now(),
+            claimed_at=None,
+            claimed_by="",
+        )
     by_image = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
     return [by_image[pk] for pk in ids]
+
+
+# ---------------------------------------------------------------- the catalog change log
+
+
+def catalog_changes_prune(*, older_than_seconds: int) -> int:
+    """Delete change-log entries older than the retention; returns how many went.
+
+    A marker entry records the last deleted id, so an index that had not read that far
+    (a process idle for longer than the retention) sees the marker and reloads in full.
+    """
+    horizon = timezone.now() - timedelta(seconds=older_than_seconds)
+    with transaction.atomic():
+        through = CatalogChange.objects.filter(at__lt=horizon).aggregate(last=Max("pk"))["last"]
+        if through is None:
+            return 0
+        deleted, _ = CatalogChange.objects.filter(pk__lte=through).delete()
+        CatalogChange.objects.create(image_id=0, pruned_through=through)
+    return deleted
 
 
 # ---------------------------------------------------------------- PCA reductions
@@ -536,10 +568,10 @@ def _images_requeue(queryset) -> int:  # type: ignore[no-untyped-def]
     with transaction.atomic():
         ids = list(queryset.select_for_update().values_list("pk", flat=True))
         Image.objects.filter(pk__in=ids).update(
-            status=Image.Status.PENDING, status_reason="", claimed_at=None, claimed_by="", attempts=0
+            status=Image.Status.PENDING, status_reason="", claimed_at=None, claimed_by="", attempts=0, lane=LANE_BULK
         )
         for pk in ids:
-            transaction.on_commit(lambda pk=pk: image_queue_embedding(image_id=pk))  # type: ignore[misc]
+            transaction.on_commit(lambda pk=pk: image_queue_embedding(image_id=pk, lane=LANE_BULK))  # type: ignore[misc]
     return len(ids)
 
 

@@ -32,7 +32,7 @@ def embed_image(self: Any, image_id: int) -> dict[str, Any]:
         # Another worker holds it; look again once its claim could have gone stale.
         raise self.retry(countdown=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"] // 4 + 1, max_retries=None)
     for ready_id in outcome.ready:
-        match_upload.delay(ready_id)  # copyright check, right after the embedding
+        match_upload.apply_async(args=[ready_id], queue=outcome.lane)  # copyright check, on the same lane
     if outcome.ready:
         backbone = services.pipeline.catalog_state().backbone
         if services.reduction_needed(backbone=backbone):
@@ -50,7 +50,9 @@ def fit_reduction(backbone: str) -> int | None:
 
 @shared_task(name="gallery.sweep_waiting_images")
 def sweep_waiting_images(min_age_seconds: int | None = None) -> int:
-    """Queue images that have waited too long (broker down at upload, crashed worker)."""
+    """Queue images that have waited too long (broker down at upload, crashed worker), each
+    on its own lane. It runs on the interactive queue: it is quick, and a lost upload must
+    not wait behind a bulk backlog to be found."""
     if min_age_seconds is None:
         min_age_seconds = settings.IMAGESEARCH["SWEEP_MIN_AGE_SECONDS"]
     now = timezone.now()
@@ -58,12 +60,18 @@ def sweep_waiting_images(min_age_seconds: int | None = None) -> int:
     waiting = Image.objects.filter(
         Q(status=Image.Status.PENDING, created_at__lt=now - timedelta(seconds=min_age_seconds))
         | Q(status=Image.Status.PROCESSING, claimed_at__lt=stale)
-    ).values_list("pk", flat=True)
+    ).values_list("pk", "lane")
     count = 0
-    for pk in waiting.iterator():
-        embed_image.delay(pk)
+    for pk, lane in waiting.iterator():
+        embed_image.apply_async(args=[pk], queue=lane)
         count += 1
     return count
+
+
+@shared_task(name="gallery.prune_catalog_changes")
+def prune_catalog_changes() -> int:
+    """Delete catalog change-log entries older than the retention."""
+    return services.catalog_changes_prune(older_than_seconds=settings.IMAGESEARCH["CHANGE_LOG_RETENTION_SECONDS"])
 
 
 @worker_ready.connect

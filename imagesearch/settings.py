@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -219,8 +220,13 @@ IMAGESEARCH = {
     # index is recounted against the database this often.
     "INDEX_CHANGE_WINDOW_SECONDS": env_int("IMAGESEARCH_INDEX_CHANGE_WINDOW_SECONDS", 30),
     "INDEX_RECHECK_SECONDS": env_int("IMAGESEARCH_INDEX_RECHECK_SECONDS", 10),
-    "CHANGE_LOG_RETENTION_HOURS": env_int("IMAGESEARCH_CHANGE_LOG_RETENTION_HOURS", 24),
+    # Change-log entries older than this are deleted by the periodic prune (far beyond the
+    # window above: an index that fell behind the pruned entries reloads in full).
+    "CHANGE_LOG_RETENTION_SECONDS": env_int("IMAGESEARCH_CHANGE_LOG_RETENTION_SECONDS", 3600),
     "PGVECTOR_EF_SEARCH": env_int("IMAGESEARCH_PGVECTOR_EF_SEARCH", 100),
+    # With augmentation on, pgvector search re-ranks this many nearest candidates (by plain
+    # cosine) with the same maths as the in-memory index (see README "Scaling out").
+    "PGVECTOR_RERANK_CANDIDATES": env_int("IMAGESEARCH_PGVECTOR_RERANK_CANDIDATES", 100),
 }
 
 # ---------------------------------------------------------------- Celery
@@ -232,11 +238,26 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 600),
+    # Poll the worker's queues in the order given (`-Q interactive,bulk`), not round robin:
+    # a waiting upload is always taken before the next bulk batch.
+    "queue_order_strategy": "priority",
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_TASK_DEFAULT_QUEUE = "images"
+# Two lanes: uploads from the web page and the API go to `interactive`; imports, re-embedding,
+# refits, catalog scans and log pruning go to `bulk`. A worker started without -Q consumes
+# both, interactive first (CELERY_TASK_QUEUES order).
+CELERY_TASK_DEFAULT_QUEUE = "interactive"
+CELERY_TASK_QUEUES = [Queue("interactive"), Queue("bulk")]
+CELERY_TASK_ROUTES = {
+    "gallery.fit_reduction": {"queue": "bulk"},
+    "gallery.run_catalog_job": {"queue": "bulk"},
+    "gallery.scan_catalog_for_work": {"queue": "bulk"},
+    "gallery.prune_catalog_changes": {"queue": "bulk"},
+}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 if PRODUCTION:
@@ -250,6 +271,10 @@ if PRODUCTION:
     SECURE_CONTENT_TYPE_NOSNIFF = True
 CELERY_BEAT_SCHEDULE = {
     "sweep-waiting-images": {"task": "gallery.sweep_waiting_images", "schedule": env_int("IMAGESEARCH_SWEEP_SECONDS", 60)},
+    "prune-catalog-changes": {
+        "task": "gallery.prune_catalog_changes",
+        "schedule": env_int("IMAGESEARCH_CHANGE_LOG_PRUNE_SECONDS", 600),
+    },
 }
 
 # ---------------------------------------------------------------- copyright monitoring

@@ -59,3 +59,33 @@ def test_a_change_in_one_process_reaches_the_other_on_its_next_query(catalog, se
 
     Image.objects.filter(pk=newcomer.pk).update(status=Image.Status.PENDING)  # re-embedding: not searchable meanwhile
     assert newcomer.pk not in _top(web1, x[3], k=20)
+
+
+def test_pruning_deletes_old_entries_and_an_index_behind_the_pruned_ones_reloads(catalog, settings) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gallery import tasks
+    from gallery.models import CatalogChange
+
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "ANN_THRESHOLD": 10_000, "CHANGE_LOG_RETENTION_SECONDS": 3600}
+    images, x = catalog
+    idle, busy = CatalogIndex(), CatalogIndex()
+    assert _top(idle, x[3])[0] == images[3].pk and _top(busy, x[3])[0] == images[3].pk
+
+    services.images_set_visibility(image_ids=[images[3].pk], visibility="hidden")
+    assert images[3].pk not in _top(busy, x[3], k=20)  # this process has read the change; `idle` has not
+    newcomer = _ready_image(999, x[3] * 1.01)
+    old = timezone.now() - timedelta(hours=2)
+    CatalogChange.objects.update(at=old)  # every entry so far is older than the retention
+    recent = CatalogChange.objects.create(image_id=images[5].pk)  # and one is not
+    assert tasks.prune_catalog_changes.delay().get() >= 2
+    left = list(CatalogChange.objects.order_by("pk").values_list("pk", "pruned_through"))
+    assert left[0] == (recent.pk, None) and len(left) == 2 and left[1][1] == recent.pk - 1
+    assert tasks.prune_catalog_changes.delay().get() == 0  # nothing old is left
+
+    # The idle process never read the pruned entries: it reloads instead of missing them.
+    for web in (idle, busy):
+        top = _top(web, x[3], k=20)
+        assert images[3].pk not in top and top[0] == newcomer.pk

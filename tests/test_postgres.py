@@ -25,7 +25,6 @@ def catalog(butterflies, settings, django_capture_on_commit_callbacks):  # type:
     """Real photos uploaded and embedded (the queued tasks run eagerly on commit)."""
 
     def make(species=("001", "002", "005", "007"), per=8) -> list[Image]:  # type: ignore[no-untyped-def]
-        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "DBA_K": 0}
         images = []
         with django_capture_on_commit_callbacks(execute=True):
             for s in species:
@@ -57,10 +56,14 @@ def test_vectors_live_in_a_pgvector_column_with_an_hnsw_index(catalog) -> None: 
     assert stored is not None and len(np.frombuffer(stored.vector, dtype=np.float32)) == 8
 
 
-@pytest.mark.parametrize("qe_k", [0, 5])
-def test_sql_search_returns_the_in_memory_exact_top_k(catalog, settings, qe_k: int) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("dba_k", "qe_k"), [(5, 5), (5, 0), (0, 5), (0, 0)], ids=["default", "dba", "qe", "plain"])
+def test_sql_search_returns_the_in_memory_exact_top_k(catalog, settings, dba_k: int, qe_k: int) -> None:  # type: ignore[no-untyped-def]
+    """The default settings (augmentation and query expansion on) included: the catalog is
+    smaller than the re-ranked candidate set, so the ranking is exactly the in-memory one."""
     images = catalog()
-    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QE_K": qe_k, "PGVECTOR_EF_SEARCH": 1000}
+    assert (settings.IMAGESEARCH["DBA_K"], settings.IMAGESEARCH["QE_K"]) == (5, 5)  # the defaults
+    assert settings.IMAGESEARCH["PGVECTOR_RERANK_CANDIDATES"] > len(images)
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "DBA_K": dba_k, "QE_K": qe_k, "PGVECTOR_EF_SEARCH": 1000}
     for metric in ("cosine", "euclidean", "inner_product"):
         for image in images[::3]:
             settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "memory"}
@@ -93,3 +96,25 @@ def test_hidden_and_deleted_images_leave_sql_search_and_the_change_log_records_t
         top[0].image.pk,
         top[1].image.pk,
     }
+
+
+def test_with_fewer_candidates_than_images_sql_search_keeps_the_in_memory_scores_and_order(catalog, settings) -> None:  # type: ignore[no-untyped-def]
+    """Augmented similarity depends on each image's neighbours, so no index over the stored
+    vectors can enumerate its top-k: SQL search ranks a candidate set. Each hit's score is
+    then exactly the in-memory one, hits come best first, and most of the top-10 agree."""
+    images = catalog()
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PGVECTOR_EF_SEARCH": 1000, "PGVECTOR_RERANK_CANDIDATES": 16}
+    overlap = []
+    for image in images[::2]:
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "memory", "QE_K": 0}
+        everything = {h.image.pk: h.score for h in selectors.similar_to_image(image=image, limit=len(images), metric="cosine")}
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QE_K": 5}
+        memory = [h.image.pk for h in selectors.similar_to_image(image=image, limit=10)]
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "pgvector", "QE_K": 0}
+        sql = selectors.similar_to_image(image=image, limit=10)
+        np.testing.assert_allclose([h.score for h in sql], [everything[h.image.pk] for h in sql], atol=1e-4)
+        assert [h.score for h in sql] == sorted((h.score for h in sql), reverse=True)
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QE_K": 5}
+        expanded = [h.image.pk for h in selectors.similar_to_image(image=image, limit=10)]
+        overlap.append(len(set(expanded) & set(memory)) / 10)
+    assert np.mean(overlap) >= 0.8, overlap

@@ -145,3 +145,26 @@ def test_search_never_mixes_backbones(make_photo) -> None:  # type: ignore[no-un
     services.embedding_store(image=other, backbone="resnet50", vector=np.ones(2048, np.float32) / np.sqrt(2048))
     hits = selectors.search_by_vector(embedding=Embedding.objects.get(image=image).as_array())
     assert [h.image for h in hits] == [image]
+
+
+def test_an_upload_is_never_batched_with_a_waiting_bulk_import_and_the_worker_is_recorded(make_photo) -> None:  # type: ignore[no-untyped-def]
+    bulk = [_upload(make_photo(seed=i), f"b{i}.jpg", queue=False, lane="bulk") for i in range(4)]
+    upload = _upload(make_photo(seed=9, color=(20, 200, 40)), "mine.jpg", queue=False)
+    assert upload.lane == "interactive"
+    outcome = services.images_embed_batch(image_id=upload.pk, worker="w1@host")
+    assert outcome.ready == [upload.pk] and outcome.lane == "interactive"
+    assert set(Image.objects.filter(lane="bulk").values_list("status", flat=True)) == {Image.Status.PENDING}
+    outcome = services.images_embed_batch(image_id=bulk[1].pk, worker="w2@host")
+    assert sorted(outcome.ready) == sorted(im.pk for im in bulk) and outcome.lane == "bulk"
+    rows = dict(Image.objects.values_list("pk", "embedded_by"))
+    assert rows == {upload.pk: "w1@host", **{im.pk: "w2@host" for im in bulk}}
+    assert set(Image.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_reembedding_goes_to_the_bulk_lane(make_photo, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(make_photo(), queue=False)
+    services.images_embed_batch(image_id=image.pk, worker="w1@host")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.images_reembed(image_ids=[image.pk]) == 1
+    image.refresh_from_db()
+    assert image.lane == "bulk" and image.status == Image.Status.READY

@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from tqdm import tqdm
 
 from gallery import services
-from gallery.models import Image, ProtectedWork
+from gallery.models import LANE_BULK, Image, ProtectedWork
 from gallery.vision.datasets import find_images
 from gallery.vision.preprocess import ImageDecodeError
 
@@ -28,7 +28,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("directory", type=Path)
-        parser.add_argument("--queue", action="store_true", help="leave embedding to the Celery workers")
+        parser.add_argument(
+            "--queue", action="store_true", help="leave embedding to the Celery workers (on the bulk lane, behind uploads)"
+        )
         parser.add_argument("--no-progress", action="store_true")
         parser.add_argument("--csv", type=Path, help="CSV with a filename column (relative to DIR or a bare name)")
         parser.add_argument("--title-column", default="title")
@@ -129,6 +131,7 @@ class Command(BaseCommand):
                     original_name=path.name,
                     title=title,
                     queue=opts["queue"],
+                    lane=LANE_BULK,
                     decoded_sink=None if opts["queue"] else self._decoded,
                 )
             except services.DuplicateImage:

@@ -42,7 +42,7 @@ class Command(BaseCommand):
             if not opts["no_worker"]:
                 worker = [
                     sys.executable, "-m", "celery", "-A", "imagesearch", "worker",
-                    "--pool=solo", "--loglevel=INFO", "-n", "worker@%h", "--beat",
+                    "--pool=solo", "--loglevel=INFO", "-n", "worker@%h", "-Q", "interactive,bulk", "--beat",
                     "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
                 ]  # fmt: skip
                 children.append(("worker", subprocess.Popen(worker, env=env)))
