@@ -989,6 +989,25 @@ def _threshold() -> float:
     return float(settings.COPYRIGHT["THRESHOLD"])
 
 
+def _copy_match_exact(*, work_id: int, image_id: int, found_by: str) -> CopyMatch:
+    """Record a file identical to a work (same checksum): a match at once."""
+    signals = _evidence_signals(_NO_EVIDENCE, exact=True)
+    return copy_match_record(work_id=work_id, image_id=image_id, score=1.0, signals=signals, found_by=found_by)
+
+
+def _copy_match_if_likely(*, candidate: copydetect.Candidate, image_id: int, found_by: str) -> CopyMatch | None:
+    """Record the candidate as a match when its score reaches the threshold."""
+    if candidate.score < _threshold():
+        return None
+    return copy_match_record(
+        work_id=candidate.work_id,
+        image_id=image_id,
+        score=candidate.score,
+        signals=_evidence_signals(candidate.evidence),
+        found_by=found_by,
+    )
+
+
 def upload_match(*, image_id: int) -> list[CopyMatch]:
     """Check one ready upload against every protected work; record likely copies."""
     from .selectors import copy_index
@@ -997,9 +1016,7 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
     if image is None or not ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists():
         return []
     matches = [
-        copy_match_record(
-            work_id=w.pk, image_id=image.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="upload"
-        )
+        _copy_match_exact(work_id=w.pk, image_id=image.pk, found_by="upload")
         for w in ProtectedWork.objects.filter(checksum=image.checksum)
     ]
     index = copy_index.get()
@@ -1010,16 +1027,8 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
         return matches
     query = copydetect.describe_query(index.backbone, decoded)
     for candidate in index.works.match(query):
-        if candidate.score >= _threshold():
-            matches.append(
-                copy_match_record(
-                    work_id=candidate.work_id,
-                    image_id=image.pk,
-                    score=candidate.score,
-                    signals=_evidence_signals(candidate.evidence),
-                    found_by="upload",
-                )
-            )
+        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="upload"):
+            matches.append(match)
     return matches
 
 
@@ -1054,10 +1063,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
             best.append(_best_probe(chunk, probes))
             chunk = []
     matches = [
-        copy_match_record(
-            work_id=work.pk, image_id=im.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="scan"
-        )
-        for im in Image.objects.filter(checksum=work.checksum)
+        _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)
     ]
     if ids:
         all_ids, all_best = np.concatenate(ids), np.concatenate(best)
@@ -1071,16 +1077,8 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
             except (FileNotFoundError, ImageDecodeError):
                 continue
             candidate = single.match(copydetect.describe_query(index.backbone, decoded))[0]
-            if candidate.score >= _threshold():
-                matches.append(
-                    copy_match_record(
-                        work_id=work.pk,
-                        image_id=image.pk,
-                        score=candidate.score,
-                        signals=_evidence_signals(candidate.evidence),
-                        found_by="scan",
-                    )
-                )
+            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan"):
+                matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
     return matches
 
