@@ -50,6 +50,7 @@ class Image(models.Model):
     claimed_by = models.CharField(max_length=200, blank=True, help_text="the worker that took it")
     attempts = models.PositiveIntegerField(default=0, help_text="how many times a worker claimed it")
     lane = models.CharField(max_length=12, choices=Lane.choices, default=Lane.INTERACTIVE)
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="when its embedding task was last sent")
     embedded_by = models.CharField(max_length=200, blank=True, help_text="the worker that embedded it")
     embedded_at = models.DateTimeField(null=True, blank=True)
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -58,7 +59,12 @@ class Image(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "created_at"]), models.Index(fields=["status", "lane", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["status", "lane", "created_at"]),
+            # The sweep asks whether a lane has embedded anything lately.
+            models.Index(fields=["lane", "embedded_at"]),
+        ]
 
     def __str__(self) -> str:
         return self.title or self.original_name or f"image {self.pk}"

@@ -10,6 +10,7 @@ from typing import IO
 import numpy as np
 from django.conf import settings
 from django.db.models import Q, QuerySet
+from PIL import Image as PILImage
 
 from . import pipeline
 from .catalog_index import PgVectorIndex, space_index
@@ -99,20 +100,31 @@ def similar_to_image(*, image: Image, limit: int = 12, metric: str = "cosine", t
     return search_by_vector(embedding=embedding.as_array(), space=space, limit=limit, metric=metric, exclude=image.pk, tag=tag)
 
 
-def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
-    """Search with an uploaded photo that is embedded here and never stored.
+def query_decode(*, file: IO[bytes]) -> PILImage.Image:
+    """Read and decode a query photo (upright RGB); raises ImageRejected with a message
+    for the user."""
+    data = read_upload(file)
+    try:
+        return pipeline.decode(data).image
+    except ImageDecodeError as exc:
+        raise ImageRejected(str(exc)) from None
+
+
+def search_by_picture(*, picture: PILImage.Image, limit: int = 20, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
+    """Search with a decoded query photo that is embedded here and never stored.
 
     The space is read once, so the query is embedded with the backbone of the vectors
     it is compared with even when the catalog switches meanwhile."""
     check_metric(metric)
-    data = read_upload(file)
-    try:
-        decoded = pipeline.decode(data)
-    except ImageDecodeError as exc:
-        raise ImageRejected(str(exc)) from None
     space = active_space()
-    embedding = pipeline.embed_images([decoded.image], backbone=pipeline.backbone_named(space.backbone))[0]
+    embedding = pipeline.embed_images([picture], backbone=pipeline.backbone_named(space.backbone))[0]
     return search_by_vector(embedding=embedding, space=space, limit=limit, metric=metric, tag=tag)
+
+
+def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
+    """Search with an uploaded photo that is embedded here and never stored."""
+    check_metric(metric)  # before reading the upload
+    return search_by_picture(picture=query_decode(file=file), limit=limit, metric=metric, tag=tag)
 
 
 def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:

@@ -124,6 +124,7 @@ def image_create(
         format=decoded.format,
         uploaded_by=uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None,
         lane=lane,
+        queued_at=timezone.now() if queue else None,
     )
     stem = f"{checksum[:2]}/{checksum}"
     try:
@@ -171,8 +172,9 @@ def _delete_files(image: Image) -> None:
 
 
 def image_queue_embedding(*, image_id: int, lane: str) -> bool:
-    """Queue the embedding task on the image's lane; when the broker is down the image stays
-    pending and the worker's periodic sweep picks it up later. Returns whether it was queued."""
+    """Queue the embedding task on the image's lane (the caller has set `queued_at` in the
+    same write that made the image pending). When the broker is down the image stays pending
+    with `queued_at` cleared, and the periodic sweep queues it soon. Returns whether it was queued."""
     from .tasks import embed_image
 
     try:
@@ -180,7 +182,51 @@ def image_queue_embedding(*, image_id: int, lane: str) -> bool:
         return True
     except Exception as exc:  # broker unreachable
         log.warning("could not queue image %s (%s); the sweep will retry", image_id, exc)
-        return False
+    try:
+        Image.objects.filter(pk=image_id).update(queued_at=None)
+    except OperationalError as exc:  # then the sweep finds it later, once its queueing looks old
+        log.warning("could not mark image %s as not queued (%s)", image_id, exc)
+    return False
+
+
+def images_requeue_waiting(*, min_age_seconds: int | None = None, only_lost: bool = True) -> int:
+    """Queue the embedding task again for waiting images (pending, or claimed by a worker
+    that went silent), each on its lane; returns how many were queued.
+
+    With `only_lost` (the periodic sweep), only images whose task may have been lost: never
+    queued (broker down at upload) and older than `min_age_seconds`, or queued longer ago
+    than the lane's REQUEUE_AFTER_SECONDS while the lane has embedded nothing for as long.
+    A lane that is moving needs no help, since each of its tasks also claims the oldest
+    waiting images of the lane, so a bulk backlog is not queued a second time. Without it
+    (a restarted worker, whose broker may have lost every queued task), all of them.
+    """
+    from .tasks import embed_image
+
+    conf = settings.IMAGESEARCH
+    if min_age_seconds is None:
+        min_age_seconds = conf["SWEEP_MIN_AGE_SECONDS"]
+    now = timezone.now()
+    waiting = Q(status=Image.Status.PENDING) | Q(status=Image.Status.PROCESSING, claimed_at__lt=_stale_before())
+    never_queued = Q(queued_at__isnull=True, created_at__lt=now - timedelta(seconds=min_age_seconds))
+    count = 0
+    for lane in Image.Lane.values:
+        due = Q(created_at__lt=now - timedelta(seconds=min_age_seconds))
+        if only_lost:
+            quiet_since = now - timedelta(seconds=conf["REQUEUE_AFTER_SECONDS"][lane])
+            due = never_queued
+            if not Image.objects.filter(lane=lane, embedded_at__gte=quiet_since).exists():
+                due |= Q(queued_at__lt=quiet_since)
+        ids = list(Image.objects.filter(waiting, due, lane=lane).values_list("pk", flat=True))
+        sent: list[int] = []
+        try:
+            for pk in ids:
+                embed_image.apply_async(args=[pk], queue=lane)
+                sent.append(pk)
+        finally:
+            for start in range(0, len(sent), 500):
+                Image.objects.filter(pk__in=sent[start : start + 500]).update(queued_at=now)
+        count += len(sent)
+    return count
 
 
 def images_set_visibility(*, image_ids: list[int], visibility: str) -> int:
@@ -568,7 +614,13 @@ def _images_requeue(queryset) -> int:  # type: ignore[no-untyped-def]
     with transaction.atomic():
         ids = list(queryset.select_for_update().values_list("pk", flat=True))
         Image.objects.filter(pk__in=ids).update(
-            status=Image.Status.PENDING, status_reason="", claimed_at=None, claimed_by="", attempts=0, lane=LANE_BULK
+            status=Image.Status.PENDING,
+            status_reason="",
+            claimed_at=None,
+            claimed_by="",
+            attempts=0,
+            lane=LANE_BULK,
+            queued_at=timezone.now(),
         )
         for pk in ids:
             transaction.on_commit(lambda pk=pk: image_queue_embedding(image_id=pk, lane=LANE_BULK))  # type: ignore[misc]
@@ -937,6 +989,25 @@ def _threshold() -> float:
     return float(settings.COPYRIGHT["THRESHOLD"])
 
 
+def _copy_match_exact(*, work_id: int, image_id: int, found_by: str) -> CopyMatch:
+    """Record a file identical to a work (same checksum): a match at once."""
+    signals = _evidence_signals(_NO_EVIDENCE, exact=True)
+    return copy_match_record(work_id=work_id, image_id=image_id, score=1.0, signals=signals, found_by=found_by)
+
+
+def _copy_match_if_likely(*, candidate: copydetect.Candidate, image_id: int, found_by: str) -> CopyMatch | None:
+    """Record the candidate as a match when its score reaches the threshold."""
+    if candidate.score < _threshold():
+        return None
+    return copy_match_record(
+        work_id=candidate.work_id,
+        image_id=image_id,
+        score=candidate.score,
+        signals=_evidence_signals(candidate.evidence),
+        found_by=found_by,
+    )
+
+
 def upload_match(*, image_id: int) -> list[CopyMatch]:
     """Check one ready upload against every protected work; record likely copies."""
     from .selectors import copy_index
@@ -945,9 +1016,7 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
     if image is None or not ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists():
         return []
     matches = [
-        copy_match_record(
-            work_id=w.pk, image_id=image.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="upload"
-        )
+        _copy_match_exact(work_id=w.pk, image_id=image.pk, found_by="upload")
         for w in ProtectedWork.objects.filter(checksum=image.checksum)
     ]
     index = copy_index.get()
@@ -958,16 +1027,8 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
         return matches
     query = copydetect.describe_query(index.backbone, decoded)
     for candidate in index.works.match(query):
-        if candidate.score >= _threshold():
-            matches.append(
-                copy_match_record(
-                    work_id=candidate.work_id,
-                    image_id=image.pk,
-                    score=candidate.score,
-                    signals=_evidence_signals(candidate.evidence),
-                    found_by="upload",
-                )
-            )
+        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="upload"):
+            matches.append(match)
     return matches
 
 
@@ -1002,10 +1063,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
             best.append(_best_probe(chunk, probes))
             chunk = []
     matches = [
-        copy_match_record(
-            work_id=work.pk, image_id=im.pk, score=1.0, signals=_evidence_signals(_NO_EVIDENCE, exact=True), found_by="scan"
-        )
-        for im in Image.objects.filter(checksum=work.checksum)
+        _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)
     ]
     if ids:
         all_ids, all_best = np.concatenate(ids), np.concatenate(best)
@@ -1019,16 +1077,8 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
             except (FileNotFoundError, ImageDecodeError):
                 continue
             candidate = single.match(copydetect.describe_query(index.backbone, decoded))[0]
-            if candidate.score >= _threshold():
-                matches.append(
-                    copy_match_record(
-                        work_id=work.pk,
-                        image_id=image.pk,
-                        score=candidate.score,
-                        signals=_evidence_signals(candidate.evidence),
-                        found_by="scan",
-                    )
-                )
+            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan"):
+                matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
     return matches
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
 from django.db import OperationalError
-from django.db.models import Q
-from django.utils import timezone
 
 from . import services
 from .models import Image
@@ -50,22 +47,10 @@ def fit_reduction(backbone: str) -> int | None:
 
 @shared_task(name="gallery.sweep_waiting_images")
 def sweep_waiting_images(min_age_seconds: int | None = None) -> int:
-    """Queue images that have waited too long (broker down at upload, crashed worker), each
-    on its own lane. It runs on the interactive queue: it is quick, and a lost upload must
-    not wait behind a bulk backlog to be found."""
-    if min_age_seconds is None:
-        min_age_seconds = settings.IMAGESEARCH["SWEEP_MIN_AGE_SECONDS"]
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"])
-    waiting = Image.objects.filter(
-        Q(status=Image.Status.PENDING, created_at__lt=now - timedelta(seconds=min_age_seconds))
-        | Q(status=Image.Status.PROCESSING, claimed_at__lt=stale)
-    ).values_list("pk", "lane")
-    count = 0
-    for pk, lane in waiting.iterator():
-        embed_image.apply_async(args=[pk], queue=lane)
-        count += 1
-    return count
+    """Queue images whose task may have been lost (broker down at upload, a lane that stopped
+    moving, a crashed worker), each on its own lane. It runs on the interactive queue: it is
+    quick, and a lost upload must not wait behind a bulk backlog to be found."""
+    return services.images_requeue_waiting(min_age_seconds=min_age_seconds)
 
 
 @shared_task(name="gallery.prune_catalog_changes")
@@ -81,7 +66,7 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
     released = Image.objects.filter(status=Image.Status.PROCESSING, claimed_by=hostname).update(
         status=Image.Status.PENDING, claimed_at=None, claimed_by=""
     )
-    queued = sweep_waiting_images(min_age_seconds=0)
+    queued = services.images_requeue_waiting(min_age_seconds=0, only_lost=False)
     services.pipeline.catalog_backbone()  # build the network now, not on the first upload
     if released or queued:
         log.info("worker start: released %d stale claims, queued %d waiting images", released, queued)

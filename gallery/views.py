@@ -6,14 +6,12 @@ import base64
 import io
 
 from django.conf import settings
-from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image as PILImage
-from PIL import ImageOps
 
 from . import selectors, services
 from .access import upload_permission_required
@@ -21,7 +19,6 @@ from .api import rejection_code
 from .forms import MetricForm, SearchForm, UploadForm
 from .models import Image
 from .ratelimit import rate_limited
-from .vision.preprocess import to_rgb
 
 
 def _parse_ids(raw: str) -> list[int]:
@@ -145,19 +142,13 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _inline_preview(upload: UploadedFile) -> str:
+def _inline_preview(picture: PILImage.Image) -> str:
     """A small data-URL preview of the query photo, which is never stored."""
-    try:
-        upload.seek(0)
-        with PILImage.open(upload) as im:
-            im.draft("RGB", (640, 640))  # JPEG: decode at reduced scale, much faster
-            preview = to_rgb(ImageOps.exif_transpose(im) or im)
-        preview.thumbnail((640, 640))
-        out = io.BytesIO()
-        preview.save(out, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
-    except Exception:
-        return ""
+    preview = picture.copy()
+    preview.thumbnail((640, 640))
+    out = io.BytesIO()
+    preview.save(out, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
 @require_http_methods(["GET", "POST"])
@@ -171,12 +162,13 @@ def search(request: HttpRequest) -> HttpResponse:
     upload = form.cleaned_data["file"]
     metric = form.cleaned_data["metric"]
     try:
-        hits = selectors.search_by_image(
-            file=upload, limit=form.cleaned_data["limit"], metric=metric, tag=request.POST.get("tag", "").strip().lower()
-        )
+        picture = selectors.query_decode(file=upload)
     except services.ImageRejected as exc:
         form.add_error("file", str(exc))
         return render(request, "gallery/search.html", {"form": form}, status=400)
+    hits = selectors.search_by_picture(
+        picture=picture, limit=form.cleaned_data["limit"], metric=metric, tag=request.POST.get("tag", "").strip().lower()
+    )
     return render(
         request,
         "gallery/search.html",
@@ -186,7 +178,7 @@ def search(request: HttpRequest) -> HttpResponse:
             "searched": True,
             "metric": metric,
             "query_name": upload.name,
-            "query_preview": _inline_preview(upload),
+            "query_preview": _inline_preview(picture),
             "space": selectors.active_space().label,
         },
     )

@@ -191,6 +191,13 @@ IMAGESEARCH = {
     # The periodic sweep queues pending images at least this old (younger ones are
     # normally still on their way through the broker).
     "SWEEP_MIN_AGE_SECONDS": env_int("IMAGESEARCH_SWEEP_MIN_AGE_SECONDS", 30),
+    # A waiting image whose task was sent this long ago, in a lane that has embedded nothing
+    # for as long, is queued again (its task may have been lost). A moving lane needs no
+    # help: each of its tasks also claims the oldest waiting images of the lane.
+    "REQUEUE_AFTER_SECONDS": {
+        "interactive": env_int("IMAGESEARCH_REQUEUE_AFTER_SECONDS", 120),
+        "bulk": env_int("IMAGESEARCH_BULK_REQUEUE_AFTER_SECONDS", 600),
+    },
     # Uploading needs an account unless this is on.
     "ALLOW_ANONYMOUS_UPLOADS": env_bool("IMAGESEARCH_ALLOW_ANONYMOUS_UPLOADS", False),
     # Members of this group (and superusers) review copyright matches.

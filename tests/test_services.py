@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from gallery import selectors, services, tasks
-from gallery.models import Embedding, Image, ReducedVector, Reduction
+from gallery.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image, ReducedVector, Reduction
 
 from .conftest import photo_bytes
 
@@ -109,6 +109,61 @@ def test_sweep_requeues_images_that_were_never_queued(make_photo) -> None:  # ty
     assert tasks.sweep_waiting_images.delay().get() == 1
     image.refresh_from_db()
     assert image.status == Image.Status.READY
+
+
+def _sent_tasks(monkeypatch) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+    """Embedding tasks handed to the broker, as (image id, queue)."""
+    sent: list[tuple[int, str]] = []
+    monkeypatch.setattr(tasks.embed_image, "apply_async", lambda args, queue, **kw: sent.append((args[0], queue)))
+    return sent
+
+
+def _waiting(n: int, *, lane: str, queued_ago: timedelta | None, prefix: str) -> list[int]:
+    """n pending rows, uploaded an hour ago, as a large import leaves them (no files needed:
+    nothing here embeds them)."""
+    queued_at = timezone.now() - queued_ago if queued_ago is not None else None
+    rows = [
+        Image(checksum=f"{prefix}{i:060d}", size=1, width=1, height=1, format="JPEG", lane=lane, queued_at=queued_at)
+        for i in range(n)
+    ]
+    ids = [im.pk for im in Image.objects.bulk_create(rows)]
+    Image.objects.filter(pk__in=ids).update(created_at=timezone.now() - timedelta(hours=1))
+    return ids
+
+
+def test_sweep_during_a_bulk_backlog_requeues_only_the_image_whose_task_was_lost(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sent = _sent_tasks(monkeypatch)
+    _waiting(3000, lane=LANE_BULK, queued_ago=timedelta(minutes=2), prefix="a")  # still in the bulk queue
+    (lost,) = _waiting(1, lane=LANE_BULK, queued_ago=timedelta(hours=1), prefix="b")
+    assert tasks.sweep_waiting_images.delay().get() == 1
+    assert sent == [(lost, LANE_BULK)]
+    sent.clear()
+    assert tasks.sweep_waiting_images.delay().get() == 0  # it was just queued again
+    assert sent == []
+
+
+def test_sweep_leaves_a_moving_lane_alone_and_finds_a_lost_upload_at_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sent = _sent_tasks(monkeypatch)
+    # A bulk import queued an hour ago is still being embedded: its tasks are on their way,
+    # and each claims the oldest waiting images of the lane, so nothing is queued twice.
+    backlog = _waiting(500, lane=LANE_BULK, queued_ago=timedelta(hours=1), prefix="a")
+    Image.objects.filter(pk=backlog[0]).update(status=Image.Status.READY, embedded_at=timezone.now())
+    upload = _waiting(1, lane=LANE_INTERACTIVE, queued_ago=None, prefix="b")  # broker down at upload
+    assert tasks.sweep_waiting_images.delay().get() == 1
+    assert sent == [(upload[0], LANE_INTERACTIVE)]
+    # The lane stops moving (the last tasks were lost): every waiting image is queued again, once.
+    sent.clear()
+    Image.objects.filter(pk=backlog[0]).update(embedded_at=timezone.now() - timedelta(hours=1))
+    assert tasks.sweep_waiting_images.delay().get() == 499
+    assert {lane for _, lane in sent} == {LANE_BULK}
+    assert tasks.sweep_waiting_images.delay().get() == 0  # and the next sweep does not repeat them
+
+
+def test_a_restarted_worker_requeues_every_waiting_image(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    sent = _sent_tasks(monkeypatch)
+    backlog = _waiting(50, lane=LANE_BULK, queued_ago=timedelta(seconds=5), prefix="a")
+    tasks._recover_on_start(sender=None)  # its broker may have lost every queued task
+    assert sorted(pk for pk, _ in sent) == backlog
 
 
 def test_pca_is_fitted_automatically_then_refitted_when_the_catalog_doubles(
