@@ -123,9 +123,53 @@ def test_the_shortlist_of_a_large_register_keeps_the_works_an_exact_scan_ranks_f
         index.add(i, copydetect.WorkSignature(v[:5], v[6:], hashes, empty, empty, small=v[5]))
     for target in (7, 120, 199):
         signature = index.signature(target)
-        windows = vectors(20)
-        windows[3] = copydetect.l2_normalise(signature.globals[0] + 0.05 * windows[3])  # the work, pasted
-        query = copydetect.QuerySignature(vectors=np.concatenate([vectors(1), windows]), hash=0)
+        crop = copydetect.l2_normalise(signature.regions[2] + 0.05 * vectors(1)[0])  # a part of the work
+        query = copydetect.QuerySignature(vectors=crop[None], hash=0)
         shortlisted, _ = index.cnn_scores(query)
         assert int(np.argmax(shortlisted)) == target
         assert (shortlisted >= 0).sum() == 10  # only the shortlist was scored exactly
+
+
+def _random_keypoints(rng: np.random.Generator, n: int) -> copydetect.Keypoints:
+    desc = rng.integers(0, 60, size=(n, 128)).astype(np.uint8)
+    return copydetect.Keypoints(rng.uniform(0, 400, size=(n, 2)).astype(np.float32), desc)
+
+
+def _noisy(rng: np.random.Generator, keypoints: copydetect.Keypoints) -> copydetect.Keypoints:
+    desc = np.clip(keypoints.desc.astype(np.int16) + rng.integers(-2, 3, size=keypoints.desc.shape), 0, 255)
+    return copydetect.Keypoints(keypoints.xy * 0.5 + 10, desc.astype(np.uint8))
+
+
+@pytest.mark.parametrize("exact_below", [10**9, 1000])
+def test_keypoints_vote_for_the_work_they_come_from_before_and_after_the_inverted_file(monkeypatch, exact_below) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(copydetect, "VOTE_EXACT_BELOW", exact_below)
+    rng = np.random.default_rng(1)
+    works = [_random_keypoints(rng, 80) for _ in range(40)]
+    votes = copydetect.KeypointVotes(lambda: works[: len(votes_for)])
+    votes_for: list[copydetect.Keypoints] = []
+    for start in range(0, 30, 10):  # registered in three steps; the last ones are appended to a trained index
+        votes_for += works[start : start + 10]
+        votes.extend(works[start : start + 10], start)
+    for target in (3, 17, 29):
+        query = _noisy(rng, works[target])
+        mixed = copydetect.Keypoints(
+            np.concatenate([query.xy[:40], _random_keypoints(rng, 200).xy]),
+            np.concatenate([query.desc[:40], _random_keypoints(rng, 200).desc]),
+        )
+        counted = votes.vote(mixed, 30)
+        assert int(np.argmax(counted)) == target
+        assert counted[target] >= 30  # most of its 40 keypoints found it
+        assert np.sort(counted)[-2] <= 5
+    assert votes.vote(_random_keypoints(rng, 200), 30).max() <= 5  # an unrelated photo
+
+
+def test_verification_counts_each_work_keypoint_once(butterflies) -> None:  # type: ignore[no-untyped-def]
+    work = copydetect.sift_keypoints(_photo(butterflies["001"][0]))
+    assert len(work) > 50
+    # A copy: the same keypoints, moved; consistent matches are found.
+    moved = copydetect.Keypoints(work.xy * 0.7 + 20, work.desc)
+    assert copydetect.verify(moved, work) >= 0.9 * len(work)
+    # Many query keypoints with one descriptor can agree with one work keypoint only once.
+    one = np.repeat(work.desc[:1], 60, axis=0)
+    piled = copydetect.Keypoints(np.repeat(work.xy[:1], 60, axis=0) + np.arange(60, dtype=np.float32)[:, None] * 0.01, one)
+    assert copydetect.verify(piled, work) <= 1

@@ -1,18 +1,21 @@
 """Copy detection: does an upload reproduce a protected work, even after editing?
 
-Three kinds of evidence, cheapest first:
+Three kinds of evidence:
 
-1. regional CNN descriptors (one forward pass of the backbone's last feature map,
-   pooled over a grid of windows). A protected work is described by its whole-image
-   descriptor in five orientations (as is, mirrored, rotated 90/180/270°) and by the
-   descriptors of its sub-windows; an upload by its whole-image descriptor and its own
-   sub-windows. Work windows against the upload find crops; upload windows against
-   the work find pastes into another photo and borders.
-2. a perceptual hash of the work and its mirror image (resized, re-encoded, recoloured
-   copies).
-3. for the few best candidates only, SIFT keypoints matched and verified with a
-   RANSAC similarity transform: the number of consistent matches separates a copy
-   from another photo of the same subject.
+1. SIFT keypoints. Every work's RootSIFT descriptors sit in one nearest-neighbour index
+   (exact while small, an inverted file past that); an upload's descriptors vote for the
+   works holding their distinctive nearest neighbours. Votes survive what infringers do
+   to a photo, a paste into another photo and a crop included, so the works with most
+   votes are the main candidates. Every candidate is verified: keypoints matched
+   one-to-one and a RANSAC similarity transform; the number of consistent matches
+   separates a copy from another photo of the same subject.
+2. CNN descriptors (one forward pass of the backbone's last feature map). A work is
+   described in five orientations (as is, mirrored, rotated 90/180/270°), at a small
+   scale, and by a grid of its windows; the whole upload is compared with all of them.
+   The nearest work joins the candidates, and very high similarity is evidence.
+3. a perceptual hash of the work and its mirror image: the nearest joins the candidates,
+   and an almost identical hash settles it without keypoints (resized, re-encoded,
+   recoloured copies).
 
 No Django here: signatures are plain arrays, serialised to bytes for storage.
 """
@@ -20,9 +23,11 @@ No Django here: signatures are plain arrays, serialised to bytes for storage.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
+import faiss
 import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps
@@ -37,14 +42,8 @@ WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotat
 SMALL = len(WORK_VARIANTS)
 VIEWS = (*WORK_VARIANTS, "the work, small")
 SMALL_LONG_SIDE = 160
-# Upload windows are compared with these views: pastes, borders, mirrored pastes.
-WINDOW_VIEWS = (0, SMALL, 1)
 # (window side as a fraction of the feature map's side, positions per axis).
 REGION_GRID = ((0.5, 3), (0.7, 2))
-# An upload is also searched with sliding windows (every position, one feature-map cell
-# apart) of these sides, as fractions of the map's height and width: a work pasted at
-# 35–70% of another photo's size then fills one of them closely.
-QUERY_WINDOW_SIDES = (0.4, 0.55, 0.7)
 CNN_LONG_SIDE = 320
 SIFT_LONG_SIDE = 400
 SIFT_FEATURES = 300
@@ -53,9 +52,20 @@ QUERY_SIFT_LONG_SIDE = 512
 QUERY_SIFT_FEATURES = 600
 RATIO_TEST = 0.8
 RANSAC_PIXELS = 3.0
-CANDIDATES = 4
+# Candidates besides the keypoint votes: the nearest works by CNN descriptor and by hash.
+CANDIDATES = 1
 # This many consistent keypoints settle it: later candidates need no verifying.
 CONCLUSIVE_INLIERS = 40
+# Keypoint votes: an upload's descriptors find their nearest work descriptors among all
+# works; a neighbour clearly nearer than the next (the ratio test) votes for its work.
+# The works with most votes join the candidates that are verified.
+VOTE_CANDIDATES = 3
+MIN_VOTES = 3
+# Up to this many work descriptors the neighbours are exact; past it an inverted file
+# (8-bit scalar quantised) with about one list per square root of the count, searched
+# in this many lists.
+VOTE_EXACT_BELOW = 4096
+VOTE_PROBES = 8
 # Past this many works a PCA projection (this many dimensions, fitted on at most this many
 # vectors) shortlists works for exact scoring.
 SHORTLIST_ABOVE = 512
@@ -84,18 +94,6 @@ def region_boxes(height: int, width: int, grid: tuple[tuple[float, int], ...] = 
         xs = np.linspace(0, width - rw, steps).round().astype(int)
         boxes += [(int(y), int(y) + rh, int(x), int(x) + rw) for y in ys for x in xs]
     return boxes
-
-
-def sliding_boxes(height: int, width: int, sides: tuple[float, ...] = QUERY_WINDOW_SIDES) -> list[tuple[int, int, int, int]]:
-    """The whole map, then windows of every (height side, width side) pair at every
-    position one cell apart."""
-    boxes = [(0, height, 0, width)]
-    for fh in sides:
-        rh = max(1, round(height * fh))
-        for fw in sides:
-            rw = max(1, round(width * fw))
-            boxes += [(y, y + rh, x, x + rw) for y in range(height - rh + 1) for x in range(width - rw + 1)]
-    return list(dict.fromkeys(boxes))
 
 
 def pool_boxes(fmap: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
@@ -155,18 +153,31 @@ def sift_keypoints(image: PILImage.Image, *, long_side: int = SIFT_LONG_SIDE, fe
 
 
 def verify(query: Keypoints, work: Keypoints) -> int:
-    """Number of keypoint matches consistent with one similarity transform (RANSAC)."""
+    """Number of keypoint matches consistent with one similarity transform (RANSAC).
+
+    A query keypoint matches its nearest work keypoint when that is clearly nearer than
+    the second nearest (the ratio test); each work keypoint keeps only its best match, so
+    a repeated texture cannot pile many query keypoints onto one work keypoint.
+    """
     if len(query) < 3 or len(work) < 3:
         return 0
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    pairs = matcher.knnMatch(query.root, work.root, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO_TEST * p[1].distance]
+    # RootSIFT descriptors have unit length: squared distance = 2 - 2 * dot product.
+    squared = np.maximum(2.0 - 2.0 * (query.root @ work.root.T), 0.0)
+    nearest = np.argpartition(squared, 1, axis=1)[:, :2]
+    rows = np.arange(len(query))
+    d = squared[rows[:, None], nearest]
+    first = d.argmin(axis=1)
+    best, d1, d2 = nearest[rows, first], d[rows, first], d[rows, 1 - first]
+    good = np.nonzero(d1 < RATIO_TEST**2 * d2)[0]
     if len(good) < 3:
         return 0
-    src = query.xy[[m.queryIdx for m in good]]
-    dst = work.xy[[m.trainIdx for m in good]]
+    # One match per work keypoint: the nearest.
+    order = good[np.lexsort((d1[good], best[good]))]
+    good = order[np.r_[True, best[order][1:] != best[order][:-1]]]
+    if len(good) < 3:
+        return 0
     _, mask = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, confidence=0.99
+        query.xy[good], work.xy[best[good]], method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, confidence=0.99
     )
     return int(mask.sum()) if mask is not None else 0
 
@@ -224,7 +235,7 @@ class WorkSignature:
 class QuerySignature:
     """What the matcher computes once per upload."""
 
-    vectors: np.ndarray  # (1 + windows, dim): the whole image first
+    vectors: np.ndarray  # (1, dim): the whole image
     hash: int
     keypoints: Keypoints | None = None  # computed lazily, only when candidates need verifying
     image: PILImage.Image | None = field(default=None, repr=False)
@@ -261,7 +272,7 @@ def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
     """One forward pass and a hash; keypoints follow only if a candidate needs them."""
     image = image.convert("RGB")
     fmap = _forward(backbone, image)
-    vectors = pool_boxes(fmap, sliding_boxes(fmap.shape[0], fmap.shape[1]))
+    vectors = pool_boxes(fmap, [(0, fmap.shape[0], 0, fmap.shape[1])])
     return QuerySignature(vectors=vectors, hash=phash(image), image=image)
 
 
@@ -272,7 +283,7 @@ def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
 class Evidence:
     """The signals behind one (upload, work) score."""
 
-    cnn: float  # best cosine between any upload window and any work view or window
+    cnn: float  # best cosine between the upload and any work view or window
     cnn_view: str  # which comparison gave it
     hash_distance: int  # bits between pHashes (0–64), best of work and mirror
     inliers: int  # geometrically consistent keypoint matches (-1: not verified)
@@ -292,18 +303,22 @@ class Evidence:
 HASH_FIRES = 10
 INLIERS_FIRE = 15
 CNN_FIRES = 0.9
+# Fusion: this many consistent keypoints count as even odds; hash distances from this
+# many bits up count for nothing.
+INLIERS_HALF = 25
+HASH_COUNTS_BELOW = 14
 
 
 def fuse(evidence: Evidence) -> float:
     """One score in [0, 1] from independent signals (a noisy-OR of calibrated parts).
 
-    Keypoints: 15 consistent matches give 0.5, 45 give 0.75 (two photos of one species
-    reach ~15 within 3 px; copies 25 and more). Hash: only distances well
-    under the ~32 bits of unrelated photos count. CNN: only very high similarity counts,
-    because two photos of the same subject are close too.
+    Keypoints: 25 consistent one-to-one matches give 0.5, 75 give 0.75 (another photo
+    of the same species reaches at most ~30 on the attack suite; most copies 50 and
+    more). Hash: only distances well under the ~32 bits of unrelated photos count. CNN:
+    only very high similarity counts, because two photos of the same subject are close too.
     """
-    geo = max(evidence.inliers, 0) / (max(evidence.inliers, 0) + INLIERS_FIRE)
-    hsh = float(np.clip((20 - evidence.hash_distance) / 20, 0, 1)) ** 0.5
+    geo = max(evidence.inliers, 0) / (max(evidence.inliers, 0) + INLIERS_HALF)
+    hsh = float(np.clip((HASH_COUNTS_BELOW - evidence.hash_distance) / HASH_COUNTS_BELOW, 0, 1)) ** 0.5
     cnn = float(np.clip((evidence.cnn - 0.8) / 0.2, 0, 1)) ** 2
     miss = (1 - geo) * (1 - hsh) * (1 - 0.8 * cnn)
     return float(1 - miss)
@@ -346,6 +361,61 @@ class _Projection:
         return low @ q_low.T + offset[:, None] + (q_offset - float(self.mean @ self.mean))[None, :]
 
 
+class KeypointVotes:
+    """Every work's RootSIFT descriptors in one nearest-neighbour index, appended to as
+    works are registered. The inverted file is trained when the descriptor count first
+    passes VOTE_EXACT_BELOW and retrained only when it has doubled since; in between new
+    descriptors are added to its lists."""
+
+    def __init__(self, everything: Callable[[], list[Keypoints]]) -> None:
+        # `everything`: every flushed work's keypoints, in work order (for retraining).
+        self._everything = everything
+        self._owner = np.zeros(0, dtype=np.int32)  # work position of every descriptor
+        self._index: faiss.Index | None = None
+        self._trained_on = 0
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    @staticmethod
+    def _stack(keypoints: list[Keypoints], first: int) -> tuple[np.ndarray, np.ndarray]:
+        desc = [k.root for k in keypoints if len(k)]
+        owner = [np.full(len(k), first + i, dtype=np.int32) for i, k in enumerate(keypoints) if len(k)]
+        if not desc:
+            return np.zeros((0, 128), dtype=np.float32), np.zeros(0, dtype=np.int32)
+        return np.ascontiguousarray(np.concatenate(desc), dtype=np.float32), np.concatenate(owner)
+
+    def extend(self, keypoints: list[Keypoints], first: int) -> None:
+        """Add the keypoints of works at positions first, first + 1, …"""
+        desc, owner = self._stack(keypoints, first)
+        n = len(self._owner) + len(owner)
+        if n >= VOTE_EXACT_BELOW and (not isinstance(self._index, faiss.IndexIVF) or n >= 2 * self._trained_on):
+            self._train(*self._stack(self._everything(), 0))
+            return
+        if self._index is None:
+            self._index = faiss.IndexFlatL2(128)
+        self._index.add(desc)
+        self._owner = np.concatenate([self._owner, owner])
+
+    def _train(self, desc: np.ndarray, owner: np.ndarray) -> None:
+        lists = max(16, min(int(np.sqrt(len(desc))), len(desc) // 40))
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(128), 128, lists, faiss.ScalarQuantizer.QT_8bit)
+        index.cp.niter = 10
+        index.train(desc[np.random.default_rng(0).permutation(len(desc))[: 40 * lists]])
+        index.add(desc)
+        index.nprobe = VOTE_PROBES
+        self._index, self._owner, self._trained_on = index, owner, len(desc)
+
+    def vote(self, keypoints: Keypoints, works: int) -> np.ndarray:
+        """(works,) how many of the upload's keypoints vote for each work."""
+        if self._index is None or self._index.ntotal < 2 or len(keypoints) == 0:
+            return np.zeros(works, dtype=np.int64)
+        distances, neighbours = self._index.search(np.ascontiguousarray(keypoints.root, dtype=np.float32), 2)
+        d1, d2 = np.sqrt(np.maximum(distances[:, 0], 0)), np.sqrt(np.maximum(distances[:, 1], 0))
+        distinct = (neighbours[:, 0] >= 0) & (neighbours[:, 1] >= 0) & (d1 < RATIO_TEST * d2)
+        return np.bincount(self._owner[neighbours[distinct, 0]], minlength=works)[:works]
+
+
 class CopyIndex:
     """Protected works' signatures in memory, appended to as works are registered.
 
@@ -365,7 +435,7 @@ class CopyIndex:
         self._fitted_on = 0
         self._low = np.zeros((0, PROJECTED_DIMS), dtype=np.float32)
         self._offset = np.zeros(0, dtype=np.float32)
-        self._low_views = self._low
+        self._votes = KeypointVotes(lambda: [self._signatures[i].keypoints for i in self.ids])
 
     def __len__(self) -> int:
         return len(self.ids) + len(self._pending)
@@ -389,7 +459,9 @@ class CopyIndex:
         new = np.concatenate([s.vectors() for _, s in self._pending]).astype(np.float16)
         self._vectors = new if self._vectors is None else np.concatenate([self._vectors, new])
         self._hashes = np.concatenate([self._hashes, np.stack([s.hashes for _, s in self._pending])])
+        first = len(self.ids)
         self.ids += [i for i, _ in self._pending]
+        self._votes.extend([s.keypoints for _, s in self._pending], first)
         self._pending = []
         n = len(self.ids)
         if n < SHORTLIST_ABOVE:
@@ -402,8 +474,6 @@ class CopyIndex:
         else:
             low, offset = self._project(self._vectors[len(self._low) :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
-        by_work = self._low.reshape(len(self.ids), self.per_work, -1)
-        self._low_views = np.ascontiguousarray(by_work[:, [0, SMALL]].reshape(2 * len(self.ids), -1))
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._projection is not None
@@ -418,18 +488,11 @@ class CopyIndex:
         return self._signatures[work_id]
 
     def _scores(self, vectors: np.ndarray, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
-        """Per work in `vectors` ((works * per_work, dim)): the best CNN similarity and which
-        comparison gave it (an index into VIEWS, or len(VIEWS) for a window of the work)."""
-        per_work = self.per_work
-        # The whole upload against every view and window of the work: crops, rotations.
-        whole, which = _best_per_work(vectors @ query.vectors[0], per_work)
-        # Every upload window against the work as is, small and mirrored: pastes, borders.
-        views = vectors.reshape(-1, per_work, vectors.shape[1])[:, list(WINDOW_VIEWS)]
-        by_window = (query.vectors[1:] @ views.reshape(-1, vectors.shape[1]).T).max(axis=0)
-        window, window_view = _best_per_work(by_window, len(WINDOW_VIEWS))
-        use_window = window > whole
-        how = np.where(which < len(VIEWS), which, len(VIEWS))
-        return np.where(use_window, window, whole), np.where(use_window, np.array(WINDOW_VIEWS)[window_view], how)
+        """Per work in `vectors` ((works * per_work, dim)): the best CNN similarity of the
+        whole upload to any view or window of the work (crops, rotations, mirror images),
+        and which gave it (an index into VIEWS, or len(VIEWS) for a window of the work)."""
+        best, which = _best_per_work(vectors @ query.vectors[0], self.per_work)
+        return best, np.minimum(which, len(VIEWS))
 
     def cnn_scores(self, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
         """Per work: the best CNN similarity and which comparison gave it. Past
@@ -439,12 +502,7 @@ class CopyIndex:
         n, per_work, dim = len(self.ids), self.per_work, self._vectors.shape[1]
         if self._projection is None:
             return self._scores(self._vectors.astype(np.float32), query)
-        offset = self._offset.reshape(n, per_work)
         rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
-        # Windows against the work as is and small; the exact pass adds its mirror image.
-        by_window = self._projection.dots(self._low_views, offset[:, [0, SMALL]].reshape(-1), query.vectors[1:])
-        by_window = by_window.max(axis=1).reshape(n, 2).max(axis=1)
-        rough = np.maximum(rough, by_window)
         shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
         rows = self._vectors.reshape(n, per_work, dim)[shortlist].reshape(-1, dim).astype(np.float32)
         exact, how = self._scores(rows, query)
@@ -454,15 +512,24 @@ class CopyIndex:
         return best, which
 
     def match(self, query: QuerySignature, *, candidates: int = CANDIDATES, verify_all: bool = False) -> list[Candidate]:
-        """The best-scoring works for an upload, best first, each verified with keypoints."""
+        """The best-scoring works for an upload, best first, each verified with keypoints.
+
+        Candidates: the works with most keypoint votes, the nearest by CNN descriptor and
+        the nearest by hash. An almost identical hash needs no keypoints at all.
+        """
         if len(self) == 0:
             return []
         cnn, how = self.cnn_scores(query)
         as_is, flipped_hash = hamming(self._hashes[:, 0], query.hash), hamming(self._hashes[:, 1], query.hash)
         distance = np.minimum(as_is, flipped_hash)
-        order = np.argsort(-cnn, kind="stable")[:candidates]
-        by_hash = np.argsort(distance, kind="stable")[:2]
-        chosen = list(dict.fromkeys([*order.tolist(), *by_hash.tolist()]))
+        by_hash = np.argsort(distance, kind="stable")[:candidates]
+        by_cnn = np.argsort(-cnn, kind="stable")[:candidates]
+        by_votes: list[int] = []
+        if verify_all or distance[by_hash[0]] > 4:
+            votes = self._votes.vote(query.ensure_keypoints(), len(self.ids))
+            top = np.argsort(-votes, kind="stable")[:VOTE_CANDIDATES]
+            by_votes = [int(i) for i in top if votes[i] >= MIN_VOTES]
+        chosen = list(dict.fromkeys([*by_votes, *by_cnn.tolist(), *by_hash.tolist()]))
         out = []
         settled = False
         for i in chosen:
