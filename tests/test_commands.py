@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 
 from gallery.models import Embedding, Image, Reduction
+from gallery.vision import attacks
 
 from .conftest import DATASET, ROOT, photo_bytes
 
@@ -112,3 +113,34 @@ def test_production_settings_require_a_secret_key() -> None:
 @pytest.mark.django_db
 def test_models_and_migrations_agree() -> None:
     call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def _photo_folder(tmp_path, butterflies, per_species: int):  # type: ignore[no-untyped-def]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in (p for group in butterflies.values() for p in group[:per_species]):
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+@pytest.mark.django_db
+def test_evaluate_copies_finds_every_family_of_copy_and_beats_the_hash_baseline(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = _photo_folder(tmp_path, butterflies, 3)  # 30 photos of 10 species
+    call_command("evaluate_copies", str(folder), "--works", "5", "--distractors", "12", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["works"] == 5 and report["copy_queries"] == 60 and report["distractors"] == 12
+    families = report["families"]
+    assert set(families) == {*attacks.ALL_FAMILIES, "overall"}
+    for name in ("crop", "paste", "mirror", "rotate_small"):
+        assert families[name]["matcher"]["recall_at_1"] == 1.0, name
+    assert families["overall"]["matcher"]["recall_at_1"] >= 0.95
+    assert families["overall"]["matcher"]["micro_ap"] > families["overall"]["phash"]["micro_ap"]
+
+
+@pytest.mark.django_db
+def test_benchmark_copies_reports_the_cost_and_finds_the_copies_in_a_larger_register(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = _photo_folder(tmp_path, butterflies, 2)
+    call_command("benchmark_copies", str(folder), "--sizes", "60", "--real-works", "4", "--queries", "6", "--pool", "6", "--json")
+    row = json.loads(capsys.readouterr().out)["sizes"]["60"]
+    assert row["copies_recall_at_1"] == 1.0
+    assert 0 < row["p50_ms"] <= row["p95_ms"]
