@@ -333,7 +333,17 @@ class ProtectedWorkAdmin(admin.ModelAdmin):
     list_display = ("title", "rights_holder", "reference", "status", "scanned_at", "created_at")
     list_filter = ("status", "rights_holder")
     search_fields = ("title", "rights_holder", "reference", "checksum")
-    readonly_fields = ("checksum", "width", "height", "status", "status_reason", "scanned_at", "created_at")
+    readonly_fields = ("original", "checksum", "width", "height", "status", "status_reason", "scanned_at", "created_at")
+    # The original is private: the admin links to the staff-only view instead of a file URL.
+    exclude = ("file",)
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False  # works are registered on the copyright pages, which compute their signatures
+
+    @admin.display(description="original")
+    def original(self, work: ProtectedWork) -> str:
+        url = reverse("gallery:copyright_work_file", args=[work.pk])
+        return format_html('<a href="{}"><img src="{}" alt="" style="max-width:320px"></a>', url, url)
 
 
 class MatchDecisionInline(admin.TabularInline):

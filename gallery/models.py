@@ -242,7 +242,8 @@ class ProtectedWork(models.Model):
         READY = "ready", "Monitored"
         FAILED = "failed", "Failed"
 
-    file = models.FileField(upload_to="protected/", max_length=255)
+    # Private: a protected original is shown to copyright staff only (a view checks who asks).
+    file = models.FileField(upload_to="protected/", max_length=255, storage=get_private_storage)
     title = models.CharField(max_length=200)
     rights_holder = models.CharField(max_length=200, db_index=True)
     reference = models.CharField(max_length=200, blank=True, help_text="licence, catalogue number or URL")

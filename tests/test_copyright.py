@@ -220,6 +220,28 @@ def test_registering_the_same_work_twice_is_refused(staff_client, django_capture
     assert ProtectedWork.objects.count() == 1
 
 
+def test_a_protected_original_is_private_and_shown_to_staff_only(staff_client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    from django.core.files.storage import default_storage
+
+    from gallery.storage import private_storage
+
+    data = photo_bytes(seed=11)
+    with django_capture_on_commit_callbacks(execute=False):
+        assert _register(staff_client, data).status_code == 302
+    work = ProtectedWork.objects.get()
+    assert private_storage.exists(work.file.name) and not default_storage.exists(work.file.name)
+    with pytest.raises(ValueError):
+        _ = work.file.url  # no public address at all
+    response = staff_client.get(reverse("gallery:copyright_work_file", args=[work.pk]))
+    assert response.status_code == 200 and b"".join(response.streaming_content) == data
+    staff_client.logout()
+    assert staff_client.get(reverse("gallery:copyright_work_file", args=[work.pk])).status_code == 302
+    admin = User.objects.create_superuser("root", password="pw-long-enough-123")
+    staff_client.force_login(admin)
+    page = staff_client.get(reverse("admin:gallery_protectedwork_change", args=[work.pk]))
+    assert page.status_code == 200 and reverse("gallery:copyright_work_file", args=[work.pk]) in page.content.decode()
+
+
 def _review_requests(match: CopyMatch) -> list[tuple[str, str, dict[str, str]]]:
     return [
         ("get", reverse("gallery:copyright_queue"), {}),
