@@ -135,6 +135,8 @@ def test_evaluate_copies_finds_every_family_of_copy_and_beats_the_hash_baseline(
         assert families[name]["matcher"]["recall_at_1"] == 1.0, name
     assert families["overall"]["matcher"]["recall_at_1"] >= 0.95
     assert families["overall"]["matcher"]["micro_ap"] > families["overall"]["phash"]["micro_ap"]
+    recalls = [c["recall"] for c in report["curve"]]
+    assert recalls == sorted(recalls, reverse=True) and recalls[0] > 0.9  # a higher threshold finds fewer
 
 
 @pytest.mark.django_db

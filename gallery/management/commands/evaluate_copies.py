@@ -31,6 +31,9 @@ from gallery.vision.preprocess import ImageDecodeError
 DUPLICATE_HASH_BITS = 10
 DUPLICATE_INLIERS = 25
 DUPLICATE_NEIGHBOURS = 5
+# Precision and recall over all queries are printed at these thresholds (the curve the
+# default threshold is chosen from).
+CURVE_THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)
 
 
 def _union_find_groups(n: int, pairs: list[tuple[int, int]]) -> list[int]:
@@ -119,7 +122,14 @@ class Command(BaseCommand):
             "phash_threshold": base_threshold,
             "cost_ms": {"p50": 1000 * float(np.percentile(cost, 50)), "p95": 1000 * float(np.percentile(cost, 95))},
             "families": {},
+            "curve": [],
         }
+        copies = sum(1 for p in ours if p.family)
+        scores = np.array([p.score for p in ours])
+        correct = np.array([p.correct for p in ours])
+        for t in CURVE_THRESHOLDS:
+            precision, recall = copyeval.precision_recall_at(scores, correct, copies, t)
+            report["curve"].append({"threshold": t, "precision": precision, "recall": recall})
         families: list[str | None] = [*attacks.ALL_FAMILIES, None]
         for group in families:
             name = group or "overall"
@@ -172,6 +182,10 @@ class Command(BaseCommand):
             f"threshold {report['threshold']:.3f} (precision ≥ 0.99 from {report['threshold_for_precision_0.99']:.3f}); "
             f"pHash threshold {report['phash_threshold']:.3f}; matcher cost per query p50 {report['cost_ms']['p50']:.0f} ms, "
             f"p95 {report['cost_ms']['p95']:.0f} ms"
+        )
+        w(
+            "overall precision / recall at threshold: "
+            + ", ".join(f"{c['threshold']:.2f}: {c['precision']:.3f} / {c['recall']:.3f}" for c in report["curve"])
         )
         w(f"{'family':<14}{'R@1':>7}{'µAP':>7}{'P@thr':>7}{'R@thr':>7}   | pHash {'R@1':>6}{'µAP':>7}{'P@thr':>7}")
         for name, row in report["families"].items():
