@@ -23,7 +23,10 @@ No Django here: signatures are plain arrays, serialised to bytes for storage.
 from __future__ import annotations
 
 import io
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -141,14 +144,15 @@ class Keypoints:
         return self._root
 
 
-_sift: dict[int, object] = {}
+_local = threading.local()  # one SIFT detector per thread and keypoint count
 
 
 def sift_keypoints(image: PILImage.Image, *, long_side: int = SIFT_LONG_SIDE, features: int = SIFT_FEATURES) -> Keypoints:
-    if features not in _sift:
-        _sift[features] = cv2.SIFT_create(nfeatures=features)  # type: ignore[attr-defined]
+    detectors = _local.__dict__.setdefault("sift", {})
+    if features not in detectors:
+        detectors[features] = cv2.SIFT_create(nfeatures=features)  # type: ignore[attr-defined]
     gray = np.asarray(fit_long_side(image, long_side).convert("L"), dtype=np.uint8)
-    points, desc = _sift[features].detectAndCompute(gray, None)  # type: ignore[attr-defined]
+    points, desc = detectors[features].detectAndCompute(gray, None)
     if desc is None or not points:
         return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
     xy = np.array([p.pt for p in points], dtype=np.float32)
@@ -240,10 +244,14 @@ class QuerySignature:
 
     vectors: np.ndarray  # (1, dim): the whole image
     hash: int
-    keypoints: Keypoints | None = None  # computed lazily, only when candidates need verifying
+    keypoints: Keypoints | None = None
     image: PILImage.Image | None = field(default=None, repr=False)
+    # Keypoints being extracted on another thread while the forward pass runs.
+    pending: Future[Keypoints] | None = field(default=None, repr=False)
 
     def ensure_keypoints(self) -> Keypoints:
+        if self.keypoints is None and self.pending is not None:
+            self.keypoints, self.pending = self.pending.result(), None
         if self.keypoints is None:
             if self.image is None:
                 raise ValueError("the query image is needed for keypoints")
@@ -271,12 +279,25 @@ def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
     )
 
 
+_keypoint_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _keypoint_executor() -> ThreadPoolExecutor:
+    """One thread per process (a forked worker starts its own) that extracts an upload's
+    keypoints while the forward pass runs; both release the interpreter lock."""
+    global _keypoint_pool
+    if _keypoint_pool is None or _keypoint_pool[0] != os.getpid():
+        _keypoint_pool = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy-keypoints"))
+    return _keypoint_pool[1]
+
+
 def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
-    """One forward pass and a hash; keypoints follow only if a candidate needs them."""
+    """One forward pass and a hash, with the keypoints extracted meanwhile on another thread."""
     image = image.convert("RGB")
+    pending = _keypoint_executor().submit(sift_keypoints, image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
     fmap = _forward(backbone, image)
     vectors = pool_boxes(fmap, [(0, fmap.shape[0], 0, fmap.shape[1])])
-    return QuerySignature(vectors=vectors, hash=phash(image), image=image)
+    return QuerySignature(vectors=vectors, hash=phash(image), image=image, pending=pending)
 
 
 # ---------------------------------------------------------------- scoring
