@@ -1025,7 +1025,7 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
             decoded = pipeline.decode(f.read()).image
     except (FileNotFoundError, ImageDecodeError):
         return matches
-    query = copydetect.describe_query(index.backbone, decoded)
+    query = index.works.describe(index.backbone, decoded)
     for candidate in index.works.match(query):
         if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="upload"):
             matches.append(match)
@@ -1076,7 +1076,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
                     decoded = pipeline.decode(f.read()).image
             except (FileNotFoundError, ImageDecodeError):
                 continue
-            candidate = single.match(copydetect.describe_query(index.backbone, decoded))[0]
+            candidate = single.match(single.describe(index.backbone, decoded))[0]
             if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan"):
                 matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())

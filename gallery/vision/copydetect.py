@@ -246,12 +246,14 @@ class QuerySignature:
     hash: int
     keypoints: Keypoints | None = None
     image: PILImage.Image | None = field(default=None, repr=False)
-    # Keypoints being extracted on another thread while the forward pass runs.
-    pending: Future[Keypoints] | None = field(default=None, repr=False)
+    # Keypoints (and their votes, when described by a CopyIndex) being computed on another
+    # thread while the forward pass runs.
+    pending: Future[tuple[Keypoints, np.ndarray | None]] | None = field(default=None, repr=False)
+    votes: np.ndarray | None = field(default=None, repr=False)  # per work, in index order
 
     def ensure_keypoints(self) -> Keypoints:
         if self.keypoints is None and self.pending is not None:
-            self.keypoints, self.pending = self.pending.result(), None
+            (self.keypoints, self.votes), self.pending = self.pending.result(), None
         if self.keypoints is None:
             if self.image is None:
                 raise ValueError("the query image is needed for keypoints")
@@ -291,10 +293,18 @@ def _keypoint_executor() -> ThreadPoolExecutor:
     return _keypoint_pool[1]
 
 
-def describe_query(backbone: Backbone, image: PILImage.Image) -> QuerySignature:
-    """One forward pass and a hash, with the keypoints extracted meanwhile on another thread."""
+def describe_query(
+    backbone: Backbone, image: PILImage.Image, *, votes: Callable[[Keypoints], np.ndarray] | None = None
+) -> QuerySignature:
+    """One forward pass and a hash, with the keypoints extracted (and, given `votes`,
+    looked up) meanwhile on another thread."""
     image = image.convert("RGB")
-    pending = _keypoint_executor().submit(sift_keypoints, image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
+
+    def keypoints_and_votes() -> tuple[Keypoints, np.ndarray | None]:
+        keypoints = sift_keypoints(image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
+        return keypoints, None if votes is None else votes(keypoints)
+
+    pending = _keypoint_executor().submit(keypoints_and_votes)
     fmap = _forward(backbone, image)
     vectors = pool_boxes(fmap, [(0, fmap.shape[0], 0, fmap.shape[1])])
     return QuerySignature(vectors=vectors, hash=phash(image), image=image, pending=pending)
@@ -535,6 +545,14 @@ class CopyIndex:
         best[shortlist], which[shortlist] = exact, how
         return best, which
 
+    def describe(self, backbone: Backbone, image: PILImage.Image) -> QuerySignature:
+        """An upload's signature, its keypoints looked up in this index while the forward
+        pass runs. The index must not change until the signature is matched (one thread
+        uses an index: the worker's)."""
+        self._flush()
+        works = len(self.ids)
+        return describe_query(backbone, image, votes=lambda keypoints: self._votes.vote(keypoints, works))
+
     def match(self, query: QuerySignature, *, candidates: int = CANDIDATES, verify_all: bool = False) -> list[Candidate]:
         """The best-scoring works for an upload, best first, each verified with keypoints.
 
@@ -550,7 +568,9 @@ class CopyIndex:
         by_cnn = np.argsort(-cnn, kind="stable")[:candidates]
         by_votes: list[int] = []
         if verify_all or distance[by_hash[0]] > 4:
-            votes = self._votes.vote(query.ensure_keypoints(), len(self.ids))
+            keypoints = query.ensure_keypoints()
+            votes = query.votes if query.votes is not None else self._votes.vote(keypoints, len(self.ids))
+            votes = np.pad(votes, (0, len(self.ids) - len(votes)))  # works registered since
             top = np.argsort(-votes, kind="stable")[:VOTE_CANDIDATES]
             by_votes = [int(i) for i in top if votes[i] >= MIN_VOTES]
         chosen = list(dict.fromkeys([*by_votes, *by_cnn.tolist(), *by_hash.tolist()]))

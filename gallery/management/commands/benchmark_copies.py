@@ -98,12 +98,12 @@ class Command(BaseCommand):
                 base = signatures[i % len(signatures)]
                 index.add(i, base if i < len(signatures) else _variant(base, pool, rng))
             started = time.perf_counter()
-            index.match(copydetect.describe_query(backbone, queries[0]))  # builds the matrices and the keypoint index
+            index.match(index.describe(backbone, queries[0]))  # builds the matrices and the keypoint index
             build = time.perf_counter() - started
             total, cpu, describe, found = [], [], [], []
             for im, truth in zip(queries, truths, strict=True):
                 started, started_cpu = time.perf_counter(), time.process_time()
-                query = copydetect.describe_query(backbone, im)
+                query = index.describe(backbone, im)
                 described = time.perf_counter()
                 best = index.match(query)[0]
                 total.append(time.perf_counter() - started)

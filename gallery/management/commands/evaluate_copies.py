@@ -102,7 +102,7 @@ class Command(BaseCommand):
         ours, base, cost = [], [], []
         for family, truth, im in tqdm(queries, desc="queries", disable=quiet):
             started = time.perf_counter()
-            best = index.match(copydetect.describe_query(backbone, im))[0]
+            best = index.match(index.describe(backbone, im))[0]
             cost.append(time.perf_counter() - started)
             ours.append(copyeval.Prediction(family, best.work_id == truth, best.score))
             distance = hamming(work_hashes, phash(im))
