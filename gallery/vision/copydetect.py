@@ -42,7 +42,6 @@ DESCRIPTOR_VERSION = 1
 WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotated 270°")
 # The index keeps, per work, its orientations, its whole-image descriptor at a small scale
 # (how it looks when pasted into a part of another photo), then its windows.
-SMALL = len(WORK_VARIANTS)
 VIEWS = (*WORK_VARIANTS, "the work, small")
 SMALL_LONG_SIDE = 160
 # (window side as a fraction of the feature map's side, positions per axis).
@@ -116,6 +115,11 @@ def pool_boxes(fmap: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.n
 def pool_regions(fmap: np.ndarray, grid: tuple[tuple[float, int], ...] = REGION_GRID) -> np.ndarray:
     """(h, w, c) activations → (regions, c) descriptors of `region_boxes`."""
     return pool_boxes(fmap, region_boxes(fmap.shape[0], fmap.shape[1], grid))
+
+
+def pool_whole(fmap: np.ndarray) -> np.ndarray:
+    """(h, w, c) activations → (c,) the L2-normalised mean over the whole map."""
+    return pool_regions(fmap, ())[0]
 
 
 def _forward(backbone: Backbone, image: PILImage.Image) -> np.ndarray:
@@ -269,10 +273,10 @@ def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
     views = [image, mirrored, image.rotate(90, expand=True), image.rotate(180), image.rotate(270, expand=True)]
     maps = [_forward(backbone, v) for v in views]
     pooled = pool_regions(maps[0])
-    globals_ = np.stack([pooled[0]] + [pool_regions(m)[0] for m in maps[1:]])
+    globals_ = np.stack([pooled[0]] + [pool_whole(m) for m in maps[1:]])
     small = np.asarray(fit_long_side(image, SMALL_LONG_SIDE), dtype=np.uint8)
     return WorkSignature(
-        small=pool_regions(backbone.feature_maps(small[None])[0], ())[0],
+        small=pool_whole(backbone.feature_maps(small[None])[0]),
         globals=globals_,
         regions=pooled[1:],
         hashes=phash_variants(image),
@@ -306,7 +310,7 @@ def describe_query(
 
     pending = _keypoint_executor().submit(keypoints_and_votes)
     fmap = _forward(backbone, image)
-    vectors = pool_boxes(fmap, [(0, fmap.shape[0], 0, fmap.shape[1])])
+    vectors = pool_whole(fmap)[None]
     return QuerySignature(vectors=vectors, hash=phash(image), image=image, pending=pending)
 
 
