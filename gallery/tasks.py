@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, OSError, ConnectionError)
 
 
+def _retry_later(task: Any, exc: Exception) -> Exception:
+    """Retry a task after a transient error, backing off 1, 2, 4 … up to 60 s."""
+    return task.retry(exc=exc, countdown=min(2**task.request.retries, 60))  # type: ignore[no-any-return]
+
+
 @shared_task(bind=True, acks_late=True, max_retries=8, name="gallery.embed_image")
 def embed_image(self: Any, image_id: int) -> dict[str, Any]:
     try:
         outcome = services.images_embed_batch(image_id=image_id, worker=self.request.hostname or None)
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+        raise _retry_later(self, exc) from exc
     if outcome.state == "busy":
         # Another worker holds it; look again once its claim could have gone stale.
         raise self.retry(countdown=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"] // 4 + 1, max_retries=None)
@@ -81,7 +86,7 @@ def run_catalog_job(self: Any, job_id: int) -> str | None:
     try:
         job = services.catalog_job_run(job_id=job_id)
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+        raise _retry_later(self, exc) from exc
     return job.status if job else None
 
 
@@ -105,7 +110,7 @@ def match_upload(self: Any, image_id: int) -> int:
     try:
         return len(services.upload_match(image_id=image_id))
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+        raise _retry_later(self, exc) from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5, name="gallery.describe_protected_work")
@@ -113,7 +118,7 @@ def describe_protected_work(self: Any, work_id: int) -> str | None:
     try:
         work = services.protected_work_describe(work_id=work_id)
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+        raise _retry_later(self, exc) from exc
     if work is not None and work.status == work.Status.READY:
         scan_catalog_for_work.delay(work_id)
     return work.status if work is not None else None
@@ -125,4 +130,4 @@ def scan_catalog_for_work(self: Any, work_id: int) -> int:
     try:
         return len(services.protected_work_scan_catalog(work_id=work_id))
     except TRANSIENT as exc:
-        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 60)) from exc
+        raise _retry_later(self, exc) from exc
