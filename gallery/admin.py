@@ -70,6 +70,21 @@ def _ids(queryset: QuerySet[Image]) -> list[int]:
     return list(queryset.values_list("pk", flat=True))
 
 
+# Shown read-only in the "Processing" section of an image's page.
+_PROCESSING_FIELDS = (
+    "status",
+    "status_reason",
+    "backbones",
+    "pca",
+    "lane",
+    "attempts",
+    "claimed_by",
+    "claimed_at",
+    "embedded_by",
+    "embedded_at",
+)
+
+
 @admin.register(Image)
 class ImageAdmin(admin.ModelAdmin):
     form = ImageForm
@@ -86,36 +101,14 @@ class ImageAdmin(admin.ModelAdmin):
         ("Most similar", {"fields": ("similar",)}),
         (
             "Processing",
-            {
-                "fields": (
-                    "status",
-                    "status_reason",
-                    "backbones",
-                    "pca",
-                    "lane",
-                    "attempts",
-                    "claimed_by",
-                    "claimed_at",
-                    "embedded_by",
-                    "embedded_at",
-                )
-            },
+            {"fields": _PROCESSING_FIELDS},
         ),
         ("File", {"fields": ("original_name", "checksum", "size", "width", "height", "format", "uploaded_by", "created_at")}),
     )
     readonly_fields = (
         "preview",
         "similar",
-        "status",
-        "status_reason",
-        "backbones",
-        "pca",
-        "lane",
-        "attempts",
-        "claimed_by",
-        "claimed_at",
-        "embedded_by",
-        "embedded_at",
+        *_PROCESSING_FIELDS,
         "original_name",
         "checksum",
         "size",
