@@ -50,11 +50,11 @@ def _statuses(stack: Stack) -> dict[str, int]:
         return dict(db.execute("select status, count(*) from gallery_image group by status").fetchall())
 
 
-def _wait(stack: Stack, done, timeout: float = 240) -> None:  # type: ignore[no-untyped-def]
+def _wait(stack: Stack, done, timeout: float = 240, interval: float = 0.3) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, f"{_statuses(stack)}\n{stack.log_tail()}"
-        time.sleep(0.3)
+        time.sleep(interval)
 
 
 def _ids(response) -> list[int]:  # type: ignore[no-untyped-def]
@@ -81,7 +81,8 @@ def test_worker_killed_mid_batch_then_restarted_embeds_every_image_once(tmp_path
         (stack.var / "private" / corrupt).write_bytes(b"\xff\xd8\xff\xe0 damaged on disk")
 
         stack.worker = stack.start_worker()
-        _wait(stack, lambda: _statuses(stack).get("processing", 0) > 0, timeout=180)
+        # A batch holds its claim for a fraction of a second on an idle machine: look often.
+        _wait(stack, lambda: _statuses(stack).get("processing", 0) > 0, timeout=180, interval=0.01)
         os.kill(stack.worker.pid, signal.SIGKILL)  # in the middle of a batch
         stack.worker.wait()
         assert _statuses(stack).get("processing", 0) > 0  # the claim is left behind
