@@ -95,10 +95,16 @@ class Stack:
                 raise RuntimeError(f"workers {names} did not start\n" + self.log_tail())
             time.sleep(0.3)
 
-    def create_user(self, username: str, password: str, *, staff: bool = False) -> None:
+    def create_user(
+        self, username: str, password: str, *, staff: bool = False, superuser: bool = False, groups: tuple[str, ...] = ()
+    ) -> None:
+        """An account in the running stack's database, optionally staff, superuser or in groups."""
         code = (
-            "from django.contrib.auth import get_user_model; U = get_user_model(); "
-            f"u = U.objects.create_user({username!r}, password={password!r}); u.is_staff = {staff!r}; u.save()"
+            "from django.contrib.auth import get_user_model; from django.contrib.auth.models import Group; "
+            "U = get_user_model(); "
+            f"u = U.objects.create_user({username!r}, password={password!r}); "
+            f"u.is_staff = {staff or superuser!r}; u.is_superuser = {superuser!r}; u.save(); "
+            f"[u.groups.add(Group.objects.get_or_create(name=g)[0]) for g in {list(groups)!r}]"
         )
         subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=self.env, check=True)
 

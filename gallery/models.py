@@ -46,6 +46,8 @@ class Image(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True)
     visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PUBLISHED, db_index=True)
     status_reason = models.TextField(blank=True)
+    # Why a hidden image is hidden, in words its uploader can read ("My uploads" shows it).
+    visibility_reason = models.CharField(max_length=300, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="when a worker took it")
     claimed_by = models.CharField(max_length=200, blank=True, help_text="the worker that took it")
     attempts = models.PositiveIntegerField(default=0, help_text="how many times a worker claimed it")
@@ -301,6 +303,7 @@ class CopyMatch(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name_plural = "copy matches"
         constraints = [models.UniqueConstraint(fields=["work", "image"], name="one_match_per_pair")]
 
     def __str__(self) -> str:
@@ -308,25 +311,42 @@ class CopyMatch(models.Model):
 
 
 class MatchDecision(models.Model):
-    """One reviewer action on a match: who, when, what and why."""
+    """One reviewer action on a match: who, when, what and why.
+
+    A decision outlives its match: when the work or the upload is deleted the match goes,
+    the decision stays with a snapshot of what was decided on (titles, checksums and
+    small thumbnails of both pictures), so the audit trail is complete.
+    """
 
     class Action(models.TextChoices):
         CONFIRM = "confirm", "Confirmed"
         DISMISS = "dismiss", "Dismissed"
         NOTE = "note", "Note"
+        REOPEN = "reopen", "Reopened"
 
-    match = models.ForeignKey(CopyMatch, on_delete=models.CASCADE, related_name="decisions")
+    match = models.ForeignKey(CopyMatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="decisions")
     action = models.CharField(max_length=10, choices=Action.choices)
+    status_before = models.CharField(max_length=10, blank=True, help_text="the match's status the reviewer saw")
     hid_upload = models.BooleanField(default=False)
+    published_upload = models.BooleanField(default=False, help_text="a dismissal put the upload back in the gallery")
     note = models.TextField(blank=True)
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The snapshot: what was decided on, kept when the work or the upload is deleted.
+    work_title = models.CharField(max_length=200, blank=True)
+    rights_holder = models.CharField(max_length=200, blank=True)
+    work_checksum = models.CharField(max_length=64, blank=True)
+    image_title = models.CharField(max_length=255, blank=True)
+    image_checksum = models.CharField(max_length=64, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    work_thumbnail = models.BinaryField(blank=True, default=b"")
+    image_thumbnail = models.BinaryField(blank=True, default=b"")
 
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
-        return f"{self.get_action_display()} on match {self.match_id}"
+        return f"{self.get_action_display()}: {self.image_title} vs {self.work_title}"
 
 
 # ---- scale: multi-process index consistency -----------------------------------

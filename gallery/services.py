@@ -229,12 +229,15 @@ def images_requeue_waiting(*, min_age_seconds: int | None = None, only_lost: boo
     return count
 
 
-def images_set_visibility(*, image_ids: list[int], visibility: str) -> int:
+def images_set_visibility(*, image_ids: list[int], visibility: str, reason: str = "") -> int:
     """Publish or hide images; returns how many changed. Hidden images leave the public
-    gallery and every search result."""
+    gallery and every search result; `reason` is what their uploader reads on "My uploads"."""
     if visibility not in Image.Visibility.values:
         raise ValueError(f"unknown visibility {visibility!r}")
-    return Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility).update(visibility=visibility)
+    hidden = visibility == Image.Visibility.HIDDEN
+    reason = (reason.strip()[:300] or "Hidden by the catalog's editors.") if hidden else ""
+    rows = Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility)
+    return rows.update(visibility=visibility, visibility_reason=reason)
 
 
 # ---------------------------------------------------------------- embedding

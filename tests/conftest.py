@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+# The browser tests' fixtures (a live product and Chromium), module-scoped.
+pytest_plugins = ["tests.browser_support"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT.parent / "shared" / "datasets" / "leeds-butterfly"
 

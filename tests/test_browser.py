@@ -1,105 +1,31 @@
 """The browser experience in real headless Chromium, against the whole product running in
-production mode (collected, hashed static files behind WhiteNoise; a real worker).
-
-Screenshots land in test-artifacts/browser/.
-"""
+production mode (tests/browser_support.py). Screenshots land in test-artifacts/browser/."""
 
 from __future__ import annotations
 
-import base64
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from gallery.livestack import ROOT, Stack, live_stack
+from gallery.livestack import Stack
+from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, drop, offsite_requests, sign_in
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
-READY_TIMEOUT_MS = 240_000
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    var = tmp_path_factory.mktemp("browser") / "var"
-    production = {
-        "IMAGESEARCH_ENV": "production",
-        "DJANGO_SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijklmnop",
-        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on loopback
-        "DJANGO_SECURE_COOKIES": "0",
-        "DJANGO_STATIC_ROOT": str(var / "static"),
-        "IMAGESEARCH_PCA_MIN_IMAGES": "1000",
-    }
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_VAR_DIR": str(var), **production}
-    subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
-    with live_stack(var, **production) as running:  # type: ignore[arg-type]
-        running.create_user(*VISITOR)
-        yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-VISITOR = ("visitor", "a long visitor password")
-
-
-def _sign_in(page: Page, stack: Stack) -> None:
-    """Uploading needs an account: sign in through the real sign-in page."""
-    page.goto(stack.url + "/accounts/login/")
-    page.get_by_label("User name").fill(VISITOR[0])
-    page.get_by_label("Password").fill(VISITOR[1])
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(stack.url + "/")
-
-
-def _offsite_requests(page: Page, stack: Stack) -> list[str]:
-    """Every request the page makes to anywhere but the product (the product works offline)."""
-    offsite: list[str] = []
-    page.on("request", lambda r: None if r.url.startswith((stack.url, "data:", "blob:")) else offsite.append(r.url))
-    return offsite
-
-
-def _drop(page: Page, selector: str, path: Path) -> None:
-    """Drop a file on an element the way a desktop drag does: a drop event with a DataTransfer."""
-    transfer = page.evaluate_handle(
-        """([name, b64]) => {
-            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-            const dt = new DataTransfer();
-            dt.items.add(new File([bytes], name, { type: "image/jpeg" }));
-            return dt;
-        }""",
-        [path.name, base64.b64encode(path.read_bytes()).decode()],
-    )
-    page.dispatch_event(selector, "dragenter", {"dataTransfer": transfer})
-    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
 def test_upload_watch_ready_search_and_compare(stack: Stack, browser: Browser, butterflies) -> None:  # type: ignore[no-untyped-def]
     first, second, query = butterflies["001"][0], butterflies["004"][0], butterflies["004"][-1]
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    offsite = _offsite_requests(page, stack)
-    _sign_in(page, stack)
+    offsite = offsite_requests(page, stack)
+    sign_in(page, stack)
     page.goto(stack.url + "/upload/")
     expect(page.get_by_text("drag and drop photos here")).to_be_visible()
 
     # One photo through the file picker, one dropped on the form; both upload in place.
     page.get_by_label("Photos (one or many").set_input_files(str(first))
     page.get_by_role("button", name="Upload").click()
-    _drop(page, "[data-drop-zone]", second)
+    drop(page, "[data-drop-zone]", second)
     cards = page.locator("[data-upload-queue] .card")
     expect(cards).to_have_count(2)
     expect(page.get_by_role("progressbar")).to_have_count(0, timeout=60_000)  # both files sent
@@ -116,7 +42,7 @@ def test_upload_watch_ready_search_and_compare(stack: Stack, browser: Browser, b
     page.screenshot(path=ARTIFACTS / "upload-ready.png", full_page=True)
 
     # A photo already in the catalog is refused in place, with a link to the existing one.
-    _drop(page, "[data-drop-zone]", first)
+    drop(page, "[data-drop-zone]", first)
     refused = cards.nth(2)
     expect(refused.locator(".status")).to_have_text("Not added")
     expect(refused.get_by_role("alert")).to_contain_text("already in the catalog")
@@ -183,7 +109,7 @@ def test_static_files_are_hashed_and_served_in_production(stack: Stack, browser:
 
 def test_api_docs_render_offline(stack: Stack, browser: Browser) -> None:
     page = browser.new_page()
-    offsite = _offsite_requests(page, stack)
+    offsite = offsite_requests(page, stack)
     page.goto(stack.url + "/api/v1/docs/")
     expect(page.get_by_text("Image search API").first).to_be_visible(timeout=30_000)
     expect(page.get_by_text("/api/v1/search/").first).to_be_visible()
@@ -208,7 +134,7 @@ def test_phone_sized_screen_and_keyboard(stack: Stack, browser: Browser) -> None
 def test_upload_and_search_work_without_javascript(stack: Stack, browser: Browser, butterflies) -> None:  # type: ignore[no-untyped-def]
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
-    _sign_in(page, stack)
+    sign_in(page, stack)
     page.goto(stack.url + "/upload/")
     expect(page.get_by_text("drag and drop photos here")).to_be_hidden()
     page.get_by_label("Photos (one or many").set_input_files([str(butterflies["009"][0]), str(butterflies["009"][1])])

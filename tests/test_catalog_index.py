@@ -89,3 +89,16 @@ def test_pruning_deletes_old_entries_and_an_index_behind_the_pruned_ones_reloads
     for web in (idle, busy):
         top = _top(web, x[3], k=20)
         assert images[3].pk not in top and top[0] == newcomer.pk
+
+
+def test_hiding_or_deleting_an_image_reaches_the_change_log_after_every_migration(catalog) -> None:  # type: ignore[no-untyped-def]
+    """The log's image triggers survive migrations that rebuild the image table: a hidden
+    or deleted image must leave every process's index on its next query."""
+    from gallery.models import CatalogChange
+
+    images, _ = catalog
+    before = CatalogChange.objects.count()
+    services.images_set_visibility(image_ids=[images[0].pk], visibility="hidden")
+    Image.objects.filter(pk=images[1].pk).delete()
+    changed = set(CatalogChange.objects.order_by("id")[before:].values_list("image_id", flat=True))
+    assert {images[0].pk, images[1].pk} <= changed
