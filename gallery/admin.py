@@ -333,6 +333,13 @@ class ProtectedWorkAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False  # works are registered on the copyright pages, which compute their signatures
 
+    def delete_model(self, request: HttpRequest, obj: ProtectedWork) -> None:
+        services.protected_work_delete(work_id=obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ProtectedWork]) -> None:
+        for pk in queryset.values_list("pk", flat=True):
+            services.protected_work_delete(work_id=pk)
+
     @admin.display(description="original")
     def original(self, work: ProtectedWork) -> str:
         url = reverse("gallery:copyright_work_file", args=[work.pk])
@@ -343,7 +350,30 @@ class MatchDecisionInline(admin.TabularInline):
     model = MatchDecision
     extra = 0
     can_delete = False
-    readonly_fields = ("action", "hid_upload", "note", "decided_by", "created_at")
+    fields = ("action", "hid_upload", "published_upload", "note", "decided_by", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(MatchDecision)
+class MatchDecisionAdmin(admin.ModelAdmin):
+    """The audit trail: read-only, kept when a work or an upload is deleted."""
+
+    list_display = ("created_at", "action", "work_title", "rights_holder", "image_title", "decided_by", "match")
+    list_filter = ("action",)
+    search_fields = ("work_title", "rights_holder", "image_title", "note", "work_checksum", "image_checksum")
+    exclude = ("work_thumbnail", "image_thumbnail")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(CopyMatch)

@@ -2,12 +2,19 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate
 
 
 def _on_connection(sender: Any, connection: Any, **_: Any) -> None:
     from .vector_field import register_pgvector
 
     register_pgvector(connection)
+
+
+def _ensure_groups(sender: Any, **_: Any) -> None:
+    from .services import copyright_group_ensure
+
+    copyright_group_ensure()
 
 
 class GalleryConfig(AppConfig):
@@ -17,3 +24,4 @@ class GalleryConfig(AppConfig):
 
     def ready(self) -> None:
         connection_created.connect(_on_connection, dispatch_uid="gallery.register_pgvector")
+        post_migrate.connect(_ensure_groups, sender=self, dispatch_uid="gallery.ensure_groups")

@@ -233,8 +233,6 @@ class DuplicateGroup(models.Model):
 
 # ---------------------------------------------------------------- copyright monitoring
 
-COPYRIGHT_STAFF_GROUP = "Copyright staff"
-
 
 class ProtectedWork(models.Model):
     """An image whose copies staff want to find among uploads. Not part of the public gallery."""

@@ -184,10 +184,8 @@ def duplicate_groups():  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------- copyright monitoring
-from django.contrib.auth.base_user import AbstractBaseUser  # noqa: E402
-from django.contrib.auth.models import AnonymousUser  # noqa: E402
 
-from .models import COPYRIGHT_STAFF_GROUP, CopyMatch, ProtectedWork, WorkSignature  # noqa: E402
+from .models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature  # noqa: E402
 from .vision import copydetect  # noqa: E402
 from .vision.backbones import Backbone  # noqa: E402
 
@@ -234,13 +232,15 @@ class _CopyIndexCache:
 copy_index = _CopyIndexCache()
 
 
-def user_is_copyright_staff(*, user: AbstractBaseUser | AnonymousUser) -> bool:
-    if not user.is_authenticated:
-        return False
-    return bool(getattr(user, "is_superuser", False)) or user.groups.filter(name=COPYRIGHT_STAFF_GROUP).exists()  # type: ignore[union-attr]
+# Each queue order is a keyset: (field, descending) pairs ending in the primary key.
+MATCH_ORDERS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "newest": (("created_at", True), ("id", True)),
+    "score": (("score", True), ("created_at", True), ("id", True)),
+}
 
 
-MATCH_ORDERS = {"newest": ("-created_at", "-id"), "score": ("-score", "-created_at")}
+def _ordering(order: str) -> list[str]:
+    return [("-" if desc else "") + name for name, desc in MATCH_ORDERS.get(order, MATCH_ORDERS["newest"])]
 
 
 def copy_matches(*, status: str = "", rights_holder: str = "", order: str = "newest") -> QuerySet[CopyMatch]:
@@ -250,7 +250,52 @@ def copy_matches(*, status: str = "", rights_holder: str = "", order: str = "new
         rows = rows.filter(status=status)
     if rights_holder:
         rows = rows.filter(work__rights_holder=rights_holder)
-    return rows.order_by(*MATCH_ORDERS.get(order, MATCH_ORDERS["newest"]))
+    return rows.order_by(*_ordering(order))
+
+
+@dataclass(frozen=True)
+class QueueNeighbours:
+    previous: int | None
+    next: int | None
+    pending: int
+
+
+def pending_neighbours(*, match: CopyMatch, rights_holder: str = "", order: str = "newest") -> QueueNeighbours:
+    """The pending matches just before and after `match` in the queue's order and filter
+    (whatever the status of `match` itself), and how many are pending in all."""
+    keys = MATCH_ORDERS.get(order, MATCH_ORDERS["newest"])
+    pending = copy_matches(status=str(CopyMatch.Status.PENDING), rights_holder=rights_holder, order=order).exclude(pk=match.pk)
+
+    def beyond(after: bool) -> Q:
+        # Rows after `match` in the order (or before it): a lexicographic keyset comparison.
+        condition = Q(pk__in=[])
+        for i, (name, desc) in enumerate(keys):
+            lookup = "lt" if desc == after else "gt"
+            step = Q(**{f"{name}__{lookup}": getattr(match, name)})
+            for earlier, _ in keys[:i]:
+                step &= Q(**{earlier: getattr(match, earlier)})
+            condition |= step
+        return condition
+
+    following = pending.filter(beyond(True)).values_list("pk", flat=True).first()
+    reverse = ["-" + f if not f.startswith("-") else f[1:] for f in _ordering(order)]
+    preceding = pending.filter(beyond(False)).order_by(*reverse).values_list("pk", flat=True).first()
+    total = copy_matches(status=str(CopyMatch.Status.PENDING), rights_holder=rights_holder).count()
+    return QueueNeighbours(previous=preceding, next=following, pending=total)
+
+
+def match_history(*, match: CopyMatch) -> QuerySet[MatchDecision]:
+    return match.decisions.select_related("decided_by").order_by("created_at", "id")
+
+
+def decisions_audit() -> QuerySet[MatchDecision]:
+    """Every review decision ever taken, newest first, including those whose match was
+    deleted with its work or upload (they keep a snapshot)."""
+    return (
+        MatchDecision.objects.select_related("decided_by", "match")
+        .defer("work_thumbnail", "image_thumbnail")
+        .order_by("-created_at", "-id")
+    )
 
 
 def rights_holders() -> list[str]:

@@ -871,7 +871,7 @@ def _picture_hash(image_id: int) -> int | None:
 
 # ---------------------------------------------------------------- copyright monitoring
 # Imported here rather than at the top so the section stays self-contained.
-from .models import COPYRIGHT_STAFF_GROUP, CopyMatch, MatchDecision, ProtectedWork, WorkSignature  # noqa: E402
+from .models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature  # noqa: E402
 from .vision import copydetect  # noqa: E402
 
 
@@ -1092,36 +1092,157 @@ def _best_probe(rows: list[tuple[int, bytes]], probes: np.ndarray) -> np.ndarray
 
 
 class DecisionRejected(ValueError):
-    """A review action that cannot be applied; the message is meant for the reviewer."""
+    """A review action that cannot be applied. `code` is stable (pages and the API map it);
+    the message is meant for the reviewer."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Which actions each status allows: a decision moves a pending match; a decided one is
+# only reopened (its own audit entry) or annotated.
+_ALLOWED = {
+    CopyMatch.Status.PENDING: {MatchDecision.Action.CONFIRM, MatchDecision.Action.DISMISS, MatchDecision.Action.NOTE},
+    CopyMatch.Status.CONFIRMED: {MatchDecision.Action.REOPEN, MatchDecision.Action.NOTE},
+    CopyMatch.Status.DISMISSED: {MatchDecision.Action.REOPEN, MatchDecision.Action.NOTE},
+}
+_NEXT_STATUS = {
+    MatchDecision.Action.CONFIRM: CopyMatch.Status.CONFIRMED,
+    MatchDecision.Action.DISMISS: CopyMatch.Status.DISMISSED,
+    MatchDecision.Action.REOPEN: CopyMatch.Status.PENDING,
+}
+SNAPSHOT_SIDE = 160
+
+
+def _snapshot_thumbnail(f: object) -> bytes:
+    """A small JPEG of a stored picture for the audit trail ('' when it cannot be read)."""
+    try:
+        with f.open("rb") as stream, PILImage.open(stream) as picture:  # type: ignore[attr-defined]
+            picture.draft("RGB", (SNAPSHOT_SIDE, SNAPSHOT_SIDE))
+            small = picture.convert("RGB")
+            small.thumbnail((SNAPSHOT_SIDE, SNAPSHOT_SIDE))
+            out = io.BytesIO()
+            small.save(out, format="JPEG", quality=80)
+            return out.getvalue()
+    except (OSError, ValueError, AttributeError):
+        return b""
+
+
+def _hidden_by_this_match(match: CopyMatch) -> bool:
+    """Whether the upload's current hiding came from a confirmation of this match (and no
+    other confirmed match hid it too), so that dismissing the match may publish it again."""
+    last = match.decisions.exclude(action=MatchDecision.Action.NOTE).order_by("-created_at", "-id").first()
+    if last is None or last.action != MatchDecision.Action.REOPEN:
+        return False
+    hid_here = match.decisions.filter(hid_upload=True).exists()
+    hid_elsewhere = MatchDecision.objects.filter(
+        match__image_id=match.image_id, match__status=CopyMatch.Status.CONFIRMED, hid_upload=True
+    ).exclude(match=match)
+    return hid_here and not hid_elsewhere.exists()
 
 
 def match_decide(
-    *, match: CopyMatch, action: str, decided_by: AbstractBaseUser, note: str = "", hide_upload: bool = False
+    *,
+    match_id: int,
+    action: str,
+    decided_by: AbstractBaseUser,
+    seen_status: str = "",
+    note: str = "",
+    hide_upload: bool = False,
 ) -> MatchDecision:
-    """Confirm (optionally hiding the upload), dismiss, or annotate a match; every call is
-    recorded with who, when and why."""
+    """Confirm (optionally hiding the upload), dismiss, reopen or annotate a match.
+
+    A state transition taken under a row lock from the status the reviewer saw: when
+    someone else decided meanwhile, nothing changes and the reviewer is told. Every call
+    is recorded with who, when, why and a snapshot of both pictures.
+    """
     note = note.strip()
     if action not in MatchDecision.Action.values:
-        raise DecisionRejected(f"Unknown action “{action}”.")
-    if action == MatchDecision.Action.NOTE and not note:
-        raise DecisionRejected("Write the note before saving it.")
+        raise DecisionRejected(f"Unknown action “{action}”.", code="unknown_action")
+    if action in (MatchDecision.Action.NOTE, MatchDecision.Action.REOPEN) and not note:
+        verb = "reopening the match" if action == MatchDecision.Action.REOPEN else "saving it"
+        raise DecisionRejected(f"Write the note before {verb}.", code="note_required")
     if hide_upload and action != MatchDecision.Action.CONFIRM:
-        raise DecisionRejected("Only a confirmed copy can be hidden.")
+        raise DecisionRejected("Only a confirmed copy can be hidden.", code="hide_needs_confirm")
     with transaction.atomic():
-        match = CopyMatch.objects.select_for_update().get(pk=match.pk)
-        if action == MatchDecision.Action.CONFIRM:
-            match.status = CopyMatch.Status.CONFIRMED
-        elif action == MatchDecision.Action.DISMISS:
-            match.status = CopyMatch.Status.DISMISSED
-        if action != MatchDecision.Action.NOTE:
-            match.decided_at = timezone.now()
+        match = CopyMatch.objects.select_for_update().select_related("work", "image").filter(pk=match_id).first()
+        if match is None:
+            raise DecisionRejected("This match no longer exists (its work or upload was deleted).", code="gone")
+        if seen_status and seen_status != match.status:
+            last = match.decisions.exclude(action=MatchDecision.Action.NOTE).select_related("decided_by").last()
+            who = f" by {last.decided_by}" if last is not None and last.decided_by is not None else ""
+            raise DecisionRejected(
+                f"This match was changed while you were looking at it: it is now {match.get_status_display().lower()}{who}. "
+                "Nothing was saved; review it again below.",
+                code="stale",
+            )
+        if action not in _ALLOWED[CopyMatch.Status(match.status)]:
+            raise DecisionRejected(
+                f"A {match.get_status_display().lower()} match cannot be {MatchDecision.Action(action).label.lower()}; reopen it first.",
+                code="not_allowed",
+            )
+        published = False
+        if action == MatchDecision.Action.DISMISS and match.image.visibility == Image.Visibility.HIDDEN:
+            published = _hidden_by_this_match(match)
+        if action in _NEXT_STATUS:
+            match.status = _NEXT_STATUS[MatchDecision.Action(action)]
+            match.decided_at = timezone.now() if match.status != CopyMatch.Status.PENDING else None
             match.save(update_fields=["status", "decided_at"])
         if hide_upload:
-            images_set_visibility(image_ids=[match.image_id], visibility="hidden")
-        return MatchDecision.objects.create(match=match, action=action, note=note, hid_upload=hide_upload, decided_by=decided_by)
+            reason = f"Hidden after copyright review: a copy of “{match.work.title}” ({match.work.rights_holder})."
+            images_set_visibility(image_ids=[match.image_id], visibility=str(Image.Visibility.HIDDEN), reason=reason)
+        if published:
+            images_set_visibility(image_ids=[match.image_id], visibility=str(Image.Visibility.PUBLISHED))
+        return MatchDecision.objects.create(
+            match=match,
+            action=action,
+            status_before=seen_status or "",
+            note=note,
+            hid_upload=hide_upload,
+            published_upload=published,
+            decided_by=decided_by,
+            work_title=match.work.title,
+            rights_holder=match.work.rights_holder,
+            work_checksum=match.work.checksum,
+            image_title=match.image.display_title[:255],
+            image_checksum=match.image.checksum,
+            score=match.score,
+            work_thumbnail=_snapshot_thumbnail(match.work.file),
+            image_thumbnail=_snapshot_thumbnail(match.image.thumbnail or match.image.display),
+        )
 
 
-def copyright_staff_group_ensure() -> None:
+def matches_dismiss(*, match_ids: list[int], decided_by: AbstractBaseUser, note: str = "") -> int:
+    """Dismiss several pending matches at once (from the queue); returns how many were
+    dismissed. Matches someone else decided meanwhile are left as they are."""
+    count = 0
+    for match_id in match_ids:
+        try:
+            match_decide(match_id=match_id, action="dismiss", decided_by=decided_by, seen_status="pending", note=note)
+        except DecisionRejected:
+            continue
+        count += 1
+    return count
+
+
+def protected_work_delete(*, work_id: int) -> bool:
+    """Delete a protected work with its signatures, matches and private original. Review
+    decisions stay, with their snapshot of what was decided."""
+    work = ProtectedWork.objects.filter(pk=work_id).first()
+    if work is None:
+        return False
+    name = work.file.name
+    storage = work.file.storage
+    with transaction.atomic():
+        work.delete()
+        if name:
+            transaction.on_commit(lambda: storage.delete(name))
+    return True
+
+
+def copyright_group_ensure() -> None:
+    """The group of copyright reviewers named by the setting exists (after migrations)."""
     from django.contrib.auth.models import Group
 
-    Group.objects.get_or_create(name=COPYRIGHT_STAFF_GROUP)
+    Group.objects.get_or_create(name=settings.IMAGESEARCH["COPYRIGHT_GROUP"])

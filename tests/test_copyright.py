@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -18,7 +19,7 @@ from PIL import ImageOps
 
 from gallery import selectors, services
 from gallery.livestack import live_stack
-from gallery.models import COPYRIGHT_STAFF_GROUP, CopyMatch, Image, MatchDecision, ProtectedWork
+from gallery.models import CopyMatch, Image, MatchDecision, ProtectedWork
 
 from .conftest import photo_bytes
 
@@ -50,7 +51,7 @@ def _fresh_index():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def staff(db) -> User:  # type: ignore[no-untyped-def]
     user = User.objects.create_user("rights", password="pw-rights-1")
-    user.groups.add(Group.objects.get(name=COPYRIGHT_STAFF_GROUP))
+    user.groups.add(Group.objects.get(name=settings.IMAGESEARCH["COPYRIGHT_GROUP"]))
     return user
 
 
@@ -253,6 +254,9 @@ def _review_requests(match: CopyMatch) -> list[tuple[str, str, dict[str, str]]]:
         ("get", reverse("gallery:copyright_register"), {}),
         ("post", reverse("gallery:copyright_register"), {"title": "t", "rights_holder": "h"}),
         ("get", reverse("gallery:copyright_work_file", args=[match.work_id]), {}),
+        ("post", reverse("gallery:copyright_dismiss"), {"matches": str(match.pk), "note": "x"}),
+        ("get", reverse("gallery:copyright_decisions"), {}),
+        ("get", reverse("gallery:copyright_decision_thumbnail", args=[1, "work"]), {}),
     ]
 
 
