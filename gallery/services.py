@@ -882,6 +882,7 @@ def _near_duplicates(job: CatalogJob) -> str:
     i, j, scores = similar_pairs(x, threshold=threshold) if len(ids) > 1 else (ids, ids, np.zeros(0, np.float32))
     i, j, scores = confirm_pairs(i, j, scores, hash_of=lambda row: _picture_hash(int(ids[row])), max_distance=max_distance)
     groups = group_pairs(len(ids), i, j, scores)
+    found = 0
     with transaction.atomic():
         DuplicateGroup.objects.exclude(job=job).delete()
         DuplicateGroup.objects.filter(job=job).delete()
@@ -890,8 +891,10 @@ def _near_duplicates(job: CatalogJob) -> str:
             members = [int(ids[i]) for i in group.members if int(ids[i]) in existing]
             if len(members) > 1:
                 DuplicateGroup.objects.create(job=job, best_score=group.best_score).images.set(members)
+                found += 1
     _job_update(job, done=len(ids))
-    return f"{len(groups)} groups of near-duplicates among {len(ids)} images (similarity ≥ {threshold:.2f})."
+    plural = "group" if found == 1 else "groups"
+    return f"{found} {plural} of near-duplicates among {len(ids)} images (similarity ≥ {threshold:.2f})."
 
 
 def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:
