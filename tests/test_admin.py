@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,19 @@ def test_catalog_page_offers_only_backbones_that_load_here(editor: Client, catal
     from gallery import pipeline
 
     assert pipeline.catalog_state().target_backbone == ""
+
+
+def test_scores_are_shown_with_three_decimals(editor: Client, catalog: list[Image], settings) -> None:  # type: ignore[no-untyped-def]
+    from gallery.models import CopyMatch, MatchDecision, ProtectedWork
+
+    work = ProtectedWork.objects.create(file="protected/w.jpg", title="Work", rights_holder="Studio", checksum="c" * 64, width=10, height=10)  # fmt: skip
+    match = CopyMatch.objects.create(work=work, image=catalog[0], score=0.8765432109876543, found_by="upload check")
+    MatchDecision.objects.create(match=match, action="note", score=0.8765432109876543)
+    listing = editor.get(reverse("admin:gallery_copymatch_changelist")).content.decode()
+    detail = editor.get(reverse("admin:gallery_copymatch_change", args=[match.pk])).content.decode()
+    for html in (listing, detail):
+        assert "0.877" in html and "0.8765432" not in html
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 6}
+    assert services.reduction_fit(backbone="efficientnet_lite0", dims=4) is not None
+    reductions = editor.get(reverse("admin:gallery_reduction_changelist")).content.decode()
+    assert re.search(r">\d{1,3}\.\d%<", reductions)
