@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -66,8 +67,27 @@ class ImageForm(forms.ModelForm):
             raise forms.ValidationError(str(exc)) from None
 
 
+class BulkTagsForm(forms.Form):
+    tags = forms.CharField(label="Tags", help_text="Separated by commas, e.g. poster, monarch", max_length=2000)
+
+    def clean_tags(self) -> list[str]:
+        try:
+            names = services.tags_parse(text=self.cleaned_data["tags"])
+        except services.CurationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if not names:
+            raise forms.ValidationError("Type at least one tag.")
+        return names
+
+
 def _ids(queryset: QuerySet[Image]) -> list[int]:
     return list(queryset.values_list("pk", flat=True))
+
+
+def _preserved_query(request: HttpRequest) -> str:
+    """The change list's filters, kept across the intermediate page (Django's `_changelist_filters`)."""
+    kept = request.GET.urlencode()
+    return f"?{kept}" if kept else ""
 
 
 # Shown read-only in the "Processing" section of an image's page.
@@ -95,7 +115,7 @@ class ImageAdmin(admin.ModelAdmin):
     list_select_related = ("uploaded_by",)
     list_per_page = 50
     date_hierarchy = "created_at"
-    actions = ("publish", "hide", "delete_images", "reembed", "retry_failed")
+    actions = ("publish", "hide", "add_tags", "remove_tags", "delete_images", "reembed", "retry_failed")
     fieldsets = (
         (None, {"fields": ("preview", "title", "tags_text", "visibility")}),
         ("Most similar", {"fields": ("similar",)}),
@@ -152,7 +172,11 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="tags")
     def tag_list(self, obj: Image) -> str:
-        return ", ".join(t.name for t in obj.tags.all())
+        # Wrapped, not clipped: an image can carry many tags.
+        return format_html(
+            '<span class="tag-list" style="display:inline-block;min-width:10em;max-width:22em;white-space:normal;overflow-wrap:anywhere">{}</span>',
+            ", ".join(t.name for t in obj.tags.all()),
+        )
 
     @admin.display(description="preview")
     def preview(self, obj: Image) -> str:
@@ -206,9 +230,64 @@ class ImageAdmin(admin.ModelAdmin):
     def hide(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
         self._report(request, services.images_set_visibility(image_ids=_ids(queryset), visibility="hidden"), "hidden")
 
+    def _intermediate(
+        self, request: HttpRequest, queryset: QuerySet[Image], *, action: str, template: str, **extra: Any
+    ) -> TemplateResponse:
+        """A page between choosing an action and carrying it out (Django's delete_selected
+        pattern): it posts the same selection back with `post=yes`."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "action": action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "images": list(queryset.order_by("-created_at", "-id")),
+            "changelist_url": reverse("admin:gallery_image_changelist") + _preserved_query(request),
+            **extra,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, template, context)
+
     @admin.action(description="Delete selected images (files and vectors too)", permissions=["delete"])
-    def delete_images(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+    def delete_images(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
+        if request.POST.get("post") != "yes":
+            count = queryset.count()
+            return self._intermediate(
+                request,
+                queryset,
+                action="delete_images",
+                template="admin/gallery/image/delete_images_confirmation.html",
+                title=f"Delete {count} image{'s' if count != 1 else ''}?",
+            )
         self._report(request, services.images_delete(image_ids=_ids(queryset)), "deleted")
+        return None
+
+    def _tags_action(self, request: HttpRequest, queryset: QuerySet[Image], *, adding: bool) -> HttpResponse | None:
+        action, verb = ("add_tags", "Add") if adding else ("remove_tags", "Remove")
+        form = BulkTagsForm(request.POST if request.POST.get("post") == "yes" else None)
+        if form.is_valid():
+            change = services.images_add_tags if adding else services.images_remove_tags
+            count = change(image_ids=_ids(queryset), names=form.cleaned_data["tags"])
+            names = ", ".join(form.cleaned_data["tags"])
+            self._report(request, count, f"tagged {names}" if adding else f"no longer tagged {names}")
+            return None
+        count = queryset.count()
+        return self._intermediate(
+            request,
+            queryset,
+            action=action,
+            template="admin/gallery/image/tags_form.html",
+            title=f"{verb} tags {'to' if adding else 'from'} {count} image{'s' if count != 1 else ''}",
+            form=form,
+            verb=verb,
+        )
+
+    @admin.action(description="Add tags to selected images", permissions=["change"])
+    def add_tags(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
+        return self._tags_action(request, queryset, adding=True)
+
+    @admin.action(description="Remove tags from selected images", permissions=["change"])
+    def remove_tags(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
+        return self._tags_action(request, queryset, adding=False)
 
     @admin.action(description="Re-embed selected images", permissions=["change"])
     def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
@@ -264,13 +343,16 @@ class ImageAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{job} started.", messages.SUCCESS)
             return HttpResponseRedirect(request.POST.get("next") or reverse("admin:gallery_image_catalog"))
         state = pipeline.catalog_state()
+        others = [a for name, a in selectors.backbone_choices().items() if name != state.backbone]
         context = {
             **self.admin_site.each_context(request),
             "title": "Catalog search space",
             "opts": self.model._meta,
             "state": state,
             "reduction": Reduction.objects.filter(backbone=state.backbone, is_active=True).first(),
-            "backbones": [b for b in BACKBONES if b != state.backbone],
+            "available_backbones": [a for a in others if a.available],
+            "unavailable_backbones": [a for a in others if not a.available],
+            "refit": dict(zip(("count", "needed"), selectors.pca_refit_readiness(), strict=True)),
             "jobs": selectors.catalog_jobs(limit=20),
             "running": any(j.status in ("queued", "running") for j in selectors.catalog_jobs(limit=20)),
         }
@@ -312,9 +394,13 @@ class EmbeddingAdmin(admin.ModelAdmin):
 
 @admin.register(Reduction)
 class ReductionAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "backbone", "dims", "whiten", "fitted_on", "explained_variance_ratio", "is_active", "activated_at")
+    list_display = ("__str__", "backbone", "dims", "whiten", "fitted_on", "variance_kept", "is_active", "activated_at")
     list_filter = ("backbone", "is_active")
     exclude = ("mean", "components", "explained_variance")
+
+    @admin.display(description="variance kept", ordering="explained_variance_ratio")
+    def variance_kept(self, obj: Reduction) -> str:
+        return f"{100 * obj.explained_variance_ratio:.1f}%"
 
 
 # ---------------------------------------------------------------- copyright monitoring
@@ -357,14 +443,23 @@ class MatchDecisionInline(admin.TabularInline):
         return False
 
 
+def _score_text(score: float | None) -> str:
+    return "—" if score is None else f"{score:.3f}"
+
+
 @admin.register(MatchDecision)
 class MatchDecisionAdmin(admin.ModelAdmin):
     """The audit trail: read-only, kept when a work or an upload is deleted."""
 
-    list_display = ("created_at", "action", "work_title", "rights_holder", "image_title", "decided_by", "match")
+    list_display = ("created_at", "action", "work_title", "rights_holder", "image_title", "score_text", "decided_by", "match")
     list_filter = ("action",)
     search_fields = ("work_title", "rights_holder", "image_title", "note", "work_checksum", "image_checksum")
-    exclude = ("work_thumbnail", "image_thumbnail")
+    exclude = ("work_thumbnail", "image_thumbnail", "score")
+    readonly_fields = ("score_text",)
+
+    @admin.display(description="score", ordering="score")
+    def score_text(self, decision: MatchDecision) -> str:
+        return _score_text(decision.score)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -380,11 +475,16 @@ class MatchDecisionAdmin(admin.ModelAdmin):
 class CopyMatchAdmin(admin.ModelAdmin):
     """Read-only: decisions are taken on the review pages, where they are recorded."""
 
-    list_display = ("__str__", "work", "score", "status", "found_by", "created_at")
+    list_display = ("__str__", "work", "score_text", "status", "found_by", "created_at")
     list_filter = ("status", "found_by")
     raw_id_fields = ("work", "image")
-    readonly_fields = ("work", "image", "score", "signals", "status", "found_by", "created_at", "decided_at")
+    readonly_fields = ("work", "image", "score_text", "signals", "status", "found_by", "created_at", "decided_at")
+    exclude = ("score",)
     inlines = [MatchDecisionInline]
+
+    @admin.display(description="score", ordering="score")
+    def score_text(self, match: CopyMatch) -> str:
+        return f"{match.score:.3f}"
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

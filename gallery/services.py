@@ -432,11 +432,17 @@ def reduction_load(reduction: Reduction) -> FittedPCA:
     return fitted
 
 
+def pca_images_needed(*, dims: int | None = None) -> int:
+    """How many ready images a PCA fit needs: the configured minimum, and at least one
+    more than its dimensions (n images span at most n-1 of them)."""
+    conf = settings.IMAGESEARCH
+    return max(int(conf["PCA_MIN_IMAGES"]), int(dims or conf["PCA_DIMS"]) + 1, 2)
+
+
 def reduction_needed(*, backbone: str) -> bool:
     """True once the catalog can support a PCA fit, and again whenever it has doubled."""
-    conf = settings.IMAGESEARCH
     count = Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY).count()
-    if count < max(conf["PCA_MIN_IMAGES"], 2):
+    if count < pca_images_needed():
         return False
     active = Reduction.objects.filter(backbone=backbone, is_active=True).first()
     return active is None or count >= 2 * active.fitted_on
@@ -477,8 +483,8 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
     dims = dims or conf["PCA_DIMS"]
     whiten = conf["PCA_WHITEN"] if whiten is None else whiten
     ids, x = _embedding_matrix(backbone)
-    if len(ids) < 2:
-        return None
+    if len(ids) < pca_images_needed(dims=dims):
+        return None  # never a PCA with fewer dimensions than configured
     fitted = fit_pca(x, dims=dims, whiten=whiten)
     try:
         with transaction.atomic():
@@ -521,7 +527,7 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
 # another backbone or PCA, and the near-duplicate job.
 
 from .models import CatalogJob, CatalogState, DuplicateGroup, Tag  # noqa: E402
-from .vision.backbones import BACKBONES, BackboneUnavailable  # noqa: E402
+from .vision.backbones import BACKBONES, BackboneUnavailable, backbone_availability  # noqa: E402
 from .vision.neardup import confirm_pairs, group_pairs, similar_pairs  # noqa: E402
 
 
@@ -603,6 +609,32 @@ def image_update(*, image: Image, title: str, tags: list[str]) -> Image:
 # ---- bulk operations (each returns how many images changed)
 
 
+def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
+    """Add the tags to each image (created when new); returns how many images gained one."""
+    if not names:
+        raise CurationError("Type at least one tag.")
+    with transaction.atomic():
+        tags = [Tag.objects.get_or_create(name=name)[0] for name in names]
+        links = Tag.images.through
+        have = set(links.objects.filter(image_id__in=image_ids, tag__in=tags).values_list("image_id", "tag_id"))
+        ids = list(Image.objects.filter(pk__in=image_ids).values_list("pk", flat=True))
+        new = [links(image_id=pk, tag_id=tag.pk) for pk in ids for tag in tags if (pk, tag.pk) not in have]
+        links.objects.bulk_create(new, ignore_conflicts=True)
+    return len({link.image_id for link in new})
+
+
+def images_remove_tags(*, image_ids: list[int], names: list[str]) -> int:
+    """Remove the tags from each image; returns how many images lost one."""
+    if not names:
+        raise CurationError("Type at least one tag.")
+    links = Tag.images.through
+    with transaction.atomic():
+        found = links.objects.filter(image_id__in=image_ids, tag__name__in=names)
+        changed = len(set(found.values_list("image_id", flat=True)))
+        found.delete()
+    return changed
+
+
 def images_delete(*, image_ids: list[int]) -> int:
     """Delete images with their files, embeddings and reduced vectors."""
     images = list(Image.objects.filter(pk__in=image_ids))
@@ -652,13 +684,12 @@ def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> C
     if kind not in CatalogJob.Kind.values:
         raise CurationError(f"unknown job {kind!r}")
     open_jobs = CatalogJob.objects.filter(kind=kind, status__in=[CatalogJob.Status.QUEUED, CatalogJob.Status.RUNNING])
+    if kind == CatalogJob.Kind.REFIT:
+        _refit_check(backbone=pipeline.catalog_state().backbone)
     if kind == CatalogJob.Kind.REEMBED:
         if backbone not in BACKBONES:
-            raise CurationError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-        try:
-            pipeline.backbone_named(backbone)
-        except BackboneUnavailable as exc:
-            raise CurationError(str(exc)) from None
+            raise CurationError(f"unknown backbone {backbone[:40]!r}; choose one of {', '.join(BACKBONES)}")
+        _backbone_check(backbone)
         state = pipeline.catalog_state()
         other = open_jobs.exclude(backbone=backbone).first()
         if other is not None:
@@ -675,6 +706,32 @@ def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> C
         if queue:
             transaction.on_commit(lambda: catalog_job_queue(job_id=job.pk))
     return job
+
+
+def _backbone_check(name: str) -> None:
+    """Refuse a backbone whose weights are not installed here, saying how to install them;
+    one whose file is present but cannot be loaded is refused without the library's text."""
+    found = backbone_availability(name, resnet50_weights=settings.IMAGESEARCH["RESNET50_WEIGHTS"] or None)
+    if not found.available:
+        raise CurationError(f"{name} cannot be used on this machine. {found.reason} {found.install}")
+    try:
+        pipeline.backbone_named(name)
+    except BackboneUnavailable:
+        log.warning("backbone %s could not be loaded", name, exc_info=True)
+        raise CurationError(f"{name} cannot be used on this machine: its weights could not be loaded. {found.install}") from None
+
+
+def _refit_check(*, backbone: str) -> int:
+    """Refuse a refit the catalog is too small for (it would fit fewer dimensions than
+    configured); returns how many images the fit will use."""
+    count = Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY).count()
+    needed = pca_images_needed()
+    if count < needed:
+        raise CurationError(
+            f"Refitting PCA needs at least {needed} ready images; the catalog has {count}. "
+            f"Search uses the raw {backbone} embeddings until then."
+        )
+    return count
 
 
 def catalog_job_queue(*, job_id: int) -> None:
@@ -754,10 +811,9 @@ def _reembed(job: CatalogJob, *, batch_size: int) -> str:
 def _reembed_switch(*, target: str) -> bool:
     """Fit the target's PCA when the catalog is large enough, then switch atomically.
     Returns False when images became ready meanwhile without a target embedding."""
-    conf = settings.IMAGESEARCH
     count = Embedding.objects.filter(backbone=target, image__status=Image.Status.READY).count()
     active = Reduction.objects.filter(backbone=target, is_active=True).first()
-    if count >= max(conf["PCA_MIN_IMAGES"], 2) and (active is None or active.fitted_on * 2 <= count):
+    if count >= pca_images_needed() and (active is None or active.fitted_on * 2 <= count):
         reduction_fit(backbone=target)
     with transaction.atomic():
         state = CatalogState.objects.select_for_update().get(pk=1)
@@ -788,11 +844,11 @@ def _remove_other_spaces(*, keep: str) -> int:
 
 def _refit(job: CatalogJob) -> str:
     backbone = pipeline.catalog_state().backbone
-    total = Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY).count()
+    total = _refit_check(backbone=backbone)  # images may have been deleted since the start
     _job_update(job, backbone=backbone, total=total)
     reduction = reduction_fit(backbone=backbone)
     if reduction is None:
-        raise CurationError("The catalog needs at least two ready images to fit PCA.")
+        raise CurationError("Another PCA fit was in progress; this one was skipped.")
     _job_update(job, done=total)
     return f"Activated {reduction} ({100 * reduction.explained_variance_ratio:.1f}% of the variance kept)."
 
@@ -826,6 +882,7 @@ def _near_duplicates(job: CatalogJob) -> str:
     i, j, scores = similar_pairs(x, threshold=threshold) if len(ids) > 1 else (ids, ids, np.zeros(0, np.float32))
     i, j, scores = confirm_pairs(i, j, scores, hash_of=lambda row: _picture_hash(int(ids[row])), max_distance=max_distance)
     groups = group_pairs(len(ids), i, j, scores)
+    found = 0
     with transaction.atomic():
         DuplicateGroup.objects.exclude(job=job).delete()
         DuplicateGroup.objects.filter(job=job).delete()
@@ -834,8 +891,10 @@ def _near_duplicates(job: CatalogJob) -> str:
             members = [int(ids[i]) for i in group.members if int(ids[i]) in existing]
             if len(members) > 1:
                 DuplicateGroup.objects.create(job=job, best_score=group.best_score).images.set(members)
+                found += 1
     _job_update(job, done=len(ids))
-    return f"{len(groups)} groups of near-duplicates among {len(ids)} images (similarity ≥ {threshold:.2f})."
+    plural = "group" if found == 1 else "groups"
+    return f"{found} {plural} of near-duplicates among {len(ids)} images (similarity ≥ {threshold:.2f})."
 
 
 def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str) -> int:

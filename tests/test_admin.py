@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,9 @@ def catalog(butterflies) -> list[Image]:  # type: ignore[no-untyped-def]
     return [Image.objects.get(pk=im.pk) for im in images]
 
 
-def _act(client: Client, action: str, images: list[Image]):  # type: ignore[no-untyped-def]
-    return client.post(reverse(CHANGELIST), {"action": action, "_selected_action": [im.pk for im in images]}, follow=True)
+def _act(client: Client, action: str, images: list[Image], **extra: str):  # type: ignore[no-untyped-def]
+    data = {"action": action, "_selected_action": [im.pk for im in images], **extra}
+    return client.post(reverse(CHANGELIST), data, follow=True)
 
 
 def _gallery_ids(client: Client, query: str = "") -> set[int]:
@@ -128,7 +130,15 @@ def test_delete_action_removes_files_vectors_and_gallery_entries(
     gone = catalog[:2]
     before = len(media_files())
     with django_capture_on_commit_callbacks(execute=True):
-        response = _act(editor, "delete_images", gone)
+        confirm = _act(editor, "delete_images", gone)
+    # Nothing goes before the editor confirms: a page lists what will be removed.
+    html = confirm.content.decode()
+    assert "Delete 2 images?" in html and "Yes, delete 2 images" in html
+    assert all(im.thumbnail.url in html for im in gone) and catalog[2].thumbnail.url not in html
+    assert "thumbnail" in html and "embeddings" in html
+    assert Image.objects.count() == len(catalog) and len(media_files()) == before
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _act(editor, "delete_images", gone, post="yes")
     assert "2 images deleted." in response.content.decode()
     assert not Image.objects.filter(pk__in=[im.pk for im in gone]).exists()
     assert not Embedding.objects.filter(image_id__in=[im.pk for im in gone]).exists()
@@ -162,8 +172,9 @@ def services_similar(image: Image):  # type: ignore[no-untyped-def]
 
 
 def test_catalog_page_starts_a_refit_and_shows_its_progress(
-    editor: Client, catalog: list[Image], django_capture_on_commit_callbacks
+    editor: Client, catalog: list[Image], django_capture_on_commit_callbacks, settings
 ) -> None:  # type: ignore[no-untyped-def]
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 6, "PCA_DIMS": 4}
     with django_capture_on_commit_callbacks(execute=True):
         response = editor.post(reverse("admin:gallery_image_catalog"), {"kind": "refit"}, follow=True)
     assert "Refit PCA #1 started." in response.content.decode()
@@ -173,3 +184,108 @@ def test_catalog_page_starts_a_refit_and_shows_its_progress(
     refused = editor.post(reverse("admin:gallery_image_catalog"), {"kind": "reembed", "backbone": "vgg16"}, follow=True)
     assert "Unknown backbone" in refused.content.decode()
     assert CatalogJob.objects.count() == 1
+
+
+def test_delete_confirmation_cancel_and_refusals_delete_nothing(
+    client: Client, editor: Client, catalog: list[Image], media_files
+) -> None:  # type: ignore[no-untyped-def]
+    before = len(media_files())
+    page = _act(editor, "delete_images", catalog[:1]).content.decode()
+    cancel = page.split("No, take me back", 1)[0].rsplit('href="', 1)[1].split('"', 1)[0]
+    assert editor.get(cancel).status_code == 200 and cancel.startswith(reverse(CHANGELIST))
+    # An editor who may change but not delete images never reaches the page.
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__in=["view_image", "change_image"]))
+    client.force_login(viewer)
+    assert "delete_images" not in client.get(reverse(CHANGELIST)).content.decode()
+    response = _act(client, "delete_images", catalog, post="yes")
+    assert response.status_code == 200 and "No action selected" in response.content.decode()
+    assert Image.objects.count() == len(catalog) and len(media_files()) == before
+
+
+def test_bulk_tags_are_added_and_removed_through_a_form_with_counts(editor: Client, catalog: list[Image]) -> None:
+    services.image_set_tags(image=catalog[0], names=["poster"])
+    form = _act(editor, "add_tags", catalog[:3]).content.decode()
+    assert "Add tags to 3 images" in form and all(im.thumbnail.url in form for im in catalog[:3])
+    assert not Image.objects.filter(tags__name="monarch").exists()  # nothing changes before the form is sent
+    bad = _act(editor, "add_tags", catalog[:3], post="yes", tags="x" * 70).content.decode()
+    assert "longer than 64 characters" in bad and "Add tags to 3 images" in bad
+    empty = _act(editor, "add_tags", catalog[:3], post="yes", tags=" , ;").content.decode()
+    assert "Type at least one tag." in empty
+    first = _act(editor, "add_tags", catalog[:3], post="yes", tags="poster").content.decode()
+    assert "2 images tagged poster." in first  # the first image had it already
+    done = _act(editor, "add_tags", catalog[:3], post="yes", tags="Monarch, poster").content.decode()
+    assert "3 images tagged monarch, poster." in done
+    again = _act(editor, "add_tags", catalog[:3], post="yes", tags="poster").content.decode()
+    assert "0 images tagged poster." in again
+    tagged = {im.pk for im in Image.objects.filter(tags__name="poster")}
+    assert tagged == {im.pk for im in catalog[:3]}
+    assert _gallery_ids(Client(), "?tag=monarch") == {im.pk for im in catalog[:3]}
+    removed = _act(editor, "remove_tags", catalog[1:], post="yes", tags="monarch").content.decode()
+    assert "2 images no longer tagged monarch." in removed
+    assert set(Image.objects.filter(tags__name="monarch").values_list("pk", flat=True)) == {catalog[0].pk}
+    # The list shows the tags in a column that wraps instead of clipping them.
+    listing = editor.get(reverse(CHANGELIST)).content.decode()
+    assert 'class="tag-list"' in listing and "white-space:normal" in listing and "monarch, poster" in listing
+
+
+def test_refit_is_refused_below_the_minimum_and_never_fits_fewer_dimensions(
+    editor: Client, catalog: list[Image], settings
+) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from gallery.models import Reduction
+
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "at least 12 ready images; it has 6" in page and ">Refit PCA</button>" not in page
+    refused = editor.post(reverse("admin:gallery_image_catalog"), {"kind": "refit"}, follow=True).content.decode()
+    assert "Refitting PCA needs at least 12 ready images; the catalog has 6." in refused
+    with pytest.raises(CommandError, match="needs at least 12 ready images; the catalog has 6"):
+        call_command("refit", foreground=True)
+    assert not CatalogJob.objects.exists()
+    # More dimensions than the catalog can give are refused as well (6 images span 5).
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 2, "PCA_DIMS": 8}
+    assert "at least 9 ready images; it has 6" in editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert services.reduction_fit(backbone="efficientnet_lite0") is None
+    assert not Reduction.objects.exists()
+
+
+def test_catalog_page_offers_only_backbones_that_load_here(editor: Client, catalog: list[Image], settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "<option>resnet50</option>" not in page and "Start re-embedding" not in page
+    unavailable = page.split('class="unavailable-backbones"', 1)[1].split("</ul>", 1)[0]
+    assert "resnet50" in unavailable and "IMAGESEARCH_RESNET50_WEIGHTS" in unavailable
+    refused = editor.post(reverse("admin:gallery_image_catalog"), {"kind": "reembed", "backbone": "resnet50"}, follow=True)
+    text = refused.content.decode()
+    assert "esnet50 cannot be used on this machine" in text and "IMAGESEARCH_RESNET50_WEIGHTS" in text
+    assert "URL fetch failure" not in text and "http" not in text.split("esnet50 cannot be used", 1)[1].split("</li>", 1)[0]
+    # A weights file that exists but is not one: refused without the library's message.
+    broken = tmp_path / "resnet50.h5"
+    broken.write_bytes(b"not weights")
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "RESNET50_WEIGHTS": str(broken)}
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "<option>resnet50</option>" in page
+    refused = editor.post(reverse("admin:gallery_image_catalog"), {"kind": "reembed", "backbone": "resnet50"}, follow=True)
+    message = refused.content.decode().split("esnet50 cannot be used on this machine", 1)[1].split("</li>", 1)[0]
+    assert "its weights could not be loaded" in message and "Traceback" not in message and "h5py" not in message
+    assert not CatalogJob.objects.exists()
+    from gallery import pipeline
+
+    assert pipeline.catalog_state().target_backbone == ""
+
+
+def test_scores_are_shown_with_three_decimals(editor: Client, catalog: list[Image], settings) -> None:  # type: ignore[no-untyped-def]
+    from gallery.models import CopyMatch, MatchDecision, ProtectedWork
+
+    work = ProtectedWork.objects.create(file="protected/w.jpg", title="Work", rights_holder="Studio", checksum="c" * 64, width=10, height=10)  # fmt: skip
+    match = CopyMatch.objects.create(work=work, image=catalog[0], score=0.8765432109876543, found_by="upload check")
+    MatchDecision.objects.create(match=match, action="note", score=0.8765432109876543)
+    listing = editor.get(reverse("admin:gallery_copymatch_changelist")).content.decode()
+    detail = editor.get(reverse("admin:gallery_copymatch_change", args=[match.pk])).content.decode()
+    for html in (listing, detail):
+        assert "0.877" in html and "0.8765432" not in html
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 6}
+    assert services.reduction_fit(backbone="efficientnet_lite0", dims=4) is not None
+    reductions = editor.get(reverse("admin:gallery_reduction_changelist")).content.decode()
+    assert re.search(r">\d{1,3}\.\d%<", reductions)

@@ -122,3 +122,40 @@ def test_the_approximate_path_for_large_catalogs_finds_the_same_planted_pairs() 
     assert expected <= found_exact
     assert len(expected & found_approx) >= 0.97 * len(expected)
     assert found_approx <= found_exact  # nothing below the threshold sneaks in
+
+
+def _checked_keep(page: str, group: DuplicateGroup) -> int:
+    form = page.split(f'data-group="{group.pk}"', 1)[1].split("</form>", 1)[0]
+    checked = [part for part in form.split("<input") if 'name="keep"' in part and "checked" in part]
+    assert len(checked) == 1
+    return int(checked[0].split('value="', 1)[1].split('"', 1)[0])
+
+
+@pytest.mark.django_db
+def test_the_review_preselects_the_largest_oldest_member_and_says_why(butterflies, client) -> None:  # type: ignore[no-untyped-def]
+    from gallery.models import CatalogJob
+
+    path = next(iter(butterflies.values()))[0]
+    with PILImage.open(path) as im:
+        width, height = im.size
+    original = _add(path.read_bytes(), "original.jpg")
+    smaller = _add(_copy(path, scale=0.5, quality=60), "smaller-copy.jpg")  # newer, smaller: the old default
+    same_size = _add(_copy(path, scale=1.0, quality=50), "same-size-copy.jpg")  # as large, smaller file
+    job = CatalogJob.objects.create(kind="neardup")
+    group = DuplicateGroup.objects.create(job=job, best_score=0.987654321)
+    group.images.set([original, smaller, same_size])
+    client.force_login(User.objects.create_superuser("lead", password="pw"))
+    page = client.get(reverse("admin:gallery_image_near_duplicates")).content.decode()
+    assert _checked_keep(page, group) == original.pk
+    assert f"Suggested: as large as any ({width}×{height}), largest file, uploaded first" in page
+    assert "0.988" in page and "0.987654321" not in page
+    # Without the same-size copy the original is simply the largest and the first.
+    group.images.remove(same_size)
+    page = client.get(reverse("admin:gallery_image_near_duplicates")).content.decode()
+    assert f"Suggested: largest ({width}×{height}), uploaded first" in page
+    # A larger upload that came later is still preferred for its pixels, and the page says so.
+    bigger = _add(_copy(path, scale=1.5, quality=90), "bigger.jpg")
+    group.images.add(bigger)
+    page = client.get(reverse("admin:gallery_image_near_duplicates")).content.decode()
+    assert _checked_keep(page, group) == bigger.pk
+    assert f"Suggested: largest ({int(width * 1.5)}×{int(height * 1.5)})" in page and "uploaded first" not in page

@@ -161,3 +161,18 @@ def test_refit_command_switches_to_a_new_pca_version(catalog) -> None:  # type: 
     assert second.version == first.version + 1 and "Activated" in out.getvalue()
     assert ReducedVector.objects.filter(reduction=second).count() == 14
     assert not ReducedVector.objects.filter(reduction=first).exists()
+
+
+def test_reembed_refuses_a_backbone_whose_weights_are_missing(catalog, settings) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management.base import CommandError
+
+    services.catalog_job_start(kind="reembed", backbone=RESNET50, queue=False)  # loads with the test's weights
+    CatalogJob.objects.all().delete()
+    CatalogState.objects.update(target_backbone="")
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "RESNET50_WEIGHTS": ""}
+    with pytest.raises(CommandError) as refused:
+        call_command("reembed", backbone=RESNET50, foreground=True, stdout=io.StringIO())
+    message = str(refused.value)
+    assert message.startswith("resnet50 cannot be used on this machine.") and "IMAGESEARCH_RESNET50_WEIGHTS" in message
+    assert "URL fetch failure" not in message and "https://" not in message
+    assert not CatalogJob.objects.exists() and CatalogState.objects.get().target_backbone == ""

