@@ -331,3 +331,12 @@ def test_untitled_uploads_carry_the_same_title_as_their_page(api: APIClient, cli
     schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
     fields = schema["components"]["schemas"]["Image"]["properties"]
     assert "uploaded file's name" in fields["title"]["description"] and "empty when none" in fields["given_title"]["description"]
+
+
+def test_redoc_page_names_no_other_site(api: APIClient) -> None:
+    response = api.get("/api/v1/redoc/")
+    body = response.content.decode()
+    assert response.status_code == 200 and "fonts.googleapis.com" not in body and "fonts.gstatic.com" not in body
+    assert "default-src 'self'" in response["Content-Security-Policy"]
+    schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    assert not [p for p in schema["paths"] if "redoc" in p or "docs" in p]
