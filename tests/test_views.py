@@ -198,7 +198,7 @@ def test_my_uploads_lists_every_own_photo_with_status_and_visibility(user_client
     assert "theirs.jpg" not in body
     assert body.count(">Pending<") == 1 and body.count(">Failed<") == 1 and body.count(">Ready<") == 2
     assert "Analysis failed: The picture could not be decoded." in body
-    assert "Hidden: Hidden after copyright review: matches “Sunset” by Ann" in body
+    assert ">Hidden after copyright review: matches “Sunset” by Ann<" in body
     assert body.count(">Hidden<") == 1 and body.count(">Published<") == 3
 
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GALLERY_PAGE_SIZE": 3}
