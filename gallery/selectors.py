@@ -128,8 +128,10 @@ def search_by_image(*, file: IO[bytes], limit: int = 20, metric: str = "cosine",
     return search_by_picture(picture=query_decode(file=file), limit=limit, metric=metric, tag=tag)
 
 
-def image_statuses(*, ids: Iterable[int]) -> list[dict[str, object]]:
-    rows = Image.objects.filter(pk__in=list(ids)).order_by("pk")
+def image_statuses(*, ids: Iterable[int], user: object = None) -> list[dict[str, object]]:
+    """Analysis statuses of the images among `ids` that `user` may open (a hidden image's
+    status would tell a stranger that it exists)."""
+    rows = images_visible_to(user=user).filter(pk__in=list(ids)).order_by("pk")
     return [{"id": im.pk, "status": im.status, "reason": im.status_reason} for im in rows]
 
 
@@ -139,6 +141,34 @@ def gallery_images(*, tag: str = ""):  # type: ignore[no-untyped-def]
     if tag:
         images = images.filter(tags__name=tag.strip().lower())
     return images.prefetch_related("tags").order_by("-created_at", "-id")
+
+
+def uploads_of(*, user) -> QuerySet[Image]:  # type: ignore[no-untyped-def]
+    """Every photo `user` uploaded, whatever its status or visibility, newest first."""
+    return Image.objects.filter(uploaded_by=user).prefetch_related("tags").order_by("-created_at", "-id")
+
+
+# Why a listing came back empty, as codes the pages put in words.
+EMPTY_CATALOG = "empty"  # nothing to list at all
+EMPTY_TAG = "tag"  # there are images, but none carries the tag
+EMPTY_NO_MATCH = "no_match"  # there are images, yet none was returned
+
+
+def empty_reason(*, tag: str = "", searchable: bool = False, exclude: int | None = None) -> str:
+    """Why the public gallery (or, with `searchable`, a search) found nothing for `tag`.
+
+    Searchable images are the published, ready ones; `exclude` leaves out the query image
+    of "more like this"."""
+    pool = gallery_images()
+    if searchable:
+        pool = pool.filter(status=Image.Status.READY)
+    if exclude is not None:
+        pool = pool.exclude(pk=exclude)
+    if not pool.exists():
+        return EMPTY_CATALOG
+    if tag and not pool.filter(tags__name=tag.strip().lower()).exists():
+        return EMPTY_TAG
+    return EMPTY_NO_MATCH
 
 
 def default_metric() -> str:

@@ -20,6 +20,15 @@ def _absolute(request: Any, path: str) -> str:
 class ImageSerializer(serializers.ModelSerializer):
     """A catalog image with the links a client follows next."""
 
+    title = serializers.CharField(
+        source="display_title",
+        read_only=True,
+        help_text="what the pages show: the title given at upload, or else the uploaded file's name",
+    )
+    given_title = serializers.CharField(
+        source="title", read_only=True, help_text="the title given at upload; empty when none was given"
+    )
+    original_name = serializers.CharField(read_only=True, help_text="the uploaded file's name; empty for some imports")
     tags = serializers.SerializerMethodField()
     url = serializers.SerializerMethodField()
     page_url = serializers.SerializerMethodField()
@@ -31,7 +40,7 @@ class ImageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Image
         fields = [
-            "id", "title", "original_name", "status", "status_reason", "width", "height", "format", "size",
+            "id", "title", "given_title", "original_name", "status", "status_reason", "width", "height", "format", "size",
             "tags", "created_at", "url", "page_url", "file_url", "thumbnail_url", "status_url", "similar_url",
         ]  # fmt: skip
         read_only_fields = fields

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.gallery_index, name="index"),
     path("upload/", views.image_upload, name="upload"),
     path("uploads/", views.upload_status, name="upload_status"),
+    path("my-uploads/", views.my_uploads, name="my_uploads"),
     path("images/status/", views.image_status_json, name="status_json"),
     path("images/<int:pk>/", views.image_detail, name="detail"),
     path("search/", views.search, name="search"),

@@ -6,8 +6,9 @@ import base64
 import io
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -30,7 +31,17 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
     tag = request.GET.get("tag", "").strip().lower()
     paginator = Paginator(selectors.gallery_images(tag=tag), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
     page = paginator.get_page(request.GET.get("page"))
-    return render(request, "gallery/index.html", {"page": page, "tag": tag, "tags": selectors.tags_in_use()})
+    empty = "" if page.object_list else selectors.empty_reason(tag=tag)
+    return render(request, "gallery/index.html", {"page": page, "tag": tag, "tags": selectors.tags_in_use(), "empty": empty})
+
+
+@require_GET
+@login_required
+def my_uploads(request: HttpRequest) -> HttpResponse:
+    """Every photo the signed-in user uploaded, with its analysis status and visibility."""
+    paginator = Paginator(selectors.uploads_of(user=request.user), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
+    page = paginator.get_page(request.GET.get("page"))
+    return render(request, "gallery/my_uploads.html", {"page": page})
 
 
 @require_http_methods(["GET", "POST"])
@@ -104,7 +115,7 @@ def _upload_json(created: list[Image], problems: list[dict[str, object]]) -> Jso
 @upload_permission_required
 def upload_status(request: HttpRequest) -> HttpResponse:
     ids = _parse_ids(request.GET.get("ids", ""))
-    images = list(Image.objects.filter(pk__in=ids).order_by("pk"))
+    images = list(selectors.images_visible_to(user=request.user).filter(pk__in=ids).order_by("pk"))
     problems = request.session.pop("upload_problems", [])
     waiting = any(im.status in (Image.Status.PENDING, Image.Status.PROCESSING) for im in images)
     return render(
@@ -116,18 +127,20 @@ def upload_status(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def image_status_json(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"images": selectors.image_statuses(ids=_parse_ids(request.GET.get("ids", "")))})
+    ids = _parse_ids(request.GET.get("ids", ""))
+    return JsonResponse({"images": selectors.image_statuses(ids=ids, user=request.user)})
 
 
 @require_GET
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    image = get_object_or_404(Image, pk=pk)
-    if image.visibility != Image.Visibility.PUBLISHED and not request.user.is_staff:
-        raise Http404("No such image.")
+    # A hidden image opens for its uploader (with a notice) and staff; anyone else gets
+    # the same 404 as for an image that never existed.
+    image = get_object_or_404(selectors.images_visible_to(user=request.user), pk=pk)
     form = MetricForm(request.GET or None)
     metric = (form.cleaned_data.get("metric") if form.is_valid() else "") or selectors.default_metric()
     tag = request.GET.get("tag", "").strip().lower()
     similar = selectors.similar_to_image(image=image, metric=metric, tag=tag) if image.status == Image.Status.READY else []
+    empty = "" if similar else selectors.empty_reason(tag=tag, searchable=True, exclude=image.pk)
     return render(
         request,
         "gallery/detail.html",
@@ -138,6 +151,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "tag": tag,
             "tags": selectors.tags_in_use(),
             "form": MetricForm(initial={"metric": metric}),
+            "empty": empty,
         },
     )
 
@@ -155,7 +169,8 @@ def _inline_preview(picture: PILImage.Image) -> str:
 @rate_limited("search")
 def search(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        return render(request, "gallery/search.html", {"form": SearchForm(initial={"metric": selectors.default_metric()})})
+        form = SearchForm(initial={"metric": selectors.default_metric()})
+        return render(request, "gallery/search.html", {"form": form, "tags": selectors.tags_in_use()})
     form = SearchForm(request.POST, request.FILES)
     if not form.is_valid():
         return render(request, "gallery/search.html", {"form": form}, status=400)
@@ -166,9 +181,8 @@ def search(request: HttpRequest) -> HttpResponse:
     except services.ImageRejected as exc:
         form.add_error("file", str(exc))
         return render(request, "gallery/search.html", {"form": form}, status=400)
-    hits = selectors.search_by_picture(
-        picture=picture, limit=form.cleaned_data["limit"], metric=metric, tag=request.POST.get("tag", "").strip().lower()
-    )
+    tag = request.POST.get("tag", "").strip().lower()
+    hits = selectors.search_by_picture(picture=picture, limit=form.cleaned_data["limit"], metric=metric, tag=tag)
     return render(
         request,
         "gallery/search.html",
@@ -180,6 +194,9 @@ def search(request: HttpRequest) -> HttpResponse:
             "query_name": upload.name,
             "query_preview": _inline_preview(picture),
             "space": selectors.active_space().label,
+            "tag": tag,
+            "tags": selectors.tags_in_use(),
+            "empty": "" if hits else selectors.empty_reason(tag=tag, searchable=True),
         },
     )
 

@@ -36,7 +36,7 @@ PUBLIC = {
     "admin/logout/",
     "media/(?P<path>.*)",  # display copies and thumbnails only; originals live elsewhere
 }
-SIGNED_IN = {"upload/", "uploads/"}  # any account (unless anonymous uploads are allowed)
+SIGNED_IN = {"upload/", "uploads/", "my-uploads/"}  # any account (unless anonymous uploads are allowed)
 
 
 def _routes(patterns=None, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def]

@@ -311,3 +311,32 @@ def test_docs_page_uses_local_assets(client) -> None:  # type: ignore[no-untyped
     html = client.get("/api/v1/docs/").content.decode()
     assert "swagger-ui" in html and "/static/drf_spectacular_sidecar/" in html
     assert "cdn" not in html.lower() and "https://" not in html
+
+
+def test_untitled_uploads_carry_the_same_title_as_their_page(api: APIClient, client) -> None:  # type: ignore[no-untyped-def]
+    untitled = services.image_create(file=_file(photo_bytes(seed=21), "meadow.jpg"), original_name="meadow.jpg", queue=False)
+    titled = services.image_create(
+        file=_file(photo_bytes(seed=22), "x.jpg"), original_name="x.jpg", title="Blue morning", queue=False
+    )
+    rows = {r["id"]: r for r in api.get("/api/v1/images/").json()["results"]}
+    assert (rows[untitled.pk]["title"], rows[untitled.pk]["given_title"], rows[untitled.pk]["original_name"]) == (
+        "meadow.jpg",
+        "",
+        "meadow.jpg",
+    )
+    assert (rows[titled.pk]["title"], rows[titled.pk]["given_title"]) == ("Blue morning", "Blue morning")
+    for image in (untitled, titled):
+        page = client.get(rows[image.pk]["page_url"]).content.decode()
+        assert f"<h1>{rows[image.pk]['title']}</h1>" in page
+    schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    fields = schema["components"]["schemas"]["Image"]["properties"]
+    assert "uploaded file's name" in fields["title"]["description"] and "empty when none" in fields["given_title"]["description"]
+
+
+def test_redoc_page_names_no_other_site(api: APIClient) -> None:
+    response = api.get("/api/v1/redoc/")
+    body = response.content.decode()
+    assert response.status_code == 200 and "fonts.googleapis.com" not in body and "fonts.gstatic.com" not in body
+    assert "default-src 'self'" in response["Content-Security-Policy"]
+    schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    assert not [p for p in schema["paths"] if "redoc" in p or "docs" in p]

@@ -107,13 +107,15 @@ def test_static_files_are_hashed_and_served_in_production(stack: Stack, browser:
     page.close()
 
 
-def test_api_docs_render_offline(stack: Stack, browser: Browser) -> None:
+@pytest.mark.parametrize("docs", ["docs", "redoc"])
+def test_api_docs_render_offline(stack: Stack, browser: Browser, docs: str) -> None:
     page = browser.new_page()
     offsite = offsite_requests(page, stack)
-    page.goto(stack.url + "/api/v1/docs/")
+    page.goto(stack.url + f"/api/v1/{docs}/")
     expect(page.get_by_text("Image search API").first).to_be_visible(timeout=30_000)
     expect(page.get_by_text("/api/v1/search/").first).to_be_visible()
-    page.screenshot(path=ARTIFACTS / "api-docs.png", full_page=True)
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=ARTIFACTS / f"api-{docs}.png", full_page=docs == "docs")
     assert offsite == []
     page.close()
 

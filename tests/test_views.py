@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from gallery import services
@@ -169,3 +170,103 @@ def test_upload_answers_json_to_the_page_script(user_client) -> None:  # type: i
     assert error["code"] == "duplicate" and error["name"] == "copy.jpg" and error["existing_url"] == f"/images/{image.pk}/"
     nothing = client.post(reverse("gallery:upload"), {}, HTTP_ACCEPT="application/json")
     assert nothing.status_code == 400 and nothing.json()["errors"][0]["message"] == "Choose at least one photo."
+
+
+# ---------------------------------------------------------------- my uploads, hidden photos
+
+
+def _mine(user, n: int) -> list[Image]:  # type: ignore[no-untyped-def]
+    return [
+        services.image_create(file=_file(photo_bytes(seed=100 + i), f"mine{i}.jpg"), uploaded_by=user, queue=False)
+        for i in range(n)
+    ]
+
+
+def test_my_uploads_lists_every_own_photo_with_status_and_visibility(user_client, user, django_user_model, settings) -> None:  # type: ignore[no-untyped-def]
+    pending, failed, ready, hidden = _mine(user, 4)
+    stranger = django_user_model.objects.create_user("stranger", password="x" * 12)
+    services.image_create(file=_file(photo_bytes(seed=7), "theirs.jpg"), uploaded_by=stranger, queue=False)
+    Image.objects.filter(pk=failed.pk).update(status=Image.Status.FAILED, status_reason="The picture could not be decoded.")
+    Image.objects.filter(pk__in=[ready.pk, hidden.pk]).update(status=Image.Status.READY)
+    services.images_set_visibility(
+        image_ids=[hidden.pk], visibility="hidden", reason="Hidden after copyright review: matches “Sunset” by Ann"
+    )
+    response = user_client.get(reverse("gallery:my_uploads"))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert [im.pk for im in response.context["page"].object_list] == [hidden.pk, ready.pk, failed.pk, pending.pk]
+    assert "theirs.jpg" not in body
+    assert body.count(">Pending<") == 1 and body.count(">Failed<") == 1 and body.count(">Ready<") == 2
+    assert "Analysis failed: The picture could not be decoded." in body
+    assert ">Hidden after copyright review: matches “Sunset” by Ann<" in body
+    assert body.count(">Hidden<") == 1 and body.count(">Published<") == 3
+
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GALLERY_PAGE_SIZE": 3}
+    first = user_client.get(reverse("gallery:my_uploads")).content.decode()
+    second = user_client.get(reverse("gallery:my_uploads"), {"page": 2}).content.decode()
+    assert "mine3.jpg" in first and "mine0.jpg" not in first and "Page 1 of 2" in first
+    assert "mine0.jpg" in second and "mine3.jpg" not in second
+    assert user_client.get(reverse("gallery:my_uploads"), {"page": "junk"}).status_code == 200
+
+
+def test_my_uploads_is_in_the_navigation_and_needs_an_account(user_client) -> None:  # type: ignore[no-untyped-def]
+    client = Client()
+    link = f'href="{reverse("gallery:my_uploads")}"'
+    assert link in user_client.get(reverse("gallery:index")).content.decode()
+    assert "You have not uploaded any photos yet." in user_client.get(reverse("gallery:my_uploads")).content.decode()
+    assert link not in client.get(reverse("gallery:index")).content.decode()
+    anonymous = client.get(reverse("gallery:my_uploads"))
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith(reverse("login"))
+
+
+def test_owner_sees_why_their_photo_is_hidden_and_nobody_else_sees_it(user_client, user, django_user_model) -> None:  # type: ignore[no-untyped-def]
+    client = Client()
+    [photo] = _mine(user, 1)
+    url = reverse("gallery:detail", args=[photo.pk])
+    assert "hidden from the public gallery" not in user_client.get(url).content.decode()
+    services.images_set_visibility(image_ids=[photo.pk], visibility="hidden", reason="Hidden after copyright review: a copy")
+    owner = user_client.get(url)
+    assert owner.status_code == 200
+    assert "This photo is hidden from the public gallery: Hidden after copyright review: a copy" in owner.content.decode()
+    assert client.get(url).status_code == 404
+    other = django_user_model.objects.create_user("other", password="x" * 12)
+    client.force_login(other)
+    assert client.get(url).status_code == 404
+    # Nor do the status endpoint and the upload-status page give it away.
+    ids = {"ids": str(photo.pk)}
+    assert client.get(reverse("gallery:status_json"), ids).json() == {"images": []}
+    assert "mine0.jpg" not in client.get(reverse("gallery:upload_status"), ids).content.decode()
+    assert [row["id"] for row in user_client.get(reverse("gallery:status_json"), ids).json()["images"]] == [photo.pk]
+
+
+# ---------------------------------------------------------------- empty states say why
+
+
+def test_gallery_with_an_unknown_tag_says_no_image_has_it(client) -> None:  # type: ignore[no-untyped-def]
+    empty = client.get(reverse("gallery:index"), {"tag": "nonexistent"}).content.decode()
+    assert "The catalog is empty." in empty
+    services.image_create(file=_file(photo_bytes(), "p.jpg"), queue=False)
+    body = client.get(reverse("gallery:index"), {"tag": "nonexistent"}).content.decode()
+    assert "The catalog is empty" not in body
+    assert "No images are tagged “nonexistent”." in body and f'<a href="{reverse("gallery:index")}">Show all images</a>' in body
+
+
+def test_search_and_similar_with_an_unknown_tag_say_no_image_has_it(client, butterflies) -> None:  # type: ignore[no-untyped-def]
+    images = _catalog(butterflies["003"][:3])
+    services.image_set_tags(image=images[1], names=["poster"])
+    with open(butterflies["003"][5], "rb") as f:
+        response = client.post(reverse("gallery:search"), {"file": f, "metric": "cosine", "limit": 5, "tag": "nonexistent"})
+    body = response.content.decode()
+    assert response.status_code == 200 and "no searchable images yet" not in body
+    assert "No searchable images are tagged “nonexistent”." in body and "tags in use: poster" in body
+    detail = client.get(reverse("gallery:detail", args=[images[0].pk]), {"tag": "nonexistent"}).content.decode()
+    assert "No other images yet" not in detail and "No other images are tagged “nonexistent”." in detail
+    assert "Show similar images with any tag" in detail
+
+
+def test_search_while_photos_are_still_analysed_says_nothing_is_searchable_yet(client) -> None:  # type: ignore[no-untyped-def]
+    services.image_create(file=_file(photo_bytes(seed=3), "waiting.jpg"), queue=False)
+    response = client.post(
+        reverse("gallery:search"), {"file": _file(photo_bytes(), "q.jpg"), "metric": "cosine", "limit": 5, "tag": "x"}
+    )
+    assert "The catalog has no searchable images yet." in response.content.decode()

@@ -21,11 +21,54 @@
     return fig;
   }
 
-  function setZoom(value) {
+  var zoom = 1;
+
+  function boxOf(side) { return side.querySelector(".zoom-pane"); }
+
+  // A point of a pane as fractions of its visible box: the centre unless given.
+  function pointIn(box, clientX, clientY) {
+    var b = box.getBoundingClientRect();
+    return { x: (clientX - b.left - box.clientLeft) / box.clientWidth, y: (clientY - b.top - box.clientTop) / box.clientHeight };
+  }
+
+  // Where the picture is at a point of the pane's visible box (fractions of the picture).
+  function pictureAt(box, at) {
+    var r = box.querySelector("img").getBoundingClientRect(), b = box.getBoundingClientRect();
+    var px = b.left + box.clientLeft + at.x * box.clientWidth, py = b.top + box.clientTop + at.y * box.clientHeight;
+    var clamp = function (v) { return isFinite(v) ? Math.max(0, Math.min(1, v)) : 0.5; };
+    return { x: clamp((px - r.left) / r.width), y: clamp((py - r.top) / r.height), px: px, py: py };
+  }
+
+  // Scroll a pane without its twin following: the scroll event it causes is expected.
+  function scrollPane(box, left, top) {
+    box.scrollLeft = left;
+    box.scrollTop = top;
+    box.expected = [box.scrollLeft, box.scrollTop];
+  }
+
+  // At 1× the whole picture fits its pane; the pane's size leaves out its scrollbars.
+  function fittedWidth(box, img) {
+    if (!img.naturalWidth || !img.naturalHeight) return box.offsetWidth;
+    return Math.min(box.offsetWidth, box.offsetHeight * img.naturalWidth / img.naturalHeight);
+  }
+
+  // Zoom both sides, keeping the picture under `at` (the pointer, or the centre) in place.
+  function setZoom(value, at) {
     var z = Math.max(1, Math.min(4, value));
+    at = at || { x: 0.5, y: 0.5 };
+    var boxes = panes.map(boxOf);
+    var anchors = boxes.map(function (box) { return pictureAt(box, at); });
+    zoom = z;
     slider.value = String(z);
     level.textContent = z.toFixed(1) + "×";
-    panes.forEach(function (p) { p.querySelector("img").style.width = z * 100 + "%"; });
+    boxes.forEach(function (box, i) {
+      var img = box.querySelector("img");
+      img.style.width = z * fittedWidth(box, img) + "px";
+      var r = img.getBoundingClientRect(), a = anchors[i];
+      var b = box.getBoundingClientRect();
+      var px = b.left + box.clientLeft + at.x * box.clientWidth, py = b.top + box.clientTop + at.y * box.clientHeight;
+      scrollPane(box, box.scrollLeft + (r.left + a.x * r.width - px), box.scrollTop + (r.top + a.y * r.height - py));
+    });
   }
 
   function build() {
@@ -42,6 +85,7 @@
     [label, out, slider, inn, level, close].forEach(function (n) { controls.appendChild(n); });
     head.appendChild(controls);
     dialog.appendChild(head);
+    dialog.appendChild(el("p", { "class": "hint compare-hint" }, "Ctrl + scroll or pinch zooms at the pointer; double-click zooms in or out."));
     var body = el("div", { "class": "compare-body" });
     panes = [pane("compare-query"), pane("compare-result")];
     panes.forEach(function (p) { body.appendChild(p); });
@@ -49,24 +93,48 @@
     document.body.appendChild(dialog);
 
     slider.addEventListener("input", function () { setZoom(parseFloat(slider.value)); });
-    out.addEventListener("click", function () { setZoom(parseFloat(slider.value) - 0.5); });
-    inn.addEventListener("click", function () { setZoom(parseFloat(slider.value) + 0.5); });
+    out.addEventListener("click", function () { setZoom(zoom - 0.5); });
+    inn.addEventListener("click", function () { setZoom(zoom + 0.5); });
     close.addEventListener("click", function () { dialog.close(); });
     dialog.addEventListener("close", function () { if (opener) opener.focus(); });
+    panes.forEach(function (p) { p.querySelector("img").addEventListener("load", function () { setZoom(zoom); }); });
+    window.addEventListener("resize", function () { if (dialog.open) setZoom(zoom); });
     // Pan both sides together, at the same relative position.
-    var syncing = false;
     panes.forEach(function (p, i) {
-      var box = p.querySelector(".zoom-pane");
-      var other = panes[1 - i].querySelector(".zoom-pane");
+      var box = boxOf(p);
+      var other = boxOf(panes[1 - i]);
       box.addEventListener("scroll", function () {
-        if (syncing) { syncing = false; return; }
+        var expected = box.expected;
+        box.expected = null;
+        if (expected && expected[0] === box.scrollLeft && expected[1] === box.scrollTop) return;
         var fx = box.scrollLeft / Math.max(1, box.scrollWidth - box.clientWidth);
         var fy = box.scrollTop / Math.max(1, box.scrollHeight - box.clientHeight);
-        syncing = true;
-        other.scrollLeft = fx * (other.scrollWidth - other.clientWidth);
-        other.scrollTop = fy * (other.scrollHeight - other.clientHeight);
+        scrollPane(other, fx * (other.scrollWidth - other.clientWidth), fy * (other.scrollHeight - other.clientHeight));
       });
-      box.querySelector("img").addEventListener("dblclick", function () { setZoom(parseFloat(slider.value) >= 2 ? 1 : 2); });
+      box.querySelector("img").addEventListener("dblclick", function (e) {
+        setZoom(zoom >= 2 ? 1 : 2, pointIn(box, e.clientX, e.clientY));
+      });
+      // Ctrl + wheel (and a touchpad pinch, which browsers send as one) zooms at the pointer;
+      // a plain wheel pans.
+      box.addEventListener("wheel", function (e) {
+        if (!e.ctrlKey) return;
+        e.preventDefault();
+        var step = e.deltaMode === 1 ? e.deltaY * 33 : e.deltaY;
+        setZoom(zoom * Math.exp(-step * 0.0025), pointIn(box, e.clientX, e.clientY));
+      }, { passive: false });
+      // Two fingers pinch-zoom at their midpoint.
+      var pinch = null;
+      function spread(t) { return Math.hypot(t[0].clientX - t[1].clientX, t[0].clientY - t[1].clientY); }
+      box.addEventListener("touchstart", function (e) {
+        pinch = e.touches.length === 2 ? { spread: spread(e.touches), zoom: zoom } : null;
+      }, { passive: true });
+      box.addEventListener("touchmove", function (e) {
+        if (!pinch || e.touches.length !== 2 || !pinch.spread) return;
+        e.preventDefault();
+        var t = e.touches;
+        setZoom(pinch.zoom * spread(t) / pinch.spread, pointIn(box, (t[0].clientX + t[1].clientX) / 2, (t[0].clientY + t[1].clientY) / 2));
+      }, { passive: false });
+      box.addEventListener("touchend", function (e) { if (e.touches.length < 2) pinch = null; });
     });
   }
 
@@ -83,8 +151,8 @@
     show(panes[0], section.dataset.compareWith, "Query: " + section.dataset.compareLabel);
     var score = card.querySelector(".score");
     show(panes[1], card.dataset.fullSrc, "Result: " + card.dataset.title + (score ? " (" + score.textContent.trim() + ")" : ""));
-    setZoom(1);
     dialog.showModal();
+    setZoom(1);  // once open: the panes have a size to fit the pictures in
     slider.focus();
   }
 
