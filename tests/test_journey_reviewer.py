@@ -30,7 +30,7 @@ def _jpeg(image: PILImage.Image, path: Path) -> Path:
 
 
 def _upload(page: Page, stack: Stack, paths: list[Path]) -> None:
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="Upload").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Upload", exact=True).click()
     page.get_by_label("Photos (one or many").set_input_files([str(p) for p in paths])
     page.get_by_role("button", name="Upload").click()
     ready = page.locator("[data-upload-queue] .card[data-status=ready]")
@@ -128,3 +128,13 @@ def test_reviewer_registers_a_work_confirms_one_copy_and_dismisses_another(
     expect(names).to_have_count(2)
     expect(names.filter(has_text="holiday-snap.jpg")).to_have_count(0)
     expect(names.filter(has_text="mirrored-snap.jpg")).to_have_count(1)
+
+    # Its owner finds it on "My uploads", hidden, with the reviewer's reason.
+    uploader.get_by_role("navigation", name="Main").get_by_role("link", name="My uploads").click()
+    hidden = uploader.locator(".card").filter(has_text="holiday-snap.jpg")
+    expect(hidden.locator(".visibility")).to_have_text("Hidden")
+    expect(hidden.locator(".hidden-reason")).to_have_text(
+        "Hidden after copyright review: a copy of “Morning Admiral” (Lepido Press)."
+    )
+    expect(uploader.locator(".card").filter(has_text="mirrored-snap.jpg").locator(".visibility")).to_have_text("Published")
+    uploader.screenshot(path=ARTIFACTS / "review-owner-my-uploads.png", full_page=True)
