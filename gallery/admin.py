@@ -154,7 +154,7 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def thumb(self, obj: Image) -> str:
-        return format_html('<img src="{}" alt="" style="height:64px">', obj.thumbnail.url) if obj.thumbnail else ""
+        return format_html('<img src="{}" alt="" style="height:64px">', obj.thumbnail_url) if obj.thumbnail else ""
 
     @admin.display(description="status", ordering="status")
     def status_text(self, obj: Image) -> str:
@@ -180,10 +180,10 @@ class ImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="preview")
     def preview(self, obj: Image) -> str:
-        shown = obj.display or obj.thumbnail  # the original is private
-        if not shown:
+        url = obj.display_url  # the original is private; a hidden image's picture is withheld
+        if not url:
             return ""
-        return format_html('<a href="{0}"><img src="{0}" alt="" style="max-width:640px;max-height:480px"></a>', shown.url)
+        return format_html('<a href="{0}"><img src="{0}" alt="" style="max-width:640px;max-height:480px"></a>', url)
 
     @admin.display(description="most similar")
     def similar(self, obj: Image) -> str:
@@ -197,7 +197,7 @@ class ImageAdmin(admin.ModelAdmin):
             '<a href="{}" style="display:inline-block;margin:0 8px 8px 0;text-align:center">'
             '<img src="{}" alt="" style="height:96px"><br>{} · {}</a>',
             (
-                (reverse("admin:gallery_image_change", args=[h.image.pk]), h.image.thumbnail.url, h.image, f"{h.score:.3f}")
+                (reverse("admin:gallery_image_change", args=[h.image.pk]), h.image.thumbnail_url, h.image, f"{h.score:.3f}")
                 for h in hits
             ),
         )

@@ -22,7 +22,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import selectors, services
+from . import (
+    converters,  # noqa: F401 - registers <id:…>
+    selectors,
+    services,
+)
 from .models import Image
 from .selectors import SearchHit
 from .serializers import (
@@ -65,10 +69,13 @@ def rejection_error(exc: services.ImageRejected, request: HttpRequest) -> ApiErr
     code = rejection_code(exc)
     if isinstance(exc, services.DuplicateImage):
         existing = exc.existing
+        # Which image it duplicates is said only to those who may open that image.
+        if not selectors.images_visible_to(user=request.user).filter(pk=existing.pk).exists():
+            return ApiError(status_code=status.HTTP_409_CONFLICT, code=code, message=exc.message_for(may_see=False))
         return ApiError(
             status_code=status.HTTP_409_CONFLICT,
             code=code,
-            message=str(exc),
+            message=exc.message_for(may_see=True),
             existing={
                 "id": existing.pk,
                 "url": request.build_absolute_uri(reverse("api:image-detail", args=[existing.pk])),
@@ -369,9 +376,9 @@ class OfflineRedocView(SpectacularRedocView):
 
 urlpatterns = [
     path("images/", ImageListView.as_view(), name="image-list"),
-    path("images/<int:pk>/", ImageDetailView.as_view(), name="image-detail"),
-    path("images/<int:pk>/status/", ImageStatusView.as_view(), name="image-status"),
-    path("images/<int:pk>/similar/", SimilarView.as_view(), name="image-similar"),
+    path("images/<id:pk>/", ImageDetailView.as_view(), name="image-detail"),
+    path("images/<id:pk>/status/", ImageStatusView.as_view(), name="image-status"),
+    path("images/<id:pk>/similar/", SimilarView.as_view(), name="image-similar"),
     path("search/", SearchView.as_view(), name="search"),
     path("auth/token/", TokenView.as_view(), name="token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

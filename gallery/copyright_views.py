@@ -16,7 +16,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from . import selectors, services
 from .access import copyright_reviewer_required
@@ -45,7 +45,7 @@ def _with_filters(url: str, filters: dict[str, str]) -> str:
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def match_queue(request: HttpRequest) -> HttpResponse:
     form = QueueFilterForm(request.GET or None)
     filters = _filters(request)
@@ -112,7 +112,7 @@ def _render_detail(
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def match_detail(request: HttpRequest, pk: int) -> HttpResponse:
     match = get_object_or_404(CopyMatch.objects.select_related("work", "image"), pk=pk)
     return _render_detail(request, match)
@@ -148,14 +148,14 @@ def match_decide(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def decision_log(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.decisions_audit(), settings.COPYRIGHT["PAGE_SIZE"]).get_page(request.GET.get("page"))
     return render(request, "copyright/decisions.html", {"page": page})
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def decision_thumbnail(request: HttpRequest, pk: int, side: str) -> HttpResponse:
     """The small picture a decision kept of the work or the upload (audit trail)."""
     field = {"work": "work_thumbnail", "upload": "image_thumbnail"}.get(side)
@@ -170,16 +170,16 @@ def decision_thumbnail(request: HttpRequest, pk: int, side: str) -> HttpResponse
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def work_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.protected_works(), settings.COPYRIGHT["PAGE_SIZE"]).get_page(request.GET.get("page"))
     return render(request, "copyright/works.html", {"page": page})
 
 
 @copyright_reviewer_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def work_register(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return render(request, "copyright/register.html", {"form": WorkForm()})
     form = WorkForm(request.POST, request.FILES)
     if not form.is_valid():
@@ -202,7 +202,7 @@ def work_register(request: HttpRequest) -> HttpResponse:
 
 
 @copyright_reviewer_required
-@require_GET
+@require_safe
 def work_file(request: HttpRequest, pk: int) -> FileResponse:
     """The protected image itself, never published under /media/ links in the pages."""
     work = get_object_or_404(ProtectedWork, pk=pk)

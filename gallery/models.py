@@ -6,6 +6,7 @@ import numpy as np
 from django.conf import settings
 from django.db import models
 from django.db.models.functions import Now
+from django.urls import reverse
 
 from .storage import get_private_storage
 from .vector_field import VectorBytesField
@@ -73,9 +74,23 @@ class Image(models.Model):
 
     @property
     def display_url(self) -> str:
-        """The public picture: the metadata-free display copy (the original stays private)."""
+        """The picture browsers get: the metadata-free display copy (the original stays
+        private). A hidden image's files are withheld from the public media; its pictures
+        are served through a view that checks who asks."""
         f = self.display or self.thumbnail
-        return f.url if f else ""
+        if not f:
+            return ""
+        if self.visibility == self.Visibility.HIDDEN:
+            return reverse("gallery:picture", args=[self.pk, "display" if self.display else "thumbnail"])
+        return f.url
+
+    @property
+    def thumbnail_url(self) -> str:
+        if not self.thumbnail:
+            return ""
+        if self.visibility == self.Visibility.HIDDEN:
+            return reverse("gallery:picture", args=[self.pk, "thumbnail"])
+        return self.thumbnail.url
 
     @property
     def display_title(self) -> str:

@@ -397,12 +397,44 @@ def protected_works() -> QuerySet[ProtectedWork]:
 # ---- JSON API
 
 
+def user_sees_hidden_images(user) -> bool:  # type: ignore[no-untyped-def]
+    """Staff who may view images in the admin (the permission, not the staff flag alone)."""
+    return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False) and user.has_perm("gallery.view_image"))
+
+
 def images_visible_to(*, user) -> QuerySet[Image]:  # type: ignore[no-untyped-def]
-    """Images a user may open: published ones, their own uploads, everything for staff."""
+    """Images a user may open: published ones, their own uploads, everything for staff
+    who may view images."""
     images = Image.objects.prefetch_related("tags")
-    if getattr(user, "is_staff", False):
+    if user_sees_hidden_images(user):
         return images
     visible = Q(visibility=Image.Visibility.PUBLISHED)
     if getattr(user, "is_authenticated", False):
         visible |= Q(uploaded_by=user)
     return images.filter(visible)
+
+
+def image_picture_visible(*, user, image: Image) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `user` may see the picture of `image`: whoever may open the image, and
+    copyright reviewers for uploads that are in a copy match."""
+    from .access import user_is_copyright_reviewer
+
+    if images_visible_to(user=user).filter(pk=image.pk).exists():
+        return True
+    return user_is_copyright_reviewer(user) and image.copy_matches.exists()
+
+
+def image_picture_open(*, image: Image, kind: str) -> IO[bytes] | None:
+    """The display copy or thumbnail of an image, wherever it is now (withheld while the
+    image is hidden, in the public media otherwise); None when neither has it."""
+    from .storage import private_storage, withheld_name
+
+    f = image.display if kind == "display" else image.thumbnail
+    if not (f and f.name):
+        return None
+    for storage, name in ((private_storage, withheld_name(f.name)), (f.storage, f.name)):
+        try:
+            return storage.open(name, "rb")
+        except FileNotFoundError:
+            continue
+    return None

@@ -66,7 +66,7 @@ class ImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_thumbnail_url(self, image: Image) -> str | None:
-        return _absolute(self.context.get("request"), image.thumbnail.url) if image.thumbnail else None
+        return _absolute(self.context.get("request"), image.thumbnail_url) if image.thumbnail else None
 
     @extend_schema_field(serializers.URLField())
     def get_status_url(self, image: Image) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Case, F, Max, Q, When
 from django.utils import timezone
@@ -23,6 +24,7 @@ from PIL import Image as PILImage
 
 from . import pipeline
 from .models import LANE_BULK, LANE_INTERACTIVE, CatalogChange, Embedding, Image, ReducedVector, Reduction
+from .storage import private_storage, withheld_name
 from .vision.preprocess import ImageDecodeError, display_copy_bytes
 from .vision.reduction import FittedPCA, fit_pca
 
@@ -42,9 +44,15 @@ class CatalogUnavailable(RuntimeError):
 
 
 class DuplicateImage(ImageRejected):
+    """The same bytes are already in the catalog. The message names no image: pages and
+    the API say which one only to those who may see it (`message_for`)."""
+
     def __init__(self, existing: Image):
-        super().__init__(f"This photo is already in the catalog as “{existing.display_title}”.")
+        super().__init__("This photo is already in the catalog.")
         self.existing = existing
+
+    def message_for(self, *, may_see: bool) -> str:
+        return f"This photo is already in the catalog as “{self.existing.display_title}”." if may_see else str(self)
 
 
 # ---------------------------------------------------------------- uploads
@@ -169,6 +177,55 @@ def _delete_files(image: Image) -> None:
                 f.storage.delete(f.name)
             except OSError as exc:
                 log.error("could not delete %s: %s", f.name, exc)
+    for f in (image.display, image.thumbnail):  # a hidden image's withheld copies
+        if f and f.name:
+            try:
+                private_storage.delete(withheld_name(f.name))
+            except OSError as exc:
+                log.error("could not delete withheld %s: %s", f.name, exc)
+
+
+def _move(name: str, source: Storage, target: Storage, target_name: str) -> bool:
+    """Move one stored file between storages (copy, then delete); True when it moved."""
+    if not source.exists(name):
+        return False
+    with source.open(name, "rb") as f:
+        data = f.read()
+    if target.exists(target_name):
+        target.delete(target_name)
+    saved = target.save(target_name, ContentFile(data))
+    if saved != target_name:  # a storage that renamed it: keep the original where it was
+        target.delete(saved)
+        raise OSError(f"storage renamed {target_name} to {saved}")
+    source.delete(name)
+    return True
+
+
+def image_pictures_place(*, image_ids: list[int]) -> int:
+    """Put each image's display copy and thumbnail where its visibility says: in the public
+    media when published, withheld in the private storage when hidden. Safe to run again
+    (the periodic sweep does, after a crash between the change and the move); returns how
+    many files moved."""
+    moved = 0
+    for image in Image.objects.filter(pk__in=image_ids).only("pk", "visibility", "display", "thumbnail"):
+        for f in (image.display, image.thumbnail):
+            if not (f and f.name):
+                continue
+            try:
+                if image.visibility == Image.Visibility.HIDDEN:
+                    moved += _move(f.name, f.storage, private_storage, withheld_name(f.name))
+                else:
+                    moved += _move(withheld_name(f.name), private_storage, f.storage, f.name)
+            except OSError as exc:
+                log.error("could not move the picture %s of image %s: %s", f.name, image.pk, exc)
+    return moved
+
+
+def images_pictures_reconcile(*, limit: int = 500) -> int:
+    """Move the pictures of recently changed images whose files are not where their
+    visibility says (an interrupted move); part of the periodic sweep."""
+    ids = list(Image.objects.order_by("-updated_at").values_list("pk", flat=True)[:limit])
+    return image_pictures_place(image_ids=ids)
 
 
 def image_queue_embedding(*, image_id: int, lane: str) -> bool:
@@ -236,8 +293,13 @@ def images_set_visibility(*, image_ids: list[int], visibility: str, reason: str 
         raise ValueError(f"unknown visibility {visibility!r}")
     hidden = visibility == Image.Visibility.HIDDEN
     reason = (reason.strip()[:300] or "Hidden by the catalog's editors.") if hidden else ""
-    rows = Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility)
-    return rows.update(visibility=visibility, visibility_reason=reason)
+    with transaction.atomic():
+        rows = Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility)
+        changed_ids = list(rows.values_list("pk", flat=True))
+        changed = Image.objects.filter(pk__in=changed_ids).update(visibility=visibility, visibility_reason=reason)
+        # The files follow once the change is committed (a rollback leaves them in place).
+        transaction.on_commit(lambda: image_pictures_place(image_ids=changed_ids))
+    return changed
 
 
 # ---------------------------------------------------------------- embedding
@@ -344,9 +406,11 @@ def images_embed_batch(
     return outcome
 
 
-def embedding_store(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding:
-    """Store the embedding, project it with the active reduction, mark the image ready."""
-    return embeddings_store(items=[(image, vector)], backbone=backbone)[0]
+def embedding_store(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding | None:
+    """Store the embedding, project it with the active reduction, mark the image ready
+    (None when the image was deleted meanwhile)."""
+    stored = embeddings_store(items=[(image, vector)], backbone=backbone)
+    return stored[0] if stored else None
 
 
 def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) -> list[Embedding]:
@@ -354,9 +418,15 @@ def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) ->
     the active reduction, mark the images ready. Safe to repeat."""
     if not items:
         return []
-    vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in items])
-    ids = [image.pk for image, _ in items]
     with transaction.atomic():
+        # An image deleted while its batch was being embedded is left out; the rest of the
+        # batch is stored (the lock keeps a delete from racing the inserts).
+        alive = set(Image.objects.select_for_update().filter(pk__in=[im.pk for im, _ in items]).values_list("pk", flat=True))
+        items = [(image, v) for image, v in items if image.pk in alive]
+        if not items:
+            return []
+        vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in items])
+        ids = [image.pk for image, _ in items]
         existing = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
         fresh, changed = [], []
         for (image, _), vector in zip(items, vectors, strict=True):
@@ -541,9 +611,13 @@ def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image
     state = pipeline.catalog_state()
     pictures = [im for _, im in decoded]
     vectors = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(state.backbone))
-    embeddings_store(
+    stored = embeddings_store(
         items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)], backbone=state.backbone
     )
+    # Images deleted while they were embedded are gone; the rest of the batch goes on.
+    alive = {e.image_id for e in stored}
+    kept = [i for i, (image, _) in enumerate(decoded) if image.pk in alive]
+    decoded, pictures = [decoded[i] for i in kept], [pictures[i] for i in kept]
     done = {state.backbone}
     while True:
         # A switch may happen while this batch was embedded: catch up with the new space.
@@ -559,11 +633,13 @@ def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image
     return [image for image, _ in decoded]
 
 
-def embedding_add(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding:
+def embedding_add(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding | None:
     """Store an embedding (and its projection by the backbone's active PCA) without
     touching the image's status: used for a backbone the catalog is migrating to."""
     vector = np.asarray(vector, dtype=np.float32)
     with transaction.atomic():
+        if not Image.objects.select_for_update().filter(pk=image.pk).exists():
+            return None  # deleted while it was embedded
         embedding, _ = Embedding.objects.update_or_create(
             image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector.tobytes()}
         )

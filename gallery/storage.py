@@ -36,3 +36,12 @@ def get_private_storage() -> Any:
 def _reset_private_storage(*, setting: str, **_: Any) -> None:
     if setting in ("STORAGES", "PRIVATE_MEDIA_ROOT"):
         private_storage._wrapped = empty
+
+
+# A hidden image's display copy and thumbnail move from the public media into the private
+# storage under this prefix (same name after it), so their old /media/ URLs stop answering.
+WITHHELD_PREFIX = "withheld/"
+
+
+def withheld_name(name: str) -> str:
+    return WITHHELD_PREFIX + name

@@ -55,6 +55,7 @@ def sweep_waiting_images(min_age_seconds: int | None = None) -> int:
     """Queue images whose task may have been lost (broker down at upload, a lane that stopped
     moving, a crashed worker), each on its own lane. It runs on the interactive queue: it is
     quick, and a lost upload must not wait behind a bulk backlog to be found."""
+    services.images_pictures_reconcile()
     return services.images_requeue_waiting(min_age_seconds=min_age_seconds)
 
 

@@ -8,10 +8,10 @@ import io
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image as PILImage
 
 from . import selectors, services
@@ -21,12 +21,17 @@ from .forms import MetricForm, SearchForm, UploadForm
 from .models import Image
 from .ratelimit import rate_limited
 
+MAX_ROW_ID = 2**63 - 1
+
 
 def _parse_ids(raw: str) -> list[int]:
-    return [int(p) for p in raw.split(",") if p.strip().isdigit()][:200]
+    """Up to 200 ids from "1,2,3"; anything that is not a database id is ignored."""
+    parts = (p.strip() for p in raw[:4000].split(","))
+    ids = (int(p) for p in parts if p.isascii() and p.isdigit() and len(p) <= 19)
+    return [i for i in ids if 0 < i <= MAX_ROW_ID][:200]
 
 
-@require_GET
+@require_safe
 def gallery_index(request: HttpRequest) -> HttpResponse:
     tag = request.GET.get("tag", "").strip().lower()
     paginator = Paginator(selectors.gallery_images(tag=tag), settings.IMAGESEARCH["GALLERY_PAGE_SIZE"])
@@ -35,7 +40,7 @@ def gallery_index(request: HttpRequest) -> HttpResponse:
     return render(request, "gallery/index.html", {"page": page, "tag": tag, "tags": selectors.tags_in_use(), "empty": empty})
 
 
-@require_GET
+@require_safe
 @login_required
 def my_uploads(request: HttpRequest) -> HttpResponse:
     """Every photo the signed-in user uploaded, with its analysis status and visibility."""
@@ -44,11 +49,11 @@ def my_uploads(request: HttpRequest) -> HttpResponse:
     return render(request, "gallery/my_uploads.html", {"page": page})
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @upload_permission_required
 @rate_limited("upload")
 def image_upload(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         return render(request, "gallery/upload.html", {"form": UploadForm()})
     form = UploadForm(request.POST, request.FILES)
     wants_json = request.headers.get("Accept", "").startswith("application/json")
@@ -65,7 +70,16 @@ def image_upload(request: HttpRequest) -> HttpResponse:
                 services.image_create(file=f, uploaded_by=request.user, title=form.cleaned_data["title"], original_name=f.name)
             )
         except services.DuplicateImage as exc:
-            problems.append({"name": f.name, "message": str(exc), "existing": exc.existing, "code": rejection_code(exc)})
+            # Which image it duplicates is said only to those who may open that image.
+            may_see = selectors.images_visible_to(user=request.user).filter(pk=exc.existing.pk).exists()
+            problems.append(
+                {
+                    "name": f.name,
+                    "message": exc.message_for(may_see=may_see),
+                    "existing": exc.existing if may_see else None,
+                    "code": rejection_code(exc),
+                }
+            )
         except services.ImageRejected as exc:
             problems.append({"name": f.name, "message": str(exc), "code": rejection_code(exc)})
         except services.CatalogUnavailable as exc:
@@ -94,7 +108,7 @@ def _upload_json(created: list[Image], problems: list[dict[str, object]]) -> Jso
             "status": im.status,
             "status_label": im.get_status_display(),
             "page_url": reverse("gallery:detail", args=[im.pk]),
-            "thumbnail_url": im.thumbnail.url,
+            "thumbnail_url": im.thumbnail_url,
         }
         for im in created
     ]
@@ -111,7 +125,7 @@ def _upload_json(created: list[Image], problems: list[dict[str, object]]) -> Jso
     return JsonResponse({"images": images, "errors": errors}, status=201 if images else 503 if unavailable else 400)
 
 
-@require_GET
+@require_safe
 @upload_permission_required
 def upload_status(request: HttpRequest) -> HttpResponse:
     ids = _parse_ids(request.GET.get("ids", ""))
@@ -125,13 +139,13 @@ def upload_status(request: HttpRequest) -> HttpResponse:
     )
 
 
-@require_GET
+@require_safe
 def image_status_json(request: HttpRequest) -> JsonResponse:
     ids = _parse_ids(request.GET.get("ids", ""))
     return JsonResponse({"images": selectors.image_statuses(ids=ids, user=request.user)})
 
 
-@require_GET
+@require_safe
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     # A hidden image opens for its uploader (with a notice) and staff; anyone else gets
     # the same 404 as for an image that never existed.
@@ -165,10 +179,10 @@ def _inline_preview(picture: PILImage.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited("search")
 def search(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         form = SearchForm(initial={"metric": selectors.default_metric()})
         return render(request, "gallery/search.html", {"form": form, "tags": selectors.tags_in_use()})
     form = SearchForm(request.POST, request.FILES)
@@ -204,3 +218,19 @@ def search(request: HttpRequest) -> HttpResponse:
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """A malformed or oversized request (too many files or fields): say so, store nothing."""
     return render(request, "400.html", {"max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES}, status=400)
+
+
+@require_safe
+def image_picture(request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+    """A hidden image's display copy or thumbnail, for those who may still see it (its
+    uploader, staff who may view images, copyright reviewers of a matched upload);
+    everyone else gets the same 404 as for an image that never existed."""
+    image = get_object_or_404(Image, pk=pk)
+    if kind not in ("display", "thumbnail") or not selectors.image_picture_visible(user=request.user, image=image):
+        raise Http404
+    stream = selectors.image_picture_open(image=image, kind=kind)
+    if stream is None:
+        raise Http404
+    response = FileResponse(stream, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=300"
+    return response

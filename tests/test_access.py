@@ -28,7 +28,8 @@ pytestmark = pytest.mark.django_db
 PUBLIC = {
     "",
     "search/",
-    "images/<int:pk>/",
+    "images/<id:pk>/",
+    "images/<id:pk>/picture/<str:kind>/",  # answers 404 to whoever may not see the picture
     "images/status/",
     "accounts/login/",
     "accounts/logout/",

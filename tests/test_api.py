@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -271,8 +271,14 @@ def test_detail_hides_unpublished_images_from_the_public(api: APIClient, catalog
     for path in (f"/api/v1/images/{image.pk}/", f"/api/v1/images/{image.pk}/status/"):
         response = api.get(path)
         assert response.status_code == 404 and _error(response)["code"] == "not_found"
+    # The staff flag alone is not enough: staff who may view images in the admin see it.
+    flag_only = APIClient()
+    flag_only.force_authenticate(User.objects.create_user("flag", is_staff=True))
+    assert flag_only.get(f"/api/v1/images/{image.pk}/").status_code == 404
+    editor = User.objects.create_user("ed", is_staff=True)
+    editor.user_permissions.add(Permission.objects.get(codename="view_image"))
     staff = APIClient()
-    staff.force_authenticate(User.objects.create_user("ed", is_staff=True))
+    staff.force_authenticate(editor)
     assert staff.get(f"/api/v1/images/{image.pk}/").status_code == 200
 
 

@@ -223,3 +223,20 @@ def test_reembedding_goes_to_the_bulk_lane(make_photo, django_capture_on_commit_
         assert services.images_reembed(image_ids=[image.pk]) == 1
     image.refresh_from_db()
     assert image.lane == "bulk" and image.status == Image.Status.READY
+
+
+def test_an_image_deleted_while_its_batch_is_embedded_does_not_fail_the_batch(make_photo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gallery import pipeline
+
+    first, second, third = (_upload(make_photo(seed=s), f"p{s}.jpg") for s in (41, 42, 43))
+
+    def embed_while_deleting(pictures, *, backbone):  # type: ignore[no-untyped-def]
+        services.images_delete(image_ids=[second.pk])  # an editor deletes it mid-batch
+        vectors = np.random.default_rng(0).normal(size=(len(pictures), backbone.dim)).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    monkeypatch.setattr(pipeline, "embed_images", embed_while_deleting)
+    outcome = services.images_embed_batch(image_id=first.pk, worker="test")
+    assert sorted(outcome.ready) == sorted([first.pk, third.pk])
+    assert list(Image.objects.order_by("pk").values_list("pk", "status")) == [(first.pk, "ready"), (third.pk, "ready")]
+    assert not Embedding.objects.filter(image_id=second.pk).exists()
