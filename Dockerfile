@@ -6,4 +6,4 @@ RUN pip install -r requirements.txt
 COPY . .
 RUN IMAGESEARCH_ENV=production DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput
 EXPOSE 8000
-CMD ["gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf", "--bind", "0.0.0.0:8000"]
+CMD ["python", "-m", "imagesearch.webserver", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,4 +1,5 @@
-"""Real processes on loopback for end-to-end tests and benchmarks: Redis, Celery workers, gunicorn."""
+"""Real processes on loopback for end-to-end tests and benchmarks: Redis, Celery workers and
+the product's web server (imagesearch/webserver.py)."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def redis_executable() -> str | None:
 
 @contextmanager
 def live_stack(var: Path, *, beat: bool = False, workers: int = 1, **extra_env: str) -> Iterator[Stack]:
-    """Redis, Celery workers (the first runs the periodic tasks when `beat`) and gunicorn on
+    """Redis, Celery workers (the first runs the periodic tasks when `beat`) and the web server on
     loopback. One worker is named `e2e`; several are `w1`, `w2`, ... on the same Redis."""
     logs = var / "logs"
     logs.mkdir(parents=True)
@@ -135,7 +136,6 @@ def live_stack(var: Path, *, beat: bool = False, workers: int = 1, **extra_env: 
         "IMAGESEARCH_VAR_DIR": str(var),
         "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
         "IMAGESEARCH_BACKBONE": "efficientnet_lite0",
-        "GUNICORN_ACCESSLOG": "",
         **extra_env,
     }
     env.pop("CELERY_TASK_ALWAYS_EAGER", None)
@@ -147,8 +147,7 @@ def live_stack(var: Path, *, beat: bool = False, workers: int = 1, **extra_env: 
     stack.worker = stack.workers[0]
     web_log = open(logs / "web.log", "ab")  # noqa: SIM115 - owned by the process
     stack.web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "imagesearch.wsgi", "--config", "python:imagesearch.gunicorn_conf",
-         "--bind", f"127.0.0.1:{web_port}", "--workers", "1"],
+        [sys.executable, "-m", "imagesearch.webserver", "--host", "127.0.0.1", "--port", str(web_port)],
         cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -72,7 +72,7 @@ def run_load(
     report = LoadReport(search_clients, upload_clients, duration)
     lock = threading.Lock()
     with live_stack(
-        var / "stack", IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0", GUNICORN_THREADS="8", GUNICORN_TIMEOUT="300"
+        var / "stack", IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0", IMAGESEARCH_WEB_THREADS="8"
     ) as stack:
         admin = stack.browser("seeder")
         seeded: list[int] = []

@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before anything reads the body (CSRF reads the form in process_view).
+    "imagesearch.body_limits.RequestBodyLimitMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -151,6 +153,29 @@ MAX_UPLOAD_MB = env_int("IMAGESEARCH_MAX_UPLOAD_MB", 20)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = env_int("IMAGESEARCH_MAX_FILES_PER_UPLOAD", 50)
+# How many photos each endpoint takes ("*": every path under it); a body may be that many
+# files × MAX_UPLOAD_MB plus the form fields, every other path only the form fields
+# (imagesearch/body_limits.py). The web server refuses anything larger while reading it.
+REQUEST_BODY_FILES = {
+    "/upload/": DATA_UPLOAD_MAX_NUMBER_FILES,
+    "/search/": 1,
+    "/api/v1/images/": 1,
+    "/api/v1/search/": 1,
+    "/copyright/works/new/": 1,
+    "/admin/*": 1,
+}
+
+# ---------------------------------------------------------------- the web server
+# waitress (imagesearch/webserver.py) reads every request whole in its I/O loop before a
+# thread sees it; a connection that sends nothing for CLIENT_TIMEOUT seconds is closed.
+WEB_SERVER = {
+    "THREADS": env_int("IMAGESEARCH_WEB_THREADS", 8),
+    "CLIENT_TIMEOUT": env_int("IMAGESEARCH_CLIENT_TIMEOUT", 30),
+    "CONNECTION_LIMIT": env_int("IMAGESEARCH_CONNECTION_LIMIT", 1000),
+    # The address of the reverse proxy whose X-Forwarded-For/-Proto are believed; from
+    # any other peer those headers are removed before Django sees them.
+    "TRUSTED_PROXY": env("IMAGESEARCH_TRUSTED_PROXY", ""),
+}
 
 LOGGING = {
     "version": 1,

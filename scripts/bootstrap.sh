@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the project needs on a fresh machine: a virtual environment with the
 # pinned packages and, with --dev, the system services the tests start (Redis,
-# docker-compose for validating the compose file, Chromium for the browser tests).
+# docker-compose for validating the compose file, Chromium for the browser tests, nginx
+# for the reverse-proxy tests).
 # Safe to run again: it skips work that is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,8 @@ if [[ $dev == 1 ]]; then
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   # The browser tests drive Debian's Chromium with Playwright (never its own download).
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  # The front-server tests run deploy/nginx.conf in front of the live product.
+  [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx)
   if ((${#missing[@]})); then
     sudo_cmd=()
     [[ $(id -u) == 0 ]] || sudo_cmd=(sudo -n)

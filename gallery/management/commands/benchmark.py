@@ -331,7 +331,7 @@ class Command(BaseCommand):
         var = Path(settings.VAR_DIR)
         # The benchmark measures the product's speed, not the per-client rate limiter.
         with live_stack(var / "http-stack", DATABASE_URL=f"sqlite:///{var / 'db.sqlite3'}",
-                        DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT), GUNICORN_THREADS="4",
+                        DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT), IMAGESEARCH_WEB_THREADS="4",
                         IMAGESEARCH_PRIVATE_MEDIA_ROOT=str(settings.PRIVATE_MEDIA_ROOT), IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0") as stack:  # fmt: skip
             browser = stack.browser()
             for q in queries[:3]:  # warm: backbone, index build, DBA

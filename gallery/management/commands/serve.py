@@ -22,7 +22,6 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("IMAGESEARCH_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=int(os.environ.get("IMAGESEARCH_PORT", "8000")))
-        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
         parser.add_argument("--no-worker", action="store_true", help="do not start a Celery worker")
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -46,12 +45,8 @@ class Command(BaseCommand):
                     "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
                 ]  # fmt: skip
                 children.append(("worker", subprocess.Popen(worker, env=env)))
-            web = [
-                sys.executable, "-m", "gunicorn", "imagesearch.wsgi",
-                "--config", "python:imagesearch.gunicorn_conf",
-                "--bind", f"{opts['host']}:{opts['port']}",
-                "--workers", str(opts["web_workers"]),
-            ]  # fmt: skip
+            # waitress (imagesearch/webserver.py): slow clients cost a socket, not a thread.
+            web = [sys.executable, "-m", "imagesearch.webserver", "--host", opts["host"], "--port", str(opts["port"])]
             children.append(("web", subprocess.Popen(web, env=env)))
             self.stdout.write(self.style.SUCCESS(f"gallery at http://{opts['host']}:{opts['port']}/  (Ctrl+C stops)"))
             self._supervise(children)
