@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import pipeline, selectors, services
 from .models import CatalogJob, DuplicateGroup, Embedding, Image, Reduction, Tag
@@ -78,6 +79,12 @@ class BulkTagsForm(forms.Form):
         if not names:
             raise forms.ValidationError("Type at least one tag.")
         return names
+
+
+def _local_url(request: HttpRequest, url: str) -> str:
+    """`url` when it stays on this site (a form's "next"), else "": no open redirects."""
+    allowed = url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure())
+    return url if url and allowed else ""
 
 
 def _ids(queryset: QuerySet[Image]) -> list[int]:
@@ -341,7 +348,9 @@ class ImageAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc), messages.ERROR)
             else:
                 self.message_user(request, f"{job} started.", messages.SUCCESS)
-            return HttpResponseRedirect(request.POST.get("next") or reverse("admin:gallery_image_catalog"))
+            return HttpResponseRedirect(
+                _local_url(request, request.POST.get("next", "")) or reverse("admin:gallery_image_catalog")
+            )
         state = pipeline.catalog_state()
         others = [a for name, a in selectors.backbone_choices().items() if name != state.backbone]
         context = {

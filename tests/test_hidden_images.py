@@ -146,3 +146,11 @@ def test_head_requests_answer_like_get(client, image) -> None:  # type: ignore[n
     for path in ("/", f"/images/{image.pk}/", "/search/"):
         response = client.head(path)
         assert response.status_code == 200 and response.content == b"", path
+
+
+def test_every_page_sends_a_content_security_policy_without_inline_scripts(client) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/", "/search/", "/accounts/login/", "/api/v1/docs/", "/admin/login/"):
+        policy = client.get(path)["Content-Security-Policy"]
+        directives = dict(part.strip().split(" ", 1) for part in policy.split(";") if part.strip())
+        assert directives["script-src"] == "'self'" and directives["frame-ancestors"] == "'none'", path
+        assert directives["object-src"] == "'none'" and directives["default-src"] == "'self'", path
