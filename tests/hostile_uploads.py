@@ -8,6 +8,7 @@ every upload entry point (the browser form here; the JSON API can iterate it too
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zipfile
@@ -94,6 +95,7 @@ def webp_canvas_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@functools.cache
 def png_deep_claiming(width: int, height: int, *, color_type: int = 0) -> bytes:
     """A 16-bit PNG (grayscale: color type 0; RGBA: 6) of one mid-grey value, compressed
     row by row: about 110 kB for 7000² grayscale."""
@@ -128,7 +130,8 @@ def _tiff_strip(page: TiffPage) -> bytes:
     return b"".join(z.compress(row) for _ in range(page.height)) + z.flush()
 
 
-def tiff_pages(pages: list[TiffPage]) -> bytes:
+@functools.cache
+def tiff_pages(pages: tuple[TiffPage, ...]) -> bytes:
     """A little-endian TIFF of the given pages; a deflated all-zero 7000² float page is
     about 200 kB and decodes to 196 MB."""
     out = bytearray(b"II*\0\0\0\0\0")
@@ -164,19 +167,22 @@ def tiff_pages(pages: list[TiffPage]) -> bytes:
 
 
 def tiff_float_claiming(width: int, height: int) -> bytes:
-    return tiff_pages([TiffPage(width, height, bits=32, sample_format=3)])
+    return tiff_pages((TiffPage(width, height, bits=32, sample_format=3),))
 
 
 def tiff_int32_claiming(width: int, height: int) -> bytes:
-    return tiff_pages([TiffPage(width, height, bits=32, sample_format=2)])
+    return tiff_pages((TiffPage(width, height, bits=32, sample_format=2),))
 
 
 def tiff_multipage_bomb(width: int, height: int, *, pages: int = 3) -> bytes:
     """A small red photo as the first page, then `pages` float pages of width × height."""
     first = np.asarray(textured((160, 120), RED), dtype=np.uint8).tobytes()
-    return tiff_pages([TiffPage(160, 120, samples=3, pixels=first)] + [TiffPage(width, height, bits=32, sample_format=3)] * pages)
+    return tiff_pages(
+        (TiffPage(160, 120, samples=3, pixels=first),) + (TiffPage(width, height, bits=32, sample_format=3),) * pages
+    )
 
 
+@functools.cache
 def jpeg_big(width: int, height: int, *, progressive: bool = False, subsampling: int = 2) -> bytes:
     """A real JPEG of width × height (a flat colour with a gradient), baseline or progressive."""
     ramp = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
@@ -184,6 +190,15 @@ def jpeg_big(width: int, height: int, *, progressive: bool = False, subsampling:
     arr[:] = np.array(RED, dtype=np.uint8)
     arr[:, :, 1] = ramp
     return encode(PILImage.fromarray(arr), "JPEG", quality=80, progressive=progressive, subsampling=subsampling)
+
+
+def jpeg_progressive_claiming(width: int, height: int) -> bytes:
+    """A small progressive 4:4:4 JPEG whose frame header claims width × height: libjpeg
+    would keep every DCT coefficient of the claimed size."""
+    data = bytearray(encode(textured(), "JPEG", progressive=True, subsampling=0))
+    sof = data.index(b"\xff\xc2")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def bmp_rle_claiming(width: int, height: int) -> bytes:
@@ -329,6 +344,18 @@ def check_first_frame(image: Any) -> None:
         assert getattr(im, "n_frames", 1) == 1
 
 
+def check_reduced(width: int, height: int) -> Callable[[Any], None]:
+    """A huge picture is recorded at its size and served reduced."""
+
+    def check(image: Any) -> None:
+        assert (image.width, image.height) == (width, height)
+        with PILImage.open(image.display) as display, PILImage.open(image.thumbnail) as thumb:
+            assert max(display.size) == 2048 and display.mode == "RGB"
+            assert max(thumb.size) <= 400
+
+    return check
+
+
 def check_format(fmt: str) -> Callable[[Any], None]:
     def check(image: Any) -> None:
         assert image.format == fmt
@@ -421,6 +448,56 @@ CORPUS: list[HostileUpload] = [
         lambda: [(f"p{i}.jpg".encode(), encode(textured((16, 16), seed=i), "JPEG")) for i in range(51)],
         "refused",
         "at most 50 photos at once",
+    ),
+    # decompression bombs of every accepted format: refused from the header, before any
+    # pixel is decoded, or decoded within the memory budget (tests/test_decode_memory.py)
+    HostileUpload(
+        "lossless WebP of 7000² in 38 bytes",
+        one("bomb.webp", lambda: webp_lossless_claiming(7000, 7000)),
+        "refused",
+        "decoding it would take about",
+    ),
+    HostileUpload(
+        "animated WebP on a 7000² canvas",
+        one("canvas.webp", lambda: webp_canvas_claiming(7000, 7000)),
+        "refused",
+        "MB a photo may use",
+    ),
+    HostileUpload(
+        "float32 TIFF of 7000² in 190 kB", one("float.tif", lambda: tiff_float_claiming(7000, 7000)), "refused", "32-bit float"
+    ),
+    HostileUpload(
+        "32-bit integer TIFF of 7000² in 190 kB",
+        one("int.tif", lambda: tiff_int32_claiming(7000, 7000)),
+        "refused",
+        "32-bit integer",
+    ),
+    HostileUpload(
+        "progressive 4:4:4 JPEG claiming 7000²",
+        one("prog.jpg", lambda: jpeg_progressive_claiming(7000, 7000)),
+        "refused",
+        "decoding it would take about",
+    ),
+    HostileUpload(
+        "RLE BMP of 7000² in 28 kB", one("rle.bmp", lambda: bmp_rle_claiming(7000, 7000)), "refused", "compressed (RLE) BMP"
+    ),
+    HostileUpload(
+        "16-bit PNG of 7000² in 107 kB (decoded within the budget)",
+        one("deep-bomb.png", lambda: png_deep_claiming(7000, 7000)),
+        "accepted",
+        check=check_reduced(7000, 7000),
+    ),
+    HostileUpload(
+        "GIF with a 7000² canvas (decoded within the budget)",
+        one("canvas.gif", lambda: gif_claiming(7000, 7000)),
+        "accepted",
+        check=check_reduced(7000, 7000),
+    ),
+    HostileUpload(
+        "multi-page TIFF: a photo, then 7000² float pages (first page only)",
+        one("pages.tif", lambda: tiff_multipage_bomb(7000, 7000, pages=2)),
+        "accepted",
+        check=check_first_frame,
     ),
     # accepted: awkward but legitimate photos, with the stated result
     HostileUpload("animated GIF (first frame is used)", one("anim.gif", animated_gif), "accepted", check=check_first_frame),

@@ -16,6 +16,8 @@ than `WORKING_SIDE` pixels on the long side.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import math
 from collections.abc import Callable
@@ -146,12 +148,33 @@ def decode_image(
                 raise ImageDecodeError(
                     f"The image is damaged or truncated and could not be decoded ({exc.__class__.__name__})."
                 ) from None
+    if plan.peak_bytes > _TRIM_ABOVE:
+        _return_freed_memory()
     width, height = plan.width, plan.height
     if orientation in _TRANSPOSE_FOR_ORIENTATION:
         picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
         if orientation >= 5:
             width, height = height, width
     return DecodedImage(picture, plan.format, width, height)
+
+
+# glibc keeps freed blocks of big decodes (Pillow allocates images in 16 MB blocks,
+# under its adaptive mmap threshold) in its arenas; a large decode gives them back.
+_TRIM_ABOVE = 64 * 2**20
+_libc: ctypes.CDLL | None | bool = False
+
+
+def _return_freed_memory() -> None:
+    global _libc
+    if _libc is False:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else None
+        except OSError:
+            _libc = None
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def plan_decode(
