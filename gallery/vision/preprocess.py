@@ -388,7 +388,7 @@ def to_rgb(im: PILImage.Image, *, levels: tuple[float, float] | None = None) -> 
         arr *= np.float32(scale)
         np.nan_to_num(arr, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         np.clip(arr, 0, 255, out=arr)
-        return PILImage.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+        return PILImage.fromarray(arr.astype(np.uint8)).convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("LA", "La", "PA"):
