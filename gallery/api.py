@@ -56,6 +56,8 @@ def rejection_code(exc: services.ImageRejected) -> str:
     message = str(exc)
     if isinstance(exc, services.DuplicateImage):
         return "duplicate"
+    if exc.code:
+        return exc.code
     if message == "The file is empty.":
         return "empty_file"
     if " MB" in message and ("limit" in message):
@@ -82,9 +84,9 @@ def rejection_error(exc: services.ImageRejected, request: HttpRequest) -> ApiErr
                 "page_url": request.build_absolute_uri(reverse("gallery:detail", args=[existing.pk])),
             },
         )
-    too_big = code == "too_large"
+    statuses = {"too_large": status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "server_busy": status.HTTP_503_SERVICE_UNAVAILABLE}
     return ApiError(
-        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE if too_big else status.HTTP_400_BAD_REQUEST,
+        status_code=statuses.get(code, status.HTTP_400_BAD_REQUEST),
         code=code,
         message=str(exc),
     )

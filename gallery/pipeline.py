@@ -6,13 +6,17 @@ process (query images) and the worker (catalog images), so both embed identicall
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import numpy as np
 from django.conf import settings
 from PIL import Image as PILImage
 
 from .models import CatalogState
 from .vision.backbones import Backbone, load_backbone
-from .vision.preprocess import DecodedImage, PreprocessOptions, decode_image
+from .vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
 
 
 def current_backbone() -> Backbone:
@@ -26,7 +30,36 @@ def preprocess_options() -> PreprocessOptions:
 
 
 def decode(data: bytes) -> DecodedImage:
-    return decode_image(data, max_pixels=settings.IMAGESEARCH["MAX_PIXELS"])
+    """Decode an upload's first frame within the per-decode memory budget, at most
+    DECODE_CONCURRENCY at a time in this process."""
+    conf = settings.IMAGESEARCH
+    return decode_image(data, max_pixels=conf["MAX_PIXELS"], max_memory=conf["DECODE_MEMORY_MB"] * 2**20, gate=_decode_turn())
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+def _decode_slots() -> threading.BoundedSemaphore:
+    global _slots
+    size = max(1, int(settings.IMAGESEARCH["DECODE_CONCURRENCY"]))
+    with _slots_lock:
+        if _slots is None or _slots[0] != size:
+            _slots = (size, threading.BoundedSemaphore(size))
+        return _slots[1]
+
+
+@contextlib.contextmanager
+def _decode_turn() -> Iterator[None]:
+    slots = _decode_slots()
+    if not slots.acquire(timeout=settings.IMAGESEARCH["DECODE_WAIT_SECONDS"]):
+        raise ImageDecodeError(
+            "The server is busy decoding other photos; nothing was stored. Please try again in a moment.", code="server_busy"
+        )
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = None) -> np.ndarray:

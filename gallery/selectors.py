@@ -108,7 +108,7 @@ def query_decode(*, file: IO[bytes]) -> PILImage.Image:
     try:
         return pipeline.decode(data).image
     except ImageDecodeError as exc:
-        raise ImageRejected(str(exc)) from None
+        raise ImageRejected(str(exc), code=exc.code) from None
 
 
 def search_by_picture(*, picture: PILImage.Image, limit: int = 20, metric: str = "cosine", tag: str = "") -> list[SearchHit]:

@@ -35,7 +35,12 @@ _EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": 
 
 
 class ImageRejected(ValueError):
-    """An upload that cannot enter the catalog; the message is meant for the user."""
+    """An upload that cannot enter the catalog; the message is meant for the user, the
+    code (when set) for programs."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class CatalogUnavailable(RuntimeError):
@@ -118,7 +123,7 @@ def image_create(
     try:
         decoded = pipeline.decode(data)
     except ImageDecodeError as exc:
-        raise ImageRejected(str(exc)) from None
+        raise ImageRejected(str(exc), code=exc.code) from None
     thumb = _thumbnail_bytes(decoded.image)
     display = display_copy_bytes(decoded.image)
     name = original_name_clean(original_name or getattr(file, "name", "") or "")

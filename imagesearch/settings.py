@@ -214,6 +214,11 @@ IMAGESEARCH = {
     "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),
     "MAX_UPLOAD_BYTES": MAX_UPLOAD_MB * 1024 * 1024,
     "MAX_PIXELS": env_int("IMAGESEARCH_MAX_PIXELS", 50_000_000),
+    # The most memory one decode may take (computed from the header before decoding;
+    # a file over it is refused), and how many decodes one process runs at once.
+    "DECODE_MEMORY_MB": env_int("IMAGESEARCH_DECODE_MEMORY_MB", 256),
+    "DECODE_CONCURRENCY": env_int("IMAGESEARCH_DECODE_CONCURRENCY", 2),
+    "DECODE_WAIT_SECONDS": env_int("IMAGESEARCH_DECODE_WAIT_SECONDS", 30),
     "GRAYSCALE": env_bool("IMAGESEARCH_GRAYSCALE", False),
     "DENOISE": env_bool("IMAGESEARCH_DENOISE", False),
     "BATCH_SIZE": env_int("IMAGESEARCH_BATCH_SIZE", 32),

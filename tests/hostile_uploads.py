@@ -8,6 +8,7 @@ every upload entry point (the browser form here; the JSON API can iterate it too
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zipfile
@@ -74,6 +75,141 @@ def gif_claiming(width: int, height: int) -> bytes:
     data = bytearray(encode(textured().convert("P"), "GIF"))
     data[6:10] = struct.pack("<HH", width, height)
     return bytes(data)
+
+
+def webp_lossless_claiming(width: int, height: int) -> bytes:
+    """A lossless WebP of one colour, a few dozen bytes whatever its size: a solid image
+    codes the same at any size, so a small one is encoded and its header patched."""
+    data = bytearray(encode(PILImage.new("RGB", (64, 64), RED), "WEBP", lossless=True, method=0, quality=0))
+    assert data[12:16] == b"VP8L"
+    data[21:25] = struct.pack("<I", (width - 1) | (height - 1) << 14)  # 14 bits each, alpha 0, version 0
+    return bytes(data)
+
+
+def webp_canvas_claiming(width: int, height: int) -> bytes:
+    """An animated WebP of two 16×16 frames on a canvas of width × height."""
+    frames = [PILImage.new("RGB", (16, 16), c) for c in (RED, GREEN)]
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True, duration=100))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+@functools.cache
+def png_deep_claiming(width: int, height: int, *, color_type: int = 0) -> bytes:
+    """A 16-bit PNG (grayscale: color type 0; RGBA: 6) of one mid-grey value, compressed
+    row by row: about 110 kB for 7000² grayscale."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    z = zlib.compressobj(9)
+    row = b"\0" + b"\x80\x00" * (width * channels)
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class TiffPage:
+    """One page (IFD) of a hand-written TIFF: one strip, uncompressed or deflated."""
+
+    width: int
+    height: int
+    bits: int = 8
+    samples: int = 1
+    sample_format: int = 1  # 1 unsigned integer, 2 signed integer, 3 IEEE float
+    pixels: bytes | None = None  # raw rows; None: zeros
+    deflate: bool = True
+
+
+def _tiff_strip(page: TiffPage) -> bytes:
+    if page.pixels is not None:
+        return zlib.compress(page.pixels, 9) if page.deflate else page.pixels
+    row = b"\0" * (page.width * page.samples * page.bits // 8)
+    if not page.deflate:
+        return row * page.height
+    z = zlib.compressobj(9)
+    return b"".join(z.compress(row) for _ in range(page.height)) + z.flush()
+
+
+@functools.cache
+def tiff_pages(pages: tuple[TiffPage, ...]) -> bytes:
+    """A little-endian TIFF of the given pages; a deflated all-zero 7000² float page is
+    about 200 kB and decodes to 196 MB."""
+    out = bytearray(b"II*\0\0\0\0\0")
+    link = 4  # where the offset of the next IFD goes
+    for page in pages:
+        strip = _tiff_strip(page)
+        strip_at = len(out)
+        out += strip + b"\0" * (len(strip) % 2)
+        bits_at = len(out)
+        out += struct.pack(f"<{page.samples}H", *[page.bits] * page.samples) + b"\0\0"
+        entries = [
+            (256, 4, 1, page.width),
+            (257, 4, 1, page.height),
+            (258, 3, page.samples, page.bits if page.samples == 1 else bits_at),
+            (259, 3, 1, 8 if page.deflate else 1),
+            (262, 3, 1, 2 if page.samples == 3 else 1),
+            (273, 4, 1, strip_at),
+            (277, 3, 1, page.samples),
+            (278, 4, 1, page.height),
+            (279, 4, 1, len(strip)),
+            (284, 3, 1, 1),
+            (339, 3, 1, page.sample_format),
+        ]
+        ifd_at = len(out)
+        struct.pack_into("<I", out, link, ifd_at)
+        out += struct.pack("<H", len(entries))
+        for tag, kind, count, value in entries:
+            packed = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+            out += struct.pack("<HHI", tag, kind, count) + packed
+        link = len(out)
+        out += b"\0\0\0\0"
+    return bytes(out)
+
+
+def tiff_float_claiming(width: int, height: int) -> bytes:
+    return tiff_pages((TiffPage(width, height, bits=32, sample_format=3),))
+
+
+def tiff_int32_claiming(width: int, height: int) -> bytes:
+    return tiff_pages((TiffPage(width, height, bits=32, sample_format=2),))
+
+
+def tiff_multipage_bomb(width: int, height: int, *, pages: int = 3) -> bytes:
+    """A small red photo as the first page, then `pages` float pages of width × height."""
+    first = np.asarray(textured((160, 120), RED), dtype=np.uint8).tobytes()
+    return tiff_pages(
+        (TiffPage(160, 120, samples=3, pixels=first),) + (TiffPage(width, height, bits=32, sample_format=3),) * pages
+    )
+
+
+@functools.cache
+def jpeg_big(width: int, height: int, *, progressive: bool = False, subsampling: int = 2) -> bytes:
+    """A real JPEG of width × height (a flat colour with a gradient), baseline or progressive."""
+    ramp = np.linspace(0, 255, width, dtype=np.float32).astype(np.uint8)
+    arr = np.empty((height, width, 3), dtype=np.uint8)
+    arr[:] = np.array(RED, dtype=np.uint8)
+    arr[:, :, 1] = ramp
+    return encode(PILImage.fromarray(arr), "JPEG", quality=80, progressive=progressive, subsampling=subsampling)
+
+
+def jpeg_progressive_claiming(width: int, height: int) -> bytes:
+    """A small progressive 4:4:4 JPEG whose frame header claims width × height: libjpeg
+    would keep every DCT coefficient of the claimed size."""
+    data = bytearray(encode(textured(), "JPEG", progressive=True, subsampling=0))
+    sof = data.index(b"\xff\xc2")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def bmp_rle_claiming(width: int, height: int) -> bytes:
+    """An 8-bit RLE BMP of width × height in four bytes a row: one pixel, then an
+    end-of-line record that stands for the rest of the row."""
+    palette = b"".join(bytes((b, g, r, 0)) for r, g, b in [RED] * 256)
+    pixels = b"\1\0\0\0" * height + b"\0\1"
+    header_size, info_size = 14, 40
+    offset = header_size + info_size + len(palette)
+    info = struct.pack("<IiiHHIIiiII", info_size, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
 
 
 def zero_pixel_gif() -> bytes:
@@ -208,6 +344,18 @@ def check_first_frame(image: Any) -> None:
         assert getattr(im, "n_frames", 1) == 1
 
 
+def check_reduced(width: int, height: int) -> Callable[[Any], None]:
+    """A huge picture is recorded at its size and served reduced."""
+
+    def check(image: Any) -> None:
+        assert (image.width, image.height) == (width, height)
+        with PILImage.open(image.display) as display, PILImage.open(image.thumbnail) as thumb:
+            assert max(display.size) == 2048 and display.mode == "RGB"
+            assert max(thumb.size) <= 400
+
+    return check
+
+
 def check_format(fmt: str) -> Callable[[Any], None]:
     def check(image: Any) -> None:
         assert image.format == fmt
@@ -300,6 +448,56 @@ CORPUS: list[HostileUpload] = [
         lambda: [(f"p{i}.jpg".encode(), encode(textured((16, 16), seed=i), "JPEG")) for i in range(51)],
         "refused",
         "at most 50 photos at once",
+    ),
+    # decompression bombs of every accepted format: refused from the header, before any
+    # pixel is decoded, or decoded within the memory budget (tests/test_decode_memory.py)
+    HostileUpload(
+        "lossless WebP of 7000² in 38 bytes",
+        one("bomb.webp", lambda: webp_lossless_claiming(7000, 7000)),
+        "refused",
+        "decoding it would take about",
+    ),
+    HostileUpload(
+        "animated WebP on a 7000² canvas",
+        one("canvas.webp", lambda: webp_canvas_claiming(7000, 7000)),
+        "refused",
+        "MB a photo may use",
+    ),
+    HostileUpload(
+        "float32 TIFF of 7000² in 190 kB", one("float.tif", lambda: tiff_float_claiming(7000, 7000)), "refused", "32-bit float"
+    ),
+    HostileUpload(
+        "32-bit integer TIFF of 7000² in 190 kB",
+        one("int.tif", lambda: tiff_int32_claiming(7000, 7000)),
+        "refused",
+        "32-bit integer",
+    ),
+    HostileUpload(
+        "progressive 4:4:4 JPEG claiming 7000²",
+        one("prog.jpg", lambda: jpeg_progressive_claiming(7000, 7000)),
+        "refused",
+        "decoding it would take about",
+    ),
+    HostileUpload(
+        "RLE BMP of 7000² in 28 kB", one("rle.bmp", lambda: bmp_rle_claiming(7000, 7000)), "refused", "compressed (RLE) BMP"
+    ),
+    HostileUpload(
+        "16-bit PNG of 7000² in 107 kB (decoded within the budget)",
+        one("deep-bomb.png", lambda: png_deep_claiming(7000, 7000)),
+        "accepted",
+        check=check_reduced(7000, 7000),
+    ),
+    HostileUpload(
+        "GIF with a 7000² canvas (decoded within the budget)",
+        one("canvas.gif", lambda: gif_claiming(7000, 7000)),
+        "accepted",
+        check=check_reduced(7000, 7000),
+    ),
+    HostileUpload(
+        "multi-page TIFF: a photo, then 7000² float pages (first page only)",
+        one("pages.tif", lambda: tiff_multipage_bomb(7000, 7000, pages=2)),
+        "accepted",
+        check=check_first_frame,
     ),
     # accepted: awkward but legitimate photos, with the stated result
     HostileUpload("animated GIF (first frame is used)", one("anim.gif", animated_gif), "accepted", check=check_first_frame),

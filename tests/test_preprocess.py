@@ -94,3 +94,81 @@ def test_prepare_resizes_short_side_and_centre_crops() -> None:
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     gray = prepare(im, size=224, resize_short=256, options=PreprocessOptions(grayscale=True, denoise=True))
     assert np.array_equal(gray[..., 0], gray[..., 1])
+
+
+# ---------------------------------------------------------------- big pictures, reduced
+
+
+def _scene(w: int, h: int) -> np.ndarray:
+    """A smooth two-way gradient with a red block: comparable after any good resize."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1).astype(np.uint8)
+    arr[h // 4 : h // 2, w // 4 : w // 2] = (230, 20, 20)
+    return arr
+
+
+def _reference(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(PILImage.fromarray(arr).resize(size, PILImage.Resampling.LANCZOS), dtype=np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_a_big_photo_is_decoded_at_the_display_size_and_looks_the_same(fmt: str) -> None:
+    arr = _scene(4800, 3000)
+    decoded = decode_image(_encode(PILImage.fromarray(arr), fmt, **({"quality": 95} if fmt == "JPEG" else {})))
+    assert (decoded.width, decoded.height) == (4800, 3000), "the upload's own size is recorded"
+    assert decoded.image.size == (2048, 1280) and decoded.image.mode == "RGB"
+    diff = np.abs(np.asarray(decoded.image, dtype=np.float32) - _reference(arr, (2048, 1280)))
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12
+
+
+def test_a_big_rotated_jpeg_is_reduced_and_upright() -> None:
+    arr = _scene(4400, 2200)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(_encode(PILImage.fromarray(arr), "JPEG", exif=exif, quality=95))
+    assert (decoded.width, decoded.height) == (2200, 4400)
+    assert decoded.image.size == (1024, 2048)
+    upright = np.ascontiguousarray(np.rot90(arr, k=-1))
+    diff = np.abs(np.asarray(decoded.image, dtype=np.float32) - _reference(upright, (1024, 2048)))
+    assert diff.mean() < 2.0
+
+
+def test_big_palette_transparency_is_white_after_reduction() -> None:
+    im = PILImage.new("P", (5000, 3000), 0)
+    im.putpalette([255, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    im.paste(1, (2500, 0, 5000, 3000))
+    decoded = decode_image(_encode(im, "PNG", transparency=0))
+    px = np.asarray(decoded.image)
+    assert decoded.image.size == (2048, 1229)
+    assert px[600, 200].min() > 250, "the transparent half is white"
+    assert tuple(px[600, 1800]) == (0, 0, 255)
+
+
+def test_big_16_bit_and_float_images_keep_their_tones() -> None:
+    ramp16 = np.tile(np.linspace(0, 65535, 4800).astype(np.uint16), (300, 1))
+    decoded = decode_image(_encode(PILImage.fromarray(ramp16), "PNG"))
+    row = np.asarray(decoded.image)[60, :, 0].astype(int)
+    assert decoded.image.size == (2048, 128)
+    assert row[0] < 3 and row[-1] > 252 and np.all(np.diff(row) >= 0), "a dark-to-bright ramp"
+
+    ramp = np.tile(np.linspace(-1.0, 1.0, 4800, dtype=np.float32), (300, 1))
+    ramp[0:10, 0:10] = np.nan
+    ramp[20:30, 0:10] = np.inf
+    decoded = decode_image(_encode(PILImage.fromarray(ramp, "F"), "TIFF"))
+    row = np.asarray(decoded.image)[60, :, 0].astype(int)
+    assert row[0] < 3 and row[-1] > 252 and np.all(np.diff(row) >= 0), "stretched from min to max, NaN and ∞ left out"
+
+
+def test_small_photos_are_decoded_pixel_for_pixel() -> None:
+    arr = _scene(640, 480)
+    decoded = decode_image(_encode(PILImage.fromarray(arr), "PNG"))
+    assert np.array_equal(np.asarray(decoded.image), arr)
+
+
+def test_over_the_memory_budget_is_refused_with_what_it_would_take() -> None:
+    data = _encode(PILImage.new("RGBA", (3000, 3000)), "PNG")
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_image(data, max_memory=32 * 2**20)
+    assert refused.value.code == "too_large_to_decode"
+    assert "3000×3000" in str(refused.value) and "32 MB" in str(refused.value)
+    assert decode_image(data).width == 3000

@@ -1,29 +1,76 @@
 """Safe decoding and per-backbone preprocessing of photos.
 
 Every common photo becomes an upright 8-bit RGB image: EXIF orientation is applied,
-CMYK, palette, alpha, 16-bit and grayscale modes are converted, and the pixel count is
-bounded before any pixel is decoded.
+CMYK, palette, alpha, 16-bit, 32-bit and float modes are converted, and only the first
+frame of an animation or a multi-page file is read.
+
+Decoding is bounded in memory. The header is read first (size, mode, bit depth,
+compression) and the bytes a decode would take are computed from it; a file over the
+budget is refused before a pixel is decoded. JPEGs are decoded at a reduced scale
+(libjpeg's DCT scaling); other formats are decoded at full size and reduced strip by
+strip to the working size, so no whole-image copy is made in another mode or in float.
+Nothing downstream (display copy, thumbnail, embedding, copy detection) needs more
+than `WORKING_SIDE` pixels on the long side.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import io
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, ImageFilter, ImageOps
+from PIL import ImageFile, ImageFilter
 
-# Pillow warns at 89M pixels and raises at twice that; the product sets its own bound.
+# Pillow warns at 89M pixels and raises at twice that; the product sets its own bounds.
 PILImage.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO"})
 
+# The display copy's long side: the largest picture anything downstream needs.
+WORKING_SIDE = 2048
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_MEMORY = 256 * 2**20
+
+# Bytes per pixel of Pillow's in-memory modes ("RGB" is stored as 4 bytes a pixel).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_DEEP_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+# Pixels converted at a time when a decoded image is reduced to the working size.
+_STRIP_PIXELS = 1 << 20
+# Strip temporaries (a native strip, its float32 and RGB copies), encoder buffers, the
+# interpreter's own small allocations: measured under 20 MB on 7000-pixel-wide strips.
+_OVERHEAD = 24 * 2**20
+# An RLE BMP is expanded by Pillow in Python, a few bytes of file per row of pixels:
+# beyond this its decoder spends seconds of CPU however little memory it needs.
+_RLE_BMP_MAX_PIXELS = 8_000_000
+
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+
 
 class ImageDecodeError(ValueError):
-    """The bytes are not a photo the product accepts; the message is shown to the user."""
+    """The bytes are not a photo the product accepts; the message is shown to the user,
+    the code (stable) is for programs: empty_file, not_an_image, too_many_pixels,
+    too_large_to_decode, server_busy."""
+
+    def __init__(self, message: str, *, code: str = "not_an_image") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -36,46 +83,282 @@ class PreprocessOptions:
 
 @dataclass(frozen=True)
 class DecodedImage:
+    """An upright RGB picture of at most `WORKING_SIDE` pixels on its long side, with
+    the upright size of the file it came from."""
+
     image: PILImage.Image
     format: str
     width: int
     height: int
 
 
-def decode_image(data: bytes | BinaryIO, *, max_pixels: int = 50_000_000) -> DecodedImage:
-    """Decode and verify an image fully; raise ImageDecodeError with a readable reason."""
+@dataclass(frozen=True)
+class DecodePlan:
+    """What a decode of a file's first frame will take, computed from its header."""
+
+    format: str
+    mode: str
+    width: int  # as stored, before EXIF orientation
+    height: int
+    target: tuple[int, int]  # the working size, before orientation
+    draft_scale: int  # JPEG: libjpeg decodes at 1/draft_scale
+    peak_bytes: int  # the most memory the decode and reduction hold at once
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def decode_image(
+    data: bytes | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_side: int = WORKING_SIDE,
+    gate: AbstractContextManager[object] | None = None,
+) -> DecodedImage:
+    """Decode the first frame of an image within `max_memory` bytes, reduced to at most
+    `max_side` pixels on its long side; raise ImageDecodeError with a readable reason.
+
+    `gate` is held while pixels are decoded (a bound on concurrent decodes); the header
+    checks run before it, so a refused file never waits."""
     raw = data if isinstance(data, bytes) else data.read()
     if not raw:
-        raise ImageDecodeError("The file is empty.")
+        raise ImageDecodeError("The file is empty.", code="empty_file")
     try:
-        with PILImage.open(io.BytesIO(raw)) as probe:
-            fmt = probe.format or ""
-            width, height = probe.size
+        im = PILImage.open(io.BytesIO(raw))
     except PILImage.UnidentifiedImageError:
         raise ImageDecodeError("The file is not an image in a supported format (JPEG, PNG, GIF, WebP, BMP, TIFF).") from None
     except Exception as exc:
         raise ImageDecodeError(
             f"The image is damaged or truncated: its header could not be read ({exc.__class__.__name__})."
         ) from None
+    with im:
+        plan = plan_decode(im, raw, max_pixels=max_pixels, max_memory=max_memory, max_side=max_side)
+        with gate or contextlib.nullcontext():
+            try:
+                if plan.draft_scale > 1:
+                    im.draft(None, plan.target)
+                im.load()
+                orientation = _orientation(im)  # after load: a PNG's EXIF may follow its pixels
+                picture = _reduce_to_rgb(im, plan.target)
+            except ImageDecodeError:
+                raise
+            except Exception as exc:
+                raise ImageDecodeError(
+                    f"The image is damaged or truncated and could not be decoded ({exc.__class__.__name__})."
+                ) from None
+    if plan.peak_bytes > _TRIM_ABOVE:
+        _return_freed_memory()
+    width, height = plan.width, plan.height
+    if orientation in _TRANSPOSE_FOR_ORIENTATION:
+        picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
+        if orientation >= 5:
+            width, height = height, width
+    return DecodedImage(picture, plan.format, width, height)
+
+
+# glibc keeps freed blocks of big decodes (Pillow allocates images in 16 MB blocks,
+# under its adaptive mmap threshold) in its arenas; a large decode gives them back.
+_TRIM_ABOVE = 64 * 2**20
+_libc: ctypes.CDLL | None | bool = False
+
+
+def _return_freed_memory() -> None:
+    global _libc
+    if _libc is False:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name) if name else None
+        except OSError:
+            _libc = None
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def plan_decode(
+    im: PILImage.Image,
+    raw: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_side: int = WORKING_SIDE,
+) -> DecodePlan:
+    """Check an opened (not yet decoded) image against the limits and return what its
+    decode will take; raise ImageDecodeError when it is refused."""
+    fmt = im.format or ""
+    width, height = im.size
     if fmt not in ALLOWED_FORMATS:
         raise ImageDecodeError(f"Images in {fmt or 'this'} format are not accepted.")
     if width <= 0 or height <= 0:
         raise ImageDecodeError("The image has no pixels.")
     if width * height > max_pixels:
-        raise ImageDecodeError(f"The image is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.")
-    try:
-        with PILImage.open(io.BytesIO(raw)) as im:
-            im.seek(0)  # animated images: the first frame
-            im.load()
-            upright = ImageOps.exif_transpose(im) or im
-            rgb = to_rgb(upright)
-    except ImageDecodeError:
-        raise
-    except Exception as exc:
         raise ImageDecodeError(
-            f"The image is damaged or truncated and could not be decoded ({exc.__class__.__name__})."
-        ) from None
-    return DecodedImage(rgb, fmt, rgb.width, rgb.height)
+            f"The image is {width}×{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels.", code="too_many_pixels"
+        )
+    tiles = getattr(im, "tile", None) or []
+    rle = fmt == "BMP" and bool(tiles) and tiles[0][0] == "bmp_rle"
+    if rle and width * height > _RLE_BMP_MAX_PIXELS:
+        raise ImageDecodeError(
+            f"The image is a compressed (RLE) BMP of {width}×{height} pixels; such BMPs are accepted up to "
+            f"{_RLE_BMP_MAX_PIXELS / 1e6:.0f} megapixels. Save it as PNG or JPEG.",
+            code="too_large_to_decode",
+        )
+    scale = min(1.0, max_side / max(width, height))
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    draft_scale = 1
+    if fmt in ("JPEG", "MPO") and len(tiles) == 1:
+        ratio = min(width // target[0], height // target[1])
+        draft_scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    load_peak, held = _decode_bytes(im, raw, fmt, draft_scale=draft_scale, rle=rle)
+    decoded = (-(-width // draft_scale), -(-height // draft_scale))
+    peak = max(load_peak, held + _reduction_bytes(decoded, target, im.mode)) + _OVERHEAD
+    if peak > max_memory:
+        per_pixel = max(1.0, (peak - _OVERHEAD) / (width * height))
+        fits = (max_memory - _OVERHEAD) / per_pixel
+        raise ImageDecodeError(
+            f"The image is {width}×{height} pixels ({_describe(fmt, im.mode)}); decoding it would take about "
+            f"{peak / 2**20:.0f} MB, more than the {max_memory / 2**20:.0f} MB a photo may use. "
+            f"Images like this one are accepted up to about {fits / 1e6:.0f} megapixels.",
+            code="too_large_to_decode",
+        )
+    return DecodePlan(fmt, im.mode, width, height, target, draft_scale, peak)
+
+
+def _describe(fmt: str, mode: str) -> str:
+    kind = {"F": "32-bit float", "I": "32-bit integer", "RGBA": "with transparency", "LA": "with transparency"}.get(mode)
+    if mode.startswith("I;16"):
+        kind = "16-bit"
+    return f"{fmt}, {kind}" if kind else fmt
+
+
+def _decode_bytes(im: PILImage.Image, raw: bytes, fmt: str, *, draft_scale: int, rle: bool) -> tuple[int, int]:
+    """(the peak while Pillow decodes the first frame, what stays held after it) in bytes.
+
+    Measured on Pillow 12: WebP goes through libwebp's animation decoder, which holds two
+    RGBA canvases and hands Pillow a third copy as bytes; libtiff reads a whole strip
+    before Pillow unpacks it; Pillow's RLE BMP decoder builds the pixels in Python
+    first; a progressive or multi-scan JPEG keeps every DCT coefficient (2 bytes each)
+    of the full-size image, whatever the scale it is decoded at."""
+    width, height = im.size
+    pixel = _MODE_BYTES.get(im.mode, 4)
+    pixels = width * height
+    if fmt == "WEBP":
+        return 16 * pixels, 12 * pixels
+    if fmt == "TIFF":
+        return 2 * pixel * pixels, pixel * pixels
+    if rle:
+        return 3 * pixel * pixels, pixel * pixels
+    if fmt in ("JPEG", "MPO"):
+        out = -(-width // draft_scale) * -(-height // draft_scale) * pixel
+        coefficients = _jpeg_coefficient_bytes(im) if _jpeg_buffers_coefficients(im, raw) else 0
+        return out + coefficients, out
+    return pixel * pixels, pixel * pixels
+
+
+def _jpeg_coefficient_bytes(im: PILImage.Image) -> int:
+    width, height = im.size
+    layers = getattr(im, "layer", None) or [("", 1, 1, 0)] * 3
+    hmax = max(h for _, h, _, _ in layers) or 1
+    vmax = max(v for _, _, v, _ in layers) or 1
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_x = -(-width * max(h, 1) // (8 * hmax)) + max(h, 1)
+        blocks_y = -(-height * max(v, 1) // (8 * vmax)) + max(v, 1)
+        total += blocks_x * blocks_y * 64 * 2
+    return total
+
+
+def _jpeg_buffers_coefficients(im: PILImage.Image, raw: bytes) -> bool:
+    """Whether libjpeg must keep the whole image's coefficients: a progressive JPEG, or
+    one whose components arrive in more than one scan."""
+    if im.info.get("progressive") or im.info.get("progression"):
+        return True
+    at = 2
+    while at + 4 <= len(raw):
+        if raw[at] != 0xFF:
+            return True  # not a marker where one must be: assume the worst
+        marker = raw[at + 1]
+        if marker == 0xFF:
+            at += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            at += 2
+            continue
+        length = int.from_bytes(raw[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # the first scan; entropy-coded data never holds FF DA
+            return raw.find(b"\xff\xda", at + 2 + length) != -1
+        at += 2 + length
+    return True
+
+
+def _reduction_bytes(decoded: tuple[int, int], target: tuple[int, int], mode: str) -> int:
+    """Memory of `_reduce_to_rgb` beyond the decoded image: the box-reduced intermediate,
+    the resampler's one-pass temporary and the result (4 bytes a pixel each)."""
+    width, height = decoded
+    factor = max(1, min(width // target[0], height // target[1]))
+    mid = (-(-width // factor), -(-height // factor))
+    direct = factor == 1 and mode == "RGB"
+    mid_bytes = 0 if direct else mid[0] * mid[1] * 4
+    return mid_bytes + target[0] * mid[1] * 4 + target[0] * target[1] * 4
+
+
+def _orientation(im: PILImage.Image) -> int:
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is ignored, as browsers do
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _reduce_to_rgb(im: PILImage.Image, target: tuple[int, int]) -> PILImage.Image:
+    """8-bit RGB of a decoded image at `target` size, converted strip by strip: the box
+    reduce by an integer factor is exact per strip, and a final Lanczos resize (less
+    than 2×) reaches the target size."""
+    width, height = im.size
+    factor = max(1, min(width // target[0], height // target[1]))
+    if factor == 1 and im.mode == "RGB":
+        return im.copy() if im.size == target else im.resize(target, PILImage.Resampling.LANCZOS)
+    convert = _strip_converter(im)
+    mid = PILImage.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = max(factor, _STRIP_PIXELS // width // factor * factor)
+    for top in range(0, height, rows):
+        strip = convert(im.crop((0, top, width, min(height, top + rows))))
+        mid.paste(strip.reduce(factor) if factor > 1 else strip, (0, top // factor))
+    return mid if mid.size == target else mid.resize(target, PILImage.Resampling.LANCZOS)
+
+
+def _strip_converter(im: PILImage.Image) -> Callable[[PILImage.Image], PILImage.Image]:
+    """A function turning strips of `im` into RGB; deep modes (16/32-bit, float) are
+    scaled by levels measured once over the whole image."""
+    if im.mode not in _DEEP_MODES:
+        return to_rgb
+    levels = _deep_levels(im)
+    return lambda strip: to_rgb(strip, levels=levels)
+
+
+def _deep_levels(im: PILImage.Image) -> tuple[float, float]:
+    """(offset, scale) mapping a 16-bit, 32-bit or float image to 0–255: integers keep
+    their 8- or 16-bit range, anything wider and floats are stretched from min to max
+    (non-finite values are left out and become 0)."""
+    width, height = im.size
+    rows = max(1, _STRIP_PIXELS // width)
+    lo, hi = math.inf, -math.inf
+    for top in range(0, height, rows):
+        arr = np.asarray(im.crop((0, top, width, min(height, top + rows))), dtype=np.float32)
+        finite = arr[np.isfinite(arr)] if im.mode == "F" else arr
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return _levels_for(im.mode, lo, hi)
+
+
+def _levels_for(mode: str, lo: float, hi: float) -> tuple[float, float]:
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        return 0.0, 0.0
+    if mode != "F" and lo >= 0 and hi <= 65535:
+        return 0.0, 255.0 / 65535.0 if hi > 255 else 1.0
+    return (lo, 255.0 / (hi - lo)) if hi > lo else (lo, 0.0)
 
 
 def display_copy_bytes(image: PILImage.Image, *, max_side: int = 2048, quality: int = 88) -> bytes:
@@ -90,20 +373,22 @@ def display_copy_bytes(image: PILImage.Image, *, max_side: int = 2048, quality: 
     return out.getvalue()
 
 
-def to_rgb(im: PILImage.Image) -> PILImage.Image:
-    """8-bit RGB from any Pillow mode; transparency is composited onto white."""
+def to_rgb(im: PILImage.Image, *, levels: tuple[float, float] | None = None) -> PILImage.Image:
+    """8-bit RGB from any Pillow mode; transparency is composited onto white. Deep modes
+    are mapped with `levels` (offset, scale), measured on `im` itself when not given."""
     if im.mode == "RGB":
         return im.copy()
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() if arr.size else 0.0
-        scale = 255.0 / 65535.0 if hi > 255 else 1.0
-        return PILImage.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return PILImage.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if im.mode in _DEEP_MODES:
+        arr = np.array(im, dtype=np.float32)  # a copy: scaled in place
+        if levels is None:
+            finite = arr[np.isfinite(arr)] if im.mode == "F" else arr
+            levels = _levels_for(im.mode, float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        offset, scale = levels
+        arr -= np.float32(offset)
+        arr *= np.float32(scale)
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.clip(arr, 0, 255, out=arr)
+        return PILImage.fromarray(arr.astype(np.uint8)).convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("LA", "La", "PA"):

@@ -8,6 +8,8 @@ broker under a temporary directory), so the real catalog is never touched. Secti
 - memory: resident size of the index per 1M vectors
 - http: search-by-upload through the real server on a 10k-image catalog
 - latency: upload → searchable with one idle worker
+- decode: peak memory of one decode (decode → display copy → thumbnail → preprocessing)
+  per kind of input, decompression bombs included, and of four at once
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-SECTIONS = ("ingest", "search", "memory", "http", "latency")
+SECTIONS = ("ingest", "search", "memory", "http", "latency", "decode")
 TARGETS = {
     "ingest_ratio": ("≥", 0.85),
     "search_p50_ms_100k": ("≤", 5.0),
@@ -36,6 +38,11 @@ TARGETS = {
     "http_p99_ms": ("≤", 400.0),
     "upload_to_searchable_p50_s": ("≤", 2.0),
     "index_mb_per_1m": ("≤", 512.0),
+    "decode_peak_mb_max": ("≤", float(settings.IMAGESEARCH["DECODE_MEMORY_MB"])),
+    "decode_parallel_peak_mb": (
+        "≤",
+        float(settings.IMAGESEARCH["DECODE_MEMORY_MB"] * settings.IMAGESEARCH["DECODE_CONCURRENCY"]),
+    ),
 }
 
 
@@ -142,6 +149,15 @@ class Command(BaseCommand):
         if "upload_to_searchable_p50_s" in r:
             out(f"upload → searchable, one idle worker, {r['latency_uploads']} uploads: p50 {r['upload_to_searchable_p50_s']:.2f} s, "
                 f"max {r['upload_to_searchable_max_s']:.2f} s{target('upload_to_searchable_p50_s')}")  # fmt: skip
+        if "decode_inputs" in r:
+            out(f"decode: peak RSS growth of one upload's decode → display copy → thumbnail → preprocessing "
+                f"(budget {r['decode_budget_mb']} MB, {r['decode_slots']} decode slots per process):")  # fmt: skip
+            for row in r["decode_inputs"]:
+                out(f"  {row['kind']:<44} {row['outcome']:<33} peak {row['peak_mb']:6.0f} MB  {row['seconds']:5.2f} s")
+            out(f"  largest peak {r['decode_peak_mb_max']:.0f} MB{target('decode_peak_mb_max')}")
+            out(f"  four 7000² 16-bit PNGs at once: peak {r['decode_parallel_peak_mb']:.0f} MB with {r['decode_slots']} slots"
+                f"{target('decode_parallel_peak_mb')}, {r['decode_parallel_unbounded_mb']:.0f} MB with 4; "
+                f"still held afterwards {r['decode_parallel_kept_mb']:.0f} MB")  # fmt: skip
         out(f"total {r['total_seconds']:.0f} s")
 
     # ------------------------------------------------------------ sections
@@ -282,6 +298,55 @@ class Command(BaseCommand):
         grown = psutil.Process().memory_info().rss - before
         scale = 1_000_000 / len(x)
         return {"index_mb_per_1m": index.nbytes * scale / 2**20, "index_rss_mb_per_1m": grown * scale / 2**20}
+
+    def _bench_decode(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        """Each input decoded in a fresh fork of a warmed-up process; peak = VmHWM − VmRSS."""
+        from tests import hostile_uploads as h
+        from tests.decode_memory import measure_decode_together, measure_decodes
+
+        kinds: dict[str, Any] = {
+            "a photo of the development set": lambda: photos[0].read_bytes(),
+            "JPEG 8000×6000 (48 MP)": lambda: h.jpeg_big(8000, 6000),
+            "progressive 4:4:4 JPEG 5000²": lambda: h.jpeg_big(5000, 5000, progressive=True, subsampling=0),
+            "progressive 4:4:4 JPEG claiming 7000²": lambda: h.jpeg_progressive_claiming(7000, 7000),
+            "16-bit grey PNG 7000² (107 kB)": lambda: h.png_deep_claiming(7000, 7000),
+            "16-bit RGBA PNG 6700²": lambda: h.png_deep_claiming(6700, 6700, color_type=6),
+            "16-bit RGBA PNG 7000²": lambda: h.png_deep_claiming(7000, 7000, color_type=6),
+            "lossless WebP 3800²": lambda: h.webp_lossless_claiming(3800, 3800),
+            "lossless WebP 7000² (38 bytes)": lambda: h.webp_lossless_claiming(7000, 7000),
+            "animated WebP, 7000² canvas": lambda: h.webp_canvas_claiming(7000, 7000),
+            "GIF, 7000² canvas": lambda: h.gif_claiming(7000, 7000),
+            "RLE BMP 2800²": lambda: h.bmp_rle_claiming(2800, 2800),
+            "RLE BMP 7000² (28 kB)": lambda: h.bmp_rle_claiming(7000, 7000),
+            "float32 TIFF 5400²": lambda: h.tiff_float_claiming(5400, 5400),
+            "float32 TIFF 7000² (190 kB)": lambda: h.tiff_float_claiming(7000, 7000),
+            "int32 TIFF 7000² (190 kB)": lambda: h.tiff_int32_claiming(7000, 7000),
+            "multi-page TIFF, 7000² float pages": lambda: h.tiff_multipage_bomb(7000, 7000, pages=2),
+        }
+        rows: list[dict[str, Any]] = []
+        for kind, m in zip(kinds, measure_decodes([make() for make in kinds.values()]), strict=True):
+            (o,) = m.outcomes
+            rows.append(
+                {
+                    "kind": kind,
+                    "outcome": "decoded" if o["ok"] else f"refused: {o['code']}",
+                    "peak_mb": m.peak_mb,
+                    "seconds": m.seconds,
+                }
+            )
+        four = [h.png_deep_claiming(7000, 7000)] * 4
+        slots = settings.IMAGESEARCH["DECODE_CONCURRENCY"]
+        bounded = measure_decode_together(four, env={"IMAGESEARCH_DECODE_CONCURRENCY": str(slots)})
+        unbounded = measure_decode_together(four, env={"IMAGESEARCH_DECODE_CONCURRENCY": "4"})
+        return {
+            "decode_inputs": rows,
+            "decode_budget_mb": settings.IMAGESEARCH["DECODE_MEMORY_MB"],
+            "decode_slots": slots,
+            "decode_peak_mb_max": max(row["peak_mb"] for row in rows),
+            "decode_parallel_peak_mb": bounded.peak_mb,
+            "decode_parallel_unbounded_mb": unbounded.peak_mb,
+            "decode_parallel_kept_mb": bounded.kept_mb,
+        }
 
     def _catalog_of(self, photos: list[Path], size: int, *, real_count: int) -> list[Path]:
         """A catalog of `size` ready images: real photos embedded for real, padded with
