@@ -1256,16 +1256,16 @@ SNAPSHOT_SIDE = 160
 
 
 def _snapshot_thumbnail(f: object) -> bytes:
-    """A small JPEG of a stored picture for the audit trail ('' when it cannot be read)."""
+    """A small JPEG of a stored picture for the audit trail ('' when it cannot be read).
+    Decoded like any upload: within the per-decode memory budget."""
     try:
-        with f.open("rb") as stream, PILImage.open(stream) as picture:  # type: ignore[attr-defined]
-            picture.draft("RGB", (SNAPSHOT_SIDE, SNAPSHOT_SIDE))
-            small = picture.convert("RGB")
-            small.thumbnail((SNAPSHOT_SIDE, SNAPSHOT_SIDE))
-            out = io.BytesIO()
-            small.save(out, format="JPEG", quality=80)
-            return out.getvalue()
-    except (OSError, ValueError, AttributeError):
+        with f.open("rb") as stream:  # type: ignore[attr-defined]
+            picture = pipeline.decode(stream.read()).image.convert("RGB")
+        picture.thumbnail((SNAPSHOT_SIDE, SNAPSHOT_SIDE))
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=80)
+        return out.getvalue()
+    except (OSError, ValueError, AttributeError, ImageDecodeError):
         return b""
 
 
