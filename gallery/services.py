@@ -1046,15 +1046,23 @@ def _copy_match_exact(*, work_id: int, image_id: int, found_by: str) -> CopyMatc
     return copy_match_record(work_id=work_id, image_id=image_id, score=1.0, signals=signals, found_by=found_by)
 
 
-def _copy_match_if_likely(*, candidate: copydetect.Candidate, image_id: int, found_by: str) -> CopyMatch | None:
-    """Record the candidate as a match when its score reaches the threshold."""
+def _copy_match_if_likely(
+    *,
+    candidate: copydetect.Candidate,
+    image_id: int,
+    found_by: str,
+    works: copydetect.CopyIndex,
+    query: copydetect.QuerySignature,
+) -> CopyMatch | None:
+    """Record the candidate as a match when its score reaches the threshold, with the
+    geometry the review page draws."""
     if candidate.score < _threshold():
         return None
     return copy_match_record(
         work_id=candidate.work_id,
         image_id=image_id,
         score=candidate.score,
-        signals=_evidence_signals(candidate.evidence),
+        signals=_evidence_signals(works.with_geometry(query, candidate)),
         found_by=found_by,
     )
 
@@ -1078,7 +1086,9 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
         return matches
     query = index.works.describe(index.backbone, decoded)
     for candidate in index.works.match(query):
-        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="upload"):
+        if match := _copy_match_if_likely(
+            candidate=candidate, image_id=image.pk, found_by="upload", works=index.works, query=query
+        ):
             matches.append(match)
     return matches
 
@@ -1127,8 +1137,9 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
                     decoded = pipeline.decode(f.read()).image
             except (FileNotFoundError, ImageDecodeError):
                 continue
-            candidate = single.match(single.describe(index.backbone, decoded))[0]
-            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan"):
+            query = single.describe(index.backbone, decoded)
+            candidate = single.match(query)[0]
+            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
                 matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
     return matches

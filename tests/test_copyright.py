@@ -111,6 +111,13 @@ def test_upload_of_a_mirrored_copy_is_matched_and_an_exact_copy_by_checksum(
     assert by_image[exact.pk].score == 1.0 and by_image[exact.pk].signals["exact"] is True
     assert by_image[mirrored.pk].signals["mirrored"] is True
     assert unrelated.pk not in by_image
+    # Settled by its hash alone, the mirrored copy still carries the geometry the review
+    # page draws: the whole work, each point on the upload at the mirrored place of the work.
+    geometry = by_image[mirrored.pk].signals["geometry"]
+    assert geometry["mirrored"] is True and geometry["work_found"] > 0.8 and geometry["upload_covered"] > 0.8
+    pairs = np.array(geometry["pairs"])
+    assert len(pairs) >= 20
+    assert np.allclose(pairs[:, 0], 1 - pairs[:, 2], atol=0.02) and np.allclose(pairs[:, 1], pairs[:, 3], atol=0.02)
 
 
 def _pending_match(name: str = "suspect.jpg", seed: int = 1) -> CopyMatch:

@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import faiss
@@ -377,6 +377,20 @@ def verify_geometry(query: Keypoints, work: Keypoints) -> Geometry:
         len(good),
         len(work),
     )
+
+
+def locate(query: Keypoints, work: WorkSignature) -> tuple[Geometry, bool]:
+    """The geometry of the upload on the work or, when that does not look like a copy, on
+    its mirror image (then expressed in the work's own coordinates), and whether it was
+    mirrored. A symmetric subject matches its own mirror image in part: the raw count of
+    inliers would stop at that part."""
+    plain = verify_geometry(query, work.keypoints)
+    if plain.inliers * plain.support >= INLIERS_FIRE:
+        return plain, False
+    flipped = verify_geometry(query, work.mirrored_keypoints)
+    if flipped.inliers * flipped.support > plain.inliers * plain.support:
+        return flipped.mirrored(), True
+    return plain, False
 
 
 def verify(query: Keypoints, work: Keypoints) -> int:
@@ -805,22 +819,21 @@ class CopyIndex:
             geometry: Geometry | None = None
             # An almost identical hash needs no keypoints; a settled query needs no more.
             if verify_all or (distance[i] > 4 and not settled):
-                keypoints = query.ensure_keypoints()
-                geometry = verify_geometry(keypoints, signature.keypoints)
-                if geometry.inliers < INLIERS_FIRE:
-                    flipped = verify_geometry(keypoints, signature.mirrored_keypoints)
-                    if flipped.inliers > geometry.inliers:
-                        geometry, mirrored = flipped.mirrored(), True
-                    else:
-                        mirrored = False
-                else:
-                    mirrored = False
+                geometry, mirrored = locate(query.ensure_keypoints(), signature)
                 inliers = geometry.inliers
                 settled = inliers * geometry.support >= CONCLUSIVE_INLIERS
             view = VIEWS[how[i]] if how[i] < len(VIEWS) else "a part of the work"
             evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored, geometry)
             out.append(Candidate(self.ids[i], fuse(evidence), evidence))
         return sorted(out, key=lambda c: -c.score)
+
+    def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
+        """The candidate's evidence with the geometry a reviewer is shown, found now when an
+        almost identical hash settled it without keypoints (the score stays as it was)."""
+        if candidate.evidence.geometry is not None or candidate.work_id not in self._signatures:
+            return candidate.evidence
+        geometry, _ = locate(query.ensure_keypoints(), self._signatures[candidate.work_id])
+        return replace(candidate.evidence, geometry=geometry)
 
 
 def hash_only_scores(hashes: np.ndarray, query_image: PILImage.Image) -> np.ndarray:
