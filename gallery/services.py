@@ -1104,8 +1104,51 @@ def protected_work_describe(*, work_id: int) -> ProtectedWork | None:
     return work
 
 
-def _evidence_signals(evidence: copydetect.Evidence, *, exact: bool = False) -> dict[str, object]:
+# The match page draws at most this many keypoint correspondences.
+EVIDENCE_PAIRS = 60
+
+
+def _fractions(points: np.ndarray) -> list[list[float]]:
+    return [[round(float(x), 3), round(float(y), 3)] for x, y in np.clip(points, 0.0, 1.0)]
+
+
+def _box(points: np.ndarray) -> list[float]:
+    """[x0, y0, x1, y1] around fractional points."""
+    x0, y0 = np.clip(points.min(axis=0), 0.0, 1.0)
+    x1, y1 = np.clip(points.max(axis=0), 0.0, 1.0)
+    return [round(float(v), 3) for v in (x0, y0, x1, y1)]
+
+
+def _geometry_signals(geometry: copydetect.Geometry, *, mirrored: bool) -> dict[str, object] | None:
+    """Where the upload and the work agree, as fractions of each image's width and height,
+    so the page can draw it over any displayed size."""
+    if geometry.inliers < 3 or geometry.transform is None:
+        return None
+    upload_scale, work_scale = np.array(geometry.query_size), np.array(geometry.work_size)
+    on_work, on_upload = geometry.region_on_work() / work_scale, geometry.region_on_upload() / upload_scale
+    if len(on_work) < 3 or len(on_upload) < 3:
+        return None
+    upload_xy, work_xy = geometry.fractions()
+    pick = np.unique(np.linspace(0, geometry.inliers - 1, min(EVIDENCE_PAIRS, geometry.inliers)).round().astype(int))
     return {
+        "work_region": _fractions(on_work),
+        "upload_region": _fractions(on_upload),
+        "work_box": _box(on_work),
+        "upload_box": _box(on_upload),
+        "work_found": round(geometry.work_found, 3),
+        "upload_covered": round(geometry.upload_covered, 3),
+        "inlier_share_of_work": round(geometry.work_share, 3),
+        "agreeing_matches": round(geometry.inlier_ratio, 3),
+        "support": round(geometry.support, 3),
+        "mirrored": mirrored,
+        "pairs": [
+            [*u, *w] for u, w in zip(_fractions(upload_xy[pick]), _fractions(work_xy[pick]), strict=True)
+        ],  # [upload x, upload y, work x, work y]
+    }
+
+
+def _evidence_signals(evidence: copydetect.Evidence, *, exact: bool = False) -> dict[str, object]:
+    signals: dict[str, object] = {
         "exact": exact,
         "cnn": round(evidence.cnn, 4),
         "cnn_view": evidence.cnn_view,
@@ -1114,6 +1157,11 @@ def _evidence_signals(evidence: copydetect.Evidence, *, exact: bool = False) -> 
         "mirrored": evidence.mirrored,
         "fired": ["identical file (same checksum)"] if exact else evidence.fired(),
     }
+    if evidence.geometry is not None and not exact:
+        geometry = _geometry_signals(evidence.geometry, mirrored=evidence.mirrored)
+        if geometry is not None:
+            signals["geometry"] = geometry
+    return signals
 
 
 def copy_match_record(*, work_id: int, image_id: int, score: float, signals: dict[str, object], found_by: str) -> CopyMatch:
@@ -1138,15 +1186,23 @@ def _copy_match_exact(*, work_id: int, image_id: int, found_by: str) -> CopyMatc
     return copy_match_record(work_id=work_id, image_id=image_id, score=1.0, signals=signals, found_by=found_by)
 
 
-def _copy_match_if_likely(*, candidate: copydetect.Candidate, image_id: int, found_by: str) -> CopyMatch | None:
-    """Record the candidate as a match when its score reaches the threshold."""
+def _copy_match_if_likely(
+    *,
+    candidate: copydetect.Candidate,
+    image_id: int,
+    found_by: str,
+    works: copydetect.CopyIndex,
+    query: copydetect.QuerySignature,
+) -> CopyMatch | None:
+    """Record the candidate as a match when its score reaches the threshold, with the
+    geometry the review page draws."""
     if candidate.score < _threshold():
         return None
     return copy_match_record(
         work_id=candidate.work_id,
         image_id=image_id,
         score=candidate.score,
-        signals=_evidence_signals(candidate.evidence),
+        signals=_evidence_signals(works.with_geometry(query, candidate)),
         found_by=found_by,
     )
 
@@ -1170,7 +1226,9 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
         return matches
     query = index.works.describe(index.backbone, decoded)
     for candidate in index.works.match(query):
-        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="upload"):
+        if match := _copy_match_if_likely(
+            candidate=candidate, image_id=image.pk, found_by="upload", works=index.works, query=query
+        ):
             matches.append(match)
     return matches
 
@@ -1219,8 +1277,9 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
                     decoded = pipeline.decode(f.read()).image
             except (FileNotFoundError, ImageDecodeError):
                 continue
-            candidate = single.match(single.describe(index.backbone, decoded))[0]
-            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan"):
+            query = single.describe(index.backbone, decoded)
+            candidate = single.match(query)[0]
+            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
                 matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
     return matches

@@ -339,9 +339,9 @@ CELERY_BEAT_SCHEDULE = {
 COPYRIGHT = {
     # A match scoring at least this is queued for review. Chosen from the precision /
     # recall curve of `manage.py evaluate_copies`; the review page shows what it implies.
-    "THRESHOLD": float(env("IMAGESEARCH_COPY_THRESHOLD", "0.5")),
+    "THRESHOLD": float(env("IMAGESEARCH_COPY_THRESHOLD", "0.45")),
     # Precision and recall measured at that threshold on the attack suite (leeds-butterfly).
-    "MEASURED_PRECISION": float(env("IMAGESEARCH_COPY_MEASURED_PRECISION", "0.993")),
+    "MEASURED_PRECISION": float(env("IMAGESEARCH_COPY_MEASURED_PRECISION", "1.0")),
     "MEASURED_RECALL": float(env("IMAGESEARCH_COPY_MEASURED_RECALL", "0.993")),
     # A newly registered work is verified in full against this many catalog images,
     # the nearest by their stored embeddings.

@@ -177,3 +177,93 @@ def test_verification_counts_each_work_keypoint_once(butterflies) -> None:  # ty
     one = np.repeat(work.desc[:1], 60, axis=0)
     piled = copydetect.Keypoints(np.repeat(work.xy[:1], 60, axis=0) + np.arange(60, dtype=np.float32)[:, None] * 0.01, one)
     assert copydetect.verify(piled, work) <= 1
+
+
+def test_geometry_of_a_crop_locates_it_on_the_work_in_fractions(butterflies) -> None:  # type: ignore[no-untyped-def]
+    work = copydetect.sift_keypoints(_photo(butterflies["005"][0]))  # keypoints all over the photo
+    w, h = work.frame
+    # The upload: the left half of the work, shown twice as large.
+    left = work.xy[:, 0] < w / 2
+    crop = copydetect.Keypoints(work.xy[left] * 2, work.desc[left], (round(w), round(2 * h)))
+    geometry = copydetect.verify_geometry(crop, work)
+    assert geometry.inliers >= 0.9 * int(left.sum())
+    assert geometry.scale == pytest.approx(0.5, abs=0.01)
+    assert geometry.inlier_ratio > 0.9
+    # Half of the work is in the upload, and it fills the whole upload.
+    assert geometry.work_found == pytest.approx(0.5, abs=0.02)
+    assert geometry.upload_covered == pytest.approx(1.0, abs=0.02)
+    x0, y0 = geometry.region_on_work().min(axis=0) / np.array(work.frame)
+    x1, y1 = geometry.region_on_work().max(axis=0) / np.array(work.frame)
+    assert (x0, y0, x1, y1) == pytest.approx((0.0, 0.0, 0.5, 1.0), abs=0.02)
+    # The same point is at the same place in fractions of each image: x halves, y stays.
+    upload_xy, work_xy = geometry.fractions()
+    assert np.allclose(upload_xy[:, 0] / 2, work_xy[:, 0], atol=0.01)
+    assert np.allclose(upload_xy[:, 1], work_xy[:, 1], atol=0.01)
+    # Matched on the work's mirror image, the evidence is drawn on the work itself.
+    flipped = geometry.mirrored()
+    assert np.allclose(flipped.work_xy[:, 0], w - geometry.work_xy[:, 0])
+    assert flipped.region_on_work()[:, 0].min() / w == pytest.approx(0.5, abs=0.02)
+
+
+def _geometry(rng: np.random.Generator, inliers: int, matches: int, spread: float) -> copydetect.Geometry:
+    """Inliers on a 400×300 work, around its centre, within `spread` of its size."""
+    xy = (np.array([200.0, 150.0]) + rng.uniform(-0.5, 0.5, size=(inliers, 2)) * spread * np.array([400.0, 300.0])).astype(
+        np.float32
+    )
+    return copydetect.Geometry(xy, xy, (400, 300), (400, 300), np.array([[1.0, 0, 0], [0, 1.0, 0]]), matches, 300)
+
+
+def test_few_clustered_inliers_among_many_matches_score_below_the_threshold_and_a_copy_above() -> None:
+    rng = np.random.default_rng(0)
+    # The false positive of a walk-through: another photo of the species, 27 inliers, CNN 0.80.
+    # Without geometry (as before) it reached the threshold.
+    legacy = copydetect.Evidence(0.80, "original", 30, 27, False)
+    assert copydetect.fuse(legacy) >= THRESHOLD
+    coincidence = copydetect.Evidence(0.80, "original", 30, 27, False, _geometry(rng, 27, 60, 0.25))
+    assert coincidence.geometry is not None and coincidence.geometry.work_share < 0.1
+    assert copydetect.fuse(coincidence) < THRESHOLD
+    assert "weak" in coincidence.fired()[0]
+    # As many inliers that are nearly all the matches and spread over the work: a copy.
+    copy = copydetect.Evidence(0.80, "original", 30, 27, False, _geometry(rng, 27, 28, 0.8))
+    assert copydetect.fuse(copy) >= THRESHOLD
+    assert "of the work found" in copy.fired()[0]
+    # All agreeing but clustered counts less than spread, never nothing.
+    clustered = copydetect.Evidence(0.80, "original", 30, 27, False, _geometry(rng, 27, 28, 0.2))
+    assert 0 < copydetect.fuse(clustered) < copydetect.fuse(copy)
+
+
+def test_stored_signatures_keep_the_keypoint_image_size(butterflies) -> None:  # type: ignore[no-untyped-def]
+    photo = _photo(butterflies["004"][0])
+    keypoints = copydetect.sift_keypoints(photo)
+    assert max(keypoints.size or (0, 0)) == copydetect.SIFT_LONG_SIDE
+    empty = np.zeros((1, 8), dtype=np.float32)
+    signature = copydetect.WorkSignature(empty, empty, np.zeros(2, np.uint64), keypoints, keypoints)
+    assert copydetect.WorkSignature.from_bytes(signature.to_bytes()).keypoints.size == keypoints.size
+    # A signature stored before sizes were kept: the size is estimated from the keypoints.
+    old = copydetect.Keypoints(keypoints.xy, keypoints.desc)
+    assert old.frame == pytest.approx(keypoints.frame, rel=0.08)
+
+
+@pytest.mark.slow
+def test_another_photo_of_the_species_falls_below_the_threshold_and_a_cropped_paste_stays_above(butterflies) -> None:  # type: ignore[no-untyped-def]
+    from gallery.vision.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    work, other = _photo(butterflies["007"][11]), _photo(butterflies["007"][14])  # two photos of one species
+    index = copydetect.CopyIndex()
+    index.add(1, copydetect.describe_work(backbone, work))
+    stranger = index.match(copydetect.describe_query(backbone, other), verify_all=True)[0]
+    # Its keypoints agree on one geometry as a weak copy's would, but few matches do and
+    # they cover little: counted by inliers alone it would be queued.
+    assert stranger.evidence.inliers >= 25
+    e = stranger.evidence
+    assert copydetect.fuse(copydetect.Evidence(e.cnn, e.cnn_view, e.hash_distance, e.inliers, False)) >= THRESHOLD
+    assert stranger.score < THRESHOLD
+    # The work cropped and pasted into another photo: found, and where.
+    rng = np.random.default_rng(7)
+    edited = attacks.paste_into(attacks.crop(work, rng), _photo(butterflies["008"][0]), rng)
+    copy = index.match(copydetect.describe_query(backbone, edited))[0]
+    assert copy.score >= THRESHOLD
+    assert copy.evidence.geometry is not None
+    assert 0.3 < copy.evidence.geometry.work_found < 0.7  # half the work was kept
+    assert 0.1 < copy.evidence.geometry.upload_covered < 0.6  # pasted into part of the upload

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
@@ -111,6 +112,13 @@ def test_upload_of_a_mirrored_copy_is_matched_and_an_exact_copy_by_checksum(
     assert by_image[exact.pk].score == 1.0 and by_image[exact.pk].signals["exact"] is True
     assert by_image[mirrored.pk].signals["mirrored"] is True
     assert unrelated.pk not in by_image
+    # Settled by its hash alone, the mirrored copy still carries the geometry the review
+    # page draws: the whole work, each point on the upload at the mirrored place of the work.
+    geometry = by_image[mirrored.pk].signals["geometry"]
+    assert geometry["mirrored"] is True and geometry["work_found"] > 0.8 and geometry["upload_covered"] > 0.8
+    pairs = np.array(geometry["pairs"])
+    assert len(pairs) >= 20
+    assert np.allclose(pairs[:, 0], 1 - pairs[:, 2], atol=0.02) and np.allclose(pairs[:, 1], pairs[:, 3], atol=0.02)
 
 
 def _pending_match(name: str = "suspect.jpg", seed: int = 1) -> CopyMatch:
@@ -336,3 +344,44 @@ def test_a_bulk_import_is_checked_against_protected_works(tmp_path, butterflies,
     call_command("import_images", str(folder), "--no-progress")
     matched = {m.image.original_name for m in CopyMatch.objects.filter(work=work)}
     assert matched == {"flipped.jpg"}
+
+
+def _half_of_the_work_in_the_upload() -> services.copydetect.Evidence:
+    """Evidence of an upload showing the left half of a 400×300 work at twice the size."""
+    rng = np.random.default_rng(0)
+    corners = np.array([[2, 2], [198, 2], [198, 298], [2, 298]], dtype=np.float32)
+    work_xy = np.concatenate([corners, rng.uniform([0, 0], [200, 300], size=(96, 2)).astype(np.float32)])
+    geometry = services.copydetect.Geometry(
+        work_xy * 2, work_xy, (400, 600), (400, 300), np.array([[0.5, 0, 0], [0, 0.5, 0]]), 104, 300
+    )
+    return services.copydetect.Evidence(0.7, "a part of the work", 30, 100, False, geometry)
+
+
+def test_the_match_page_outlines_the_matched_region_and_says_how_much_was_found(client) -> None:  # type: ignore[no-untyped-def]
+    reviewer = User.objects.create_superuser("reviewer", password="pw-review-1")
+    client.force_login(reviewer)
+    match = _pending_match()
+    signals = services._evidence_signals(_half_of_the_work_in_the_upload())
+    geometry = signals["geometry"]
+    assert isinstance(geometry, dict)
+    assert geometry["work_box"] == pytest.approx([0, 0, 0.5, 1], abs=0.01)
+    assert geometry["upload_box"] == pytest.approx([0, 0, 1, 1], abs=0.01)
+    assert len(geometry["pairs"]) == services.EVIDENCE_PAIRS
+    assert all(v == round(v, 3) and 0 <= v <= 1 for pair in geometry["pairs"] for v in pair)
+    CopyMatch.objects.filter(pk=match.pk).update(signals=signals)
+
+    page = client.get(reverse("gallery:copyright_match", args=[match.pk])).content.decode()
+    outlines = re.findall(r'<polygon class="evidence-region" points="([^"]+)"', page)
+    assert len(outlines) == 2  # on the work and on the upload
+    work_outline = np.array([[float(v) for v in p.split(",")] for p in outlines[0].split()])
+    assert work_outline.max(axis=0) == pytest.approx([0.5, 1.0], abs=0.01)  # the left half of the work
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
+    assert "The protected work was found in the upload, covering 100 % of it; 50 % of the work appears there." in text
+    assert "Show keypoint correspondences" in page and "gallery/evidence.js" in page
+    assert page.count("<img ") == 2  # each picture once
+
+    # A match recorded before the evidence had geometry: the pictures, no outline, no button.
+    old = _pending_match("old.jpg", seed=2)
+    page = client.get(reverse("gallery:copyright_match", args=[old.pk])).content.decode()
+    assert "evidence-region" not in page and "Show keypoint correspondences" not in page
+    assert page.count("<img ") == 2 and "perceptual hash" in page

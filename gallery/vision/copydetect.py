@@ -27,7 +27,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import faiss
@@ -55,6 +55,15 @@ QUERY_SIFT_LONG_SIDE = 400
 QUERY_SIFT_FEATURES = 400
 RATIO_TEST = 0.8
 RANSAC_PIXELS = 3.0
+# Geometry in the score (see Geometry.support): the share of ratio-test matches that are
+# inliers counts from RATIO_NONE and in full from RATIO_FULL; the share of the work or the
+# upload the inliers span counts in full from COVER_FULL and never below COVER_FLOOR.
+RATIO_NONE = 0.5
+RATIO_FULL = 0.85
+COVER_FULL = 0.2
+COVER_FLOOR = 0.5
+# The matched region reaches this share of the image beyond the outermost inliers.
+REGION_MARGIN = 0.04
 # Candidates besides the keypoint votes: the nearest works by CNN descriptor and by hash.
 CANDIDATES = 1
 # This many consistent keypoints settle it: later candidates need no verifying.
@@ -133,10 +142,25 @@ class Keypoints:
 
     xy: np.ndarray
     desc: np.ndarray
+    # (width, height) of the image the keypoints were found in; None for signatures
+    # stored before it was kept (then estimated from where the keypoints lie).
+    size: tuple[int, int] | None = None
     _root: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
+
+    @property
+    def frame(self) -> tuple[float, float]:
+        """(width, height) of the keypoints' image: the recorded size, else the keypoints'
+        extent with the long side at SIFT_LONG_SIDE (how works are described)."""
+        if self.size is not None:
+            return float(self.size[0]), float(self.size[1])
+        if len(self) == 0:
+            return float(SIFT_LONG_SIDE), float(SIFT_LONG_SIDE)
+        extent = np.maximum(self.xy.max(axis=0), 1.0)
+        scale = SIFT_LONG_SIDE / float(extent.max())
+        return float(extent[0] * scale), float(extent[1] * scale)
 
     @property
     def root(self) -> np.ndarray:
@@ -156,22 +180,173 @@ def sift_keypoints(image: PILImage.Image, *, long_side: int = SIFT_LONG_SIDE, fe
     if features not in detectors:
         detectors[features] = cv2.SIFT_create(nfeatures=features)  # type: ignore[attr-defined]
     gray = np.asarray(fit_long_side(image, long_side).convert("L"), dtype=np.uint8)
+    size = (int(gray.shape[1]), int(gray.shape[0]))
     points, desc = detectors[features].detectAndCompute(gray, None)
     if desc is None or not points:
-        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+        return Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8), size)
     xy = np.array([p.pt for p in points], dtype=np.float32)
-    return Keypoints(xy, np.clip(desc, 0, 255).astype(np.uint8))
+    return Keypoints(xy, np.clip(desc, 0, 255).astype(np.uint8), size)
 
 
-def verify(query: Keypoints, work: Keypoints) -> int:
-    """Number of keypoint matches consistent with one similarity transform (RANSAC).
+@dataclass(frozen=True)
+class Geometry:
+    """Where an upload and a work agree: the keypoint correspondences consistent with one
+    similarity transform, in the pixels of each side's keypoint image."""
+
+    query_xy: np.ndarray  # (n, 2) inliers on the upload
+    work_xy: np.ndarray  # (n, 2) the same inliers on the work
+    query_size: tuple[float, float]  # (width, height) of the upload's keypoint image
+    work_size: tuple[float, float]
+    transform: np.ndarray | None  # 2×3, upload pixels → work pixels
+    matches: int  # one-to-one matches passing the ratio test, before RANSAC
+    work_keypoints: int  # all keypoints of the work
+
+    @property
+    def inliers(self) -> int:
+        return int(self.query_xy.shape[0])
+
+    @property
+    def work_share(self) -> float:
+        """Share of the work's area inside the convex hull of its inliers."""
+        return _hull_share(self.work_xy, self.work_size)
+
+    @property
+    def query_share(self) -> float:
+        """Share of the upload's area inside the convex hull of its inliers."""
+        return _hull_share(self.query_xy, self.query_size)
+
+    @property
+    def inlier_ratio(self) -> float:
+        """Inliers among the ratio-test matches: near 1 for a copy, low when a few
+        coincidental matches happen to agree."""
+        return self.inliers / self.matches if self.matches else 0.0
+
+    @property
+    def spread(self) -> float:
+        """How spread the inliers are on the work: their RMS distance from their centre
+        as a share of the work's half diagonal (0: one point; ~0.58 for uniform cover)."""
+        if self.inliers < 2:
+            return 0.0
+        centred = self.work_xy - self.work_xy.mean(axis=0)
+        half_diagonal = 0.5 * float(np.hypot(*self.work_size))
+        return float(np.sqrt((centred**2).sum(axis=1).mean()) / half_diagonal)
+
+    @property
+    def scale(self) -> float:
+        """How much larger the work shows than the upload (the transform's scale)."""
+        if self.transform is None:
+            return 1.0
+        return float(np.hypot(self.transform[0, 0], self.transform[1, 0]))
+
+    @property
+    def support(self) -> float:
+        """How much the inliers look like a copy rather than a coincidence, in [0, 1]:
+        nearly all ratio-test matches agree (copies 0.83–1.0 on the attack suite; another
+        photo of the same species 0.62 at its 90th percentile) and they cover a fair share
+        of the work or of the upload (copies: crops 0.16 and up of the work, pastes of the
+        work; the same species 0.09 at its 90th percentile)."""
+        agree = float(np.clip((self.inlier_ratio - RATIO_NONE) / (RATIO_FULL - RATIO_NONE), 0.0, 1.0))
+        cover = float(np.clip(max(self.work_share, self.query_share) / COVER_FULL, COVER_FLOOR, 1.0))
+        return agree * cover
+
+    def region_on_work(self) -> np.ndarray:
+        """(k, 2) the polygon of the work that the upload shows: the upload's frame mapped
+        onto the work, within the work and around its inliers (an upload may show a crop
+        of the work inside another photo: its frame alone would claim too much)."""
+        if self.transform is None or self.inliers < 3:
+            return np.zeros((0, 2), dtype=np.float32)
+        mapped = _frame(self.query_size) @ self.transform[:, :2].T + self.transform[:, 2]
+        return _clipped(_clipped(mapped, self.work_size), self.work_size, around=self.work_xy)
+
+    def region_on_upload(self) -> np.ndarray:
+        """(k, 2) the polygon of the upload where the work appears: the work's frame mapped
+        onto the upload, within the upload and around its inliers."""
+        if self.transform is None or self.inliers < 3:
+            return np.zeros((0, 2), dtype=np.float32)
+        inverse = cv2.invertAffineTransform(self.transform.astype(np.float64))
+        mapped = _frame(self.work_size) @ inverse[:, :2].T + inverse[:, 2]
+        return _clipped(_clipped(mapped, self.query_size), self.query_size, around=self.query_xy)
+
+    @property
+    def work_found(self) -> float:
+        """Share of the work's area that appears in the upload."""
+        return _polygon_share(self.region_on_work(), self.work_size)
+
+    @property
+    def upload_covered(self) -> float:
+        """Share of the upload's area that the work covers."""
+        return _polygon_share(self.region_on_upload(), self.query_size)
+
+    def fractions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inliers as fractions of each image's width and height (upload, work)."""
+        return self.query_xy / np.array(self.query_size), self.work_xy / np.array(self.work_size)
+
+    def mirrored(self) -> Geometry:
+        """The same geometry for keypoints found on the work's mirror image, expressed in
+        the work's own coordinates."""
+        w = self.work_size[0]
+        transform = None
+        if self.transform is not None:  # x → w − x after the transform
+            transform = self.transform.copy()
+            transform[0] = -transform[0]
+            transform[0, 2] += w
+        work_xy = self.work_xy.copy()
+        work_xy[:, 0] = w - work_xy[:, 0]
+        return Geometry(self.query_xy, work_xy, self.query_size, self.work_size, transform, self.matches, self.work_keypoints)
+
+
+def _frame(size: tuple[float, float]) -> np.ndarray:
+    w, h = size
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+
+
+def _clipped(polygon: np.ndarray, size: tuple[float, float], *, around: np.ndarray | None = None) -> np.ndarray:
+    """A convex polygon clipped to the frame (0, 0)–size or, given points, to their
+    bounding box widened by REGION_MARGIN of the frame (keypoints stay off the edges)."""
+    if len(polygon) < 3 or not np.all(np.isfinite(polygon)):
+        return np.zeros((0, 2), dtype=np.float32)
+    if cv2.contourArea(polygon.astype(np.float32), oriented=True) < 0:
+        polygon = polygon[::-1]
+    window = _frame(size)
+    if around is not None:
+        margin = REGION_MARGIN * np.array(size)
+        (x0, y0), (x1, y1) = around.min(axis=0) - margin, around.max(axis=0) + margin
+        window = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+    area, inside = cv2.intersectConvexConvex(
+        np.ascontiguousarray(polygon, dtype=np.float32), np.ascontiguousarray(window, dtype=np.float32)
+    )
+    if inside is None or area <= 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    return inside.reshape(-1, 2).astype(np.float32)
+
+
+def _polygon_share(polygon: np.ndarray, size: tuple[float, float]) -> float:
+    if len(polygon) < 3:
+        return 0.0
+    return float(min(1.0, abs(cv2.contourArea(polygon.astype(np.float32))) / max(size[0] * size[1], 1.0)))
+
+
+def _hull_share(xy: np.ndarray, size: tuple[float, float]) -> float:
+    if len(xy) < 3:
+        return 0.0
+    hull = cv2.convexHull(np.ascontiguousarray(xy, dtype=np.float32))
+    return float(min(1.0, cv2.contourArea(hull) / max(size[0] * size[1], 1.0)))
+
+
+def _no_geometry(query: Keypoints, work: Keypoints, matches: int = 0) -> Geometry:
+    empty = np.zeros((0, 2), dtype=np.float32)
+    return Geometry(empty, empty, query.frame, work.frame, None, matches, len(work))
+
+
+def verify_geometry(query: Keypoints, work: Keypoints) -> Geometry:
+    """The keypoint matches consistent with one similarity transform (RANSAC).
 
     A query keypoint matches its nearest work keypoint when that is clearly nearer than
     the second nearest (the ratio test); each work keypoint keeps only its best match, so
     a repeated texture cannot pile many query keypoints onto one work keypoint.
     """
     if len(query) < 3 or len(work) < 3:
-        return 0
+        return _no_geometry(query, work)
     # RootSIFT descriptors have unit length: squared distance = 2 - 2 * dot product.
     squared = np.maximum(2.0 - 2.0 * (query.root @ work.root.T), 0.0)
     nearest = np.argpartition(squared, 1, axis=1)[:, :2]
@@ -181,16 +356,46 @@ def verify(query: Keypoints, work: Keypoints) -> int:
     best, d1, d2 = nearest[rows, first], d[rows, first], d[rows, 1 - first]
     good = np.nonzero(d1 < RATIO_TEST**2 * d2)[0]
     if len(good) < 3:
-        return 0
+        return _no_geometry(query, work, len(good))
     # One match per work keypoint: the nearest.
     order = good[np.lexsort((d1[good], best[good]))]
     good = order[np.r_[True, best[order][1:] != best[order][:-1]]]
     if len(good) < 3:
-        return 0
-    _, mask = cv2.estimateAffinePartial2D(
+        return _no_geometry(query, work, len(good))
+    transform, mask = cv2.estimateAffinePartial2D(
         query.xy[good], work.xy[best[good]], method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS, maxIters=500, confidence=0.99
     )
-    return int(mask.sum()) if mask is not None else 0
+    if mask is None or transform is None:
+        return _no_geometry(query, work, len(good))
+    kept = good[mask.ravel().astype(bool)]
+    return Geometry(
+        query.xy[kept].astype(np.float32),
+        work.xy[best[kept]].astype(np.float32),
+        query.frame,
+        work.frame,
+        transform,
+        len(good),
+        len(work),
+    )
+
+
+def locate(query: Keypoints, work: WorkSignature) -> tuple[Geometry, bool]:
+    """The geometry of the upload on the work or, when that does not look like a copy, on
+    its mirror image (then expressed in the work's own coordinates), and whether it was
+    mirrored. A symmetric subject matches its own mirror image in part: the raw count of
+    inliers would stop at that part."""
+    plain = verify_geometry(query, work.keypoints)
+    if plain.inliers * plain.support >= INLIERS_FIRE:
+        return plain, False
+    flipped = verify_geometry(query, work.mirrored_keypoints)
+    if flipped.inliers * flipped.support > plain.inliers * plain.support:
+        return flipped.mirrored(), True
+    return plain, False
+
+
+def verify(query: Keypoints, work: Keypoints) -> int:
+    """Number of keypoint matches consistent with one similarity transform (RANSAC)."""
+    return verify_geometry(query, work).inliers
 
 
 @dataclass
@@ -225,18 +430,21 @@ class WorkSignature:
             mkp_desc=self.mirrored_keypoints.desc,
             version=np.array([self.version]),
             **({} if self.small is None else {"small": self.small.astype(np.float16)}),
+            **({} if self.keypoints.size is None else {"kp_size": np.array(self.keypoints.size, dtype=np.int32)}),
         )
         return out.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WorkSignature:
         with np.load(io.BytesIO(data)) as z:
+            # The keypoints' image size, kept since it was added (older ones are estimated).
+            size = (int(z["kp_size"][0]), int(z["kp_size"][1])) if "kp_size" in z.files else None
             return cls(
                 globals=l2_normalise(z["globals"].astype(np.float32)),
                 regions=l2_normalise(z["regions"].astype(np.float32)),
                 hashes=z["hashes"].astype(np.uint64),
-                keypoints=Keypoints(z["kp_xy"], z["kp_desc"]),
-                mirrored_keypoints=Keypoints(z["mkp_xy"], z["mkp_desc"]),
+                keypoints=Keypoints(z["kp_xy"], z["kp_desc"], size),
+                mirrored_keypoints=Keypoints(z["mkp_xy"], z["mkp_desc"], size),
                 version=int(z["version"][0]),
                 small=l2_normalise(z["small"].astype(np.float32)[None])[0] if "small" in z.files else None,
             )
@@ -326,13 +534,35 @@ class Evidence:
     hash_distance: int  # bits between pHashes (0–64), best of work and mirror
     inliers: int  # geometrically consistent keypoint matches (-1: not verified)
     mirrored: bool  # the keypoints matched the mirror image of the work
+    # Where they agree, in the work's own coordinates (None: not verified, or evidence
+    # recorded before geometry was kept: then every inlier counts in full).
+    geometry: Geometry | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def support(self) -> float:
+        return 1.0 if self.geometry is None else self.geometry.support
+
+    @property
+    def effective_inliers(self) -> float:
+        """Inliers weighted by how much their geometry looks like a copy."""
+        return max(self.inliers, 0) * self.support
 
     def fired(self) -> list[str]:
         out = []
         if self.hash_distance <= HASH_FIRES:
             out.append(f"perceptual hash ({self.hash_distance} of 64 bits differ)")
         if self.inliers >= INLIERS_FIRE:
-            out.append(f"{self.inliers} keypoints agree on one geometry" + (" (mirrored)" if self.mirrored else ""))
+            agree = f"{self.inliers} keypoints agree on one geometry" + (" (mirrored)" if self.mirrored else "")
+            if self.geometry is None:
+                out.append(agree)
+            elif self.effective_inliers >= INLIERS_FIRE:
+                out.append(f"{agree}, {self.geometry.work_found:.0%} of the work found in the upload")
+            else:
+                out.append(
+                    f"{agree}, but only {self.geometry.inlier_ratio:.0%} of the keypoint matches do and they span "
+                    f"{max(self.geometry.work_share, self.geometry.query_share):.0%} of the image (weak: "
+                    "another photo of the same subject looks like this)"
+                )
         if self.cnn >= CNN_FIRES:
             out.append(f"CNN similarity {self.cnn:.2f} ({self.cnn_view})")
         return out
@@ -350,12 +580,15 @@ HASH_COUNTS_BELOW = 14
 def fuse(evidence: Evidence) -> float:
     """One score in [0, 1] from independent signals (a noisy-OR of calibrated parts).
 
-    Keypoints: 25 consistent one-to-one matches give 0.5, 75 give 0.75 (another photo
-    of the same species reaches at most ~30 on the attack suite; most copies 50 and
-    more). Hash: only distances well under the ~32 bits of unrelated photos count. CNN:
-    only very high similarity counts, because two photos of the same subject are close too.
+    Keypoints: 25 consistent one-to-one matches give 0.5, 75 give 0.75, each weighted by
+    its geometry's support (another photo of the same species reaches ~30 inliers, but
+    few of its matches agree and they are clustered; copies 50 and more, nearly all
+    agreeing and spread over the work). Hash: only distances well under the ~32 bits of
+    unrelated photos count. CNN: only very high similarity counts, because two photos of
+    the same subject are close too.
     """
-    geo = max(evidence.inliers, 0) / (max(evidence.inliers, 0) + INLIERS_HALF)
+    inliers = evidence.effective_inliers
+    geo = inliers / (inliers + INLIERS_HALF)
     hsh = float(np.clip((HASH_COUNTS_BELOW - evidence.hash_distance) / HASH_COUNTS_BELOW, 0, 1)) ** 0.5
     cnn = float(np.clip((evidence.cnn - 0.8) / 0.2, 0, 1)) ** 2
     miss = (1 - geo) * (1 - hsh) * (1 - 0.8 * cnn)
@@ -583,17 +816,24 @@ class CopyIndex:
         for i in chosen:
             signature = self._signatures[self.ids[i]]
             inliers, mirrored = -1, bool(flipped_hash[i] < as_is[i])
+            geometry: Geometry | None = None
             # An almost identical hash needs no keypoints; a settled query needs no more.
             if verify_all or (distance[i] > 4 and not settled):
-                keypoints = query.ensure_keypoints()
-                plain = verify(keypoints, signature.keypoints)
-                flipped = verify(keypoints, signature.mirrored_keypoints) if plain < INLIERS_FIRE else 0
-                inliers, mirrored = max(plain, flipped), flipped > plain
-                settled = inliers >= CONCLUSIVE_INLIERS
+                geometry, mirrored = locate(query.ensure_keypoints(), signature)
+                inliers = geometry.inliers
+                settled = inliers * geometry.support >= CONCLUSIVE_INLIERS
             view = VIEWS[how[i]] if how[i] < len(VIEWS) else "a part of the work"
-            evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored)
+            evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored, geometry)
             out.append(Candidate(self.ids[i], fuse(evidence), evidence))
         return sorted(out, key=lambda c: -c.score)
+
+    def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
+        """The candidate's evidence with the geometry a reviewer is shown, found now when an
+        almost identical hash settled it without keypoints (the score stays as it was)."""
+        if candidate.evidence.geometry is not None or candidate.work_id not in self._signatures:
+            return candidate.evidence
+        geometry, _ = locate(query.ensure_keypoints(), self._signatures[candidate.work_id])
+        return replace(candidate.evidence, geometry=geometry)
 
 
 def hash_only_scores(hashes: np.ndarray, query_image: PILImage.Image) -> np.ndarray:
