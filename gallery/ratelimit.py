@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
@@ -35,6 +35,24 @@ log = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 _PERIODS = {"s": 1, "m": 60, "h": 3600}
+
+
+class _LimitsOffEnv(TypedDict):
+    IMAGESEARCH_RATE_SEARCH: str
+    IMAGESEARCH_RATE_UPLOAD: str
+    IMAGESEARCH_RATE_LOGIN: str
+    IMAGESEARCH_IN_FLIGHT_SEARCH: str
+    IMAGESEARCH_IN_FLIGHT_UPLOAD: str
+
+
+# The environment that turns every per-client limit off, for capacity runs (load test, benchmarks).
+LIMITS_OFF_ENV: _LimitsOffEnv = {
+    "IMAGESEARCH_RATE_SEARCH": "0",
+    "IMAGESEARCH_RATE_UPLOAD": "0",
+    "IMAGESEARCH_RATE_LOGIN": "0",
+    "IMAGESEARCH_IN_FLIGHT_SEARCH": "0",
+    "IMAGESEARCH_IN_FLIGHT_UPLOAD": "0",
+}
 
 # Stable refusal codes (the API's error code; the 429 page words each one).
 RATE_LIMITED = "rate_limited"
