@@ -5,6 +5,7 @@ Every failure answers `{"error": {"code": ..., "message": ...}}`; the codes are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import (
     converters,  # noqa: F401 - registers <id:…>
+    ratelimit,
     selectors,
     services,
 )
@@ -49,6 +51,46 @@ class ApiError(exceptions.APIException):
         super().__init__(detail=message, code=code)
         self.status_code = status_code
         self.extra = extra
+
+
+class TooManyRequests(ApiError):
+    """429 with Retry-After (DRF's handler sets it from `wait`) and the limiter's stable code."""
+
+    MESSAGES = {
+        ratelimit.RATE_LIMITED: "Too many requests; try again in {wait} s.",
+        ratelimit.TOO_MANY_IN_FLIGHT: "Too many requests of this client are still running; try again when one is done.",
+        ratelimit.SIGN_IN_LOCKED: "Too many failed sign-ins; try again in {wait} s.",
+    }
+
+    def __init__(self, refusal: ratelimit.Limited):
+        message = self.MESSAGES[refusal.code].format(wait=refusal.wait)
+        super().__init__(status_code=429, code=refusal.code, message=message, retry_after=refusal.wait)
+        self.wait = refusal.wait
+
+
+class LimitedView(APIView):
+    """An endpoint under the same limits as its page: `limits` maps a method to its scope
+    (window and in-flight cap per client, counted after authentication so a token's user
+    and the same user's browser share one budget)."""
+
+    limits: dict[str, str] = {}
+    _release: Callable[[], None]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        scope = self.limits.get(request.method or "")
+        if scope:
+            try:
+                self._release = ratelimit.admit(request, scope=scope)  # type: ignore[arg-type]
+            except ratelimit.Limited as refusal:
+                raise TooManyRequests(refusal) from None
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        self._release = lambda: None
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            self._release()
 
 
 def rejection_code(exc: services.ImageRejected) -> str:
@@ -156,6 +198,11 @@ ERRORS = {
     409: OpenApiResponse(ErrorSerializer, description="duplicate photo, or image not analysed yet"),
     413: OpenApiResponse(ErrorSerializer, description="file too large"),
     415: OpenApiResponse(ErrorSerializer, description="unsupported media type"),
+    429: OpenApiResponse(
+        ErrorSerializer,
+        description="too many requests (`rate_limited`), too many still running (`too_many_in_flight`) or "
+        "too many failed sign-ins (`sign_in_locked`): retry after the Retry-After header's seconds",
+    ),
 }
 
 
@@ -182,9 +229,10 @@ class ImagePagination(PageNumberPagination):
         return super().get_page_size(request) or self.page_size
 
 
-class ImageListView(generics.ListAPIView):
+class ImageListView(LimitedView, generics.ListAPIView):
     """Published catalog images, newest first; `tag` filters. POST uploads a photo."""
 
+    limits = {"POST": "upload"}
     serializer_class = ImageSerializer
     pagination_class = ImagePagination
 
@@ -209,7 +257,7 @@ class ImageListView(generics.ListAPIView):
         description="Adds one photo to the catalog. It is analysed in the background: follow `status_url` "
         "until the status is ready (searchable) or failed. Needs a token (`Authorization: Token ...`) or a session.",
         request={"multipart/form-data": ImageUploadSerializer},
-        responses={202: ImageSerializer, **_errors(400, 401, 403, 409, 413, 415)},
+        responses={202: ImageSerializer, **_errors(400, 401, 403, 409, 413, 415, 429)},
     )
     def post(self, request: Request) -> Response:
         form = ImageUploadSerializer(data=request.data)
@@ -306,8 +354,9 @@ def _results(
     )
 
 
-class SearchView(APIView):
+class SearchView(LimitedView):
     serializer_class = SearchResultSerializer
+    limits = {"POST": "search"}
 
     @extend_schema(
         summary="Search by photo or by catalog image",
@@ -315,7 +364,7 @@ class SearchView(APIView):
         'or `image_url` (a catalog image: "more like this"). Cosine and inner product rank by similarity (higher is '
         "closer), euclidean by distance (lower is closer).",
         request={"multipart/form-data": SearchRequestSerializer, "application/json": SearchRequestSerializer},
-        responses={200: SearchResultSerializer, **_errors(400, 404, 409, 413, 415)},
+        responses={200: SearchResultSerializer, **_errors(400, 404, 409, 413, 415, 429)},
     )
     def post(self, request: Request) -> Response:
         form = SearchRequestSerializer(data=request.data)
@@ -354,10 +403,20 @@ class SimilarView(APIView):
 @extend_schema(
     summary="Get an API token",
     description="Exchange a username and password for the token that uploads send as `Authorization: Token ...`.",
-    responses={200: inline_serializer("Token", {"token": serializers.CharField()}), **_errors(400, 415)},
+    responses={200: inline_serializer("Token", {"token": serializers.CharField()}), **_errors(400, 415, 429)},
 )
 class TokenView(ObtainAuthToken):
-    pass
+    """Under the same per-account and per-address sign-in back-off as the sign-in pages."""
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        username = str(request.data.get("username", "")) if isinstance(request.data, dict) else ""
+        try:
+            ratelimit.sign_in_check(request, username=username)  # type: ignore[arg-type]
+        except ratelimit.Limited as refusal:
+            raise TooManyRequests(refusal) from None
+        response = super().post(request, *args, **kwargs)
+        ratelimit.sign_in_succeeded(username=username)
+        return response
 
 
 class OfflineRedocView(SpectacularRedocView):

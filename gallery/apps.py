@@ -25,3 +25,6 @@ class GalleryConfig(AppConfig):
     def ready(self) -> None:
         connection_created.connect(_on_connection, dispatch_uid="gallery.register_pgvector")
         post_migrate.connect(_ensure_groups, sender=self, dispatch_uid="gallery.ensure_groups")
+        from .ratelimit import register_signal_handlers
+
+        register_signal_handlers()  # every failed sign-in counts towards the back-off

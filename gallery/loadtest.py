@@ -13,6 +13,7 @@ import numpy as np
 import requests
 
 from .livestack import Browser, live_stack
+from .ratelimit import LIMITS_OFF_ENV
 
 
 @dataclass
@@ -71,9 +72,7 @@ def run_load(
     query_bytes = [(p.name, p.read_bytes()) for p in queries]
     report = LoadReport(search_clients, upload_clients, duration)
     lock = threading.Lock()
-    with live_stack(
-        var / "stack", IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0", IMAGESEARCH_WEB_THREADS="8"
-    ) as stack:
+    with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8") as stack:
         admin = stack.browser("seeder")
         seeded: list[int] = []
         for start in range(0, len(seed), 20):

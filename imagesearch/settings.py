@@ -161,11 +161,35 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
-# The rate limiter's counters; a shared cache (Redis) in production so every web
-# process counts together, an in-process one by default.
+
+def cache_location(*, cache_url: str, broker_url: str, embedded_socket: Path) -> str:
+    """The rate limiter's counter store, shared by every web process: DJANGO_CACHE_URL, else
+    the broker's Redis (the embedded one that `manage.py serve` starts included), else ""."""
+    if cache_url:
+        return cache_url
+    broker_url = broker_url or f"redis+socket://{embedded_socket}"
+    if broker_url.startswith(("redis://", "rediss://")):
+        return broker_url
+    if broker_url.startswith("redis+socket://"):
+        return "unix://" + broker_url.removeprefix("redis+socket://")
+    return ""
+
+
+_CACHE_LOCATION = cache_location(
+    cache_url=env("DJANGO_CACHE_URL"),
+    broker_url=env("CELERY_BROKER_URL"),
+    embedded_socket=VAR_DIR / "redis" / "redis.sock",  # EMBEDDED_REDIS_SOCKET, defined with Celery below
+)
+# Without Redis (a broker in memory) the counters are per process: fine for one process only.
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("DJANGO_CACHE_URL")}
-    if env("DJANGO_CACHE_URL")
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": _CACHE_LOCATION,
+        "KEY_PREFIX": "imagesearch",
+        # An unreachable store fails fast; the limiter then lets requests through.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 2},
+    }
+    if _CACHE_LOCATION
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }
 
@@ -253,11 +277,30 @@ IMAGESEARCH = {
     "ALLOW_ANONYMOUS_UPLOADS": env_bool("IMAGESEARCH_ALLOW_ANONYMOUS_UPLOADS", False),
     # Members of this group (and superusers) review copyright matches.
     "COPYRIGHT_GROUP": env("IMAGESEARCH_COPYRIGHT_GROUP", "Copyright staff"),
-    # Requests per client (signed-in user, else address) and period; "0" turns one off.
+    # One policy for pages and API (gallery/ratelimit.py). Requests per client (signed-in
+    # user, else address) and period; "0" turns one off. `login` counts sign-in attempts per
+    # address and per account tried.
     "RATE_LIMITS": {
         "search": env("IMAGESEARCH_RATE_SEARCH", "60/m"),
         "upload": env("IMAGESEARCH_RATE_UPLOAD", "30/m"),
         "login": env("IMAGESEARCH_RATE_LOGIN", "10/m"),
+    },
+    # Expensive requests running at once per client (search by photo, upload); 0 = no cap.
+    # A slot a crashed request never gave back frees itself after the TTL (gunicorn's timeout).
+    "IN_FLIGHT": {
+        "search": env_int("IMAGESEARCH_IN_FLIGHT_SEARCH", 2),
+        "upload": env_int("IMAGESEARCH_IN_FLIGHT_UPLOAD", 2),
+    },
+    "IN_FLIGHT_TTL_SECONDS": env_int("IMAGESEARCH_IN_FLIGHT_TTL_SECONDS", 120),
+    # Sign-in back-off: after the free failures (per account tried / per address) each
+    # further failure doubles the wait from BACKOFF_SECONDS up to the cap; 0 turns it off.
+    # Failures are forgotten FAILURE_MEMORY_SECONDS after the last; a success clears the account's.
+    "SIGN_IN": {
+        "FREE_FAILURES_PER_ACCOUNT": env_int("IMAGESEARCH_SIGN_IN_FREE_FAILURES", 5),
+        "FREE_FAILURES_PER_ADDRESS": env_int("IMAGESEARCH_SIGN_IN_FREE_FAILURES_PER_ADDRESS", 20),
+        "BACKOFF_SECONDS": env_int("IMAGESEARCH_SIGN_IN_BACKOFF_SECONDS", 2),
+        "BACKOFF_MAX_SECONDS": env_int("IMAGESEARCH_SIGN_IN_BACKOFF_MAX_SECONDS", 900),
+        "FAILURE_MEMORY_SECONDS": env_int("IMAGESEARCH_SIGN_IN_FAILURE_MEMORY_SECONDS", 3600),
     },
     "RATE_LIMIT_CACHE": "default",
     # Behind a reverse proxy that sets X-Forwarded-For, count by its first address.

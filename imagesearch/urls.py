@@ -6,14 +6,17 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from gallery import api
-from gallery.ratelimit import rate_limited
+from gallery.ratelimit import sign_in_limited
 
 handler400 = "gallery.views.bad_request"
 
 urlpatterns = [
+    # Sign-in doors share one per-account and per-address back-off (gallery/ratelimit.py);
+    # the API's token endpoint applies it too.
+    path("admin/login/", sign_in_limited(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/v1/", include((api.urlpatterns, "api"))),
-    path("accounts/login/", rate_limited("login")(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/login/", sign_in_limited(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("gallery.urls")),
 ]

@@ -30,6 +30,14 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
     catalog_index.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> None:
+    """The limiter's counters (the cache) start empty in every test."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def media_files(settings) -> Callable[[], list[Path]]:  # type: ignore[no-untyped-def]
     """Every stored file: public display copies and thumbnails, private originals."""

@@ -13,7 +13,17 @@ IMAGESEARCH = {
     **IMAGESEARCH,
     "PCA_MIN_IMAGES": 12,
     "PCA_DIMS": 8,
-    # Tests of the limiter set their own rates.
+    # Tests of the limiter turn on what they test.
     "RATE_LIMITS": {"search": "0", "upload": "0", "login": "0"},
+    "IN_FLIGHT": {"search": 0, "upload": 0},
+    "SIGN_IN": {
+        "FREE_FAILURES_PER_ACCOUNT": 5,
+        "FREE_FAILURES_PER_ADDRESS": 20,
+        "BACKOFF_SECONDS": 0,
+        "BACKOFF_MAX_SECONDS": 900,
+        "FAILURE_MEMORY_SECONDS": 3600,
+    },
 }
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# The limiter's counters in this process (the product's default is the broker's Redis).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

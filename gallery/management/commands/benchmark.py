@@ -389,6 +389,7 @@ class Command(BaseCommand):
 
     def _bench_http(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
         from gallery.livestack import live_stack
+        from gallery.ratelimit import LIMITS_OFF_ENV
 
         size = 10_000
         self._catalog_of(photos, size, real_count=200 if quick else 600)
@@ -397,7 +398,7 @@ class Command(BaseCommand):
         # The benchmark measures the product's speed, not the per-client rate limiter.
         with live_stack(var / "http-stack", DATABASE_URL=f"sqlite:///{var / 'db.sqlite3'}",
                         DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT), IMAGESEARCH_WEB_THREADS="4",
-                        IMAGESEARCH_PRIVATE_MEDIA_ROOT=str(settings.PRIVATE_MEDIA_ROOT), IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0") as stack:  # fmt: skip
+                        IMAGESEARCH_PRIVATE_MEDIA_ROOT=str(settings.PRIVATE_MEDIA_ROOT), **LIMITS_OFF_ENV) as stack:  # fmt: skip
             browser = stack.browser()
             for q in queries[:3]:  # warm: backbone, index build, DBA
                 browser.search(q, limit=20)
@@ -421,11 +422,12 @@ class Command(BaseCommand):
         import re
 
         from gallery.livestack import live_stack
+        from gallery.ratelimit import LIMITS_OFF_ENV
 
         var = Path(settings.VAR_DIR)
         uploads = photos[::-1][200 : 200 + (6 if quick else 20)]
         with live_stack(var / "latency-stack", DATABASE_URL=f"sqlite:///{var / 'latency.sqlite3'}",
-                        DJANGO_MEDIA_ROOT=str(var / "latency-media"), IMAGESEARCH_RATE_SEARCH="0", IMAGESEARCH_RATE_UPLOAD="0") as stack:  # fmt: skip
+                        DJANGO_MEDIA_ROOT=str(var / "latency-media"), **LIMITS_OFF_ENV) as stack:  # fmt: skip
             browser = stack.browser()
             warm = browser.upload([photos[0]])  # the worker builds its network on start; wait for it
             first = int(re.search(r"ids=(\d+)", warm.url).group(1))  # type: ignore[union-attr]
