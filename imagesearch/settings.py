@@ -215,6 +215,8 @@ REQUEST_BODY_FILES = {
 WEB_SERVER = {
     "THREADS": env_int("IMAGESEARCH_WEB_THREADS", 8),
     "CLIENT_TIMEOUT": env_int("IMAGESEARCH_CLIENT_TIMEOUT", 30),
+    # Bytes a second a request must average once it has taken longer than the timeout.
+    "CLIENT_MIN_RATE": env_int("IMAGESEARCH_CLIENT_MIN_RATE", 500),
     "CONNECTION_LIMIT": env_int("IMAGESEARCH_CONNECTION_LIMIT", 1000),
     # The address of the reverse proxy whose X-Forwarded-For/-Proto are believed; from
     # any other peer those headers are removed before Django sees them.

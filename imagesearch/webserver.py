@@ -7,7 +7,9 @@ is refused before one byte of the body is read, a chunked body as soon as it pas
 limit. The refused request still reaches Django, with no body, so the answer is the
 product's own 413 (the API's JSON error, the error page); the rest of the body is
 discarded unread and the connection closed. A connection that sends nothing for
-CLIENT_TIMEOUT seconds (half a request, a stalled body, an idle keep-alive) is closed.
+CLIENT_TIMEOUT seconds (half a request, a stalled body, an idle keep-alive) is closed, and
+so is one whose request, after CLIENT_TIMEOUT seconds, has arrived at under CLIENT_MIN_RATE
+bytes a second (a body trickled just fast enough never to fall silent).
 
 Run it with `python -m imagesearch.webserver --host 0.0.0.0 --port 8000`.
 """
@@ -95,6 +97,9 @@ class BodyLimitedChannel(HTTPChannel):  # type: ignore[misc]
 
     refusing = False
     linger_until: float | None = None
+    # When the request now arriving began, and how many of its bytes have come.
+    request_began: float | None = None
+    request_bytes = 0
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -123,11 +128,36 @@ class BodyLimitedChannel(HTTPChannel):  # type: ignore[misc]
             if time.monotonic() > self.linger_until:
                 self.will_close = True
             return True
-        return bool(super().received(data))
+        if self.request is None and data:
+            self.request_began, self.request_bytes = time.time(), 0
+        self.request_bytes += len(data)
+        result = bool(super().received(data))
+        if self.request is None:  # every request in the data arrived whole
+            self.request_began = None
+        return result
+
+    def too_slow(self, now: float, *, grace: float, min_rate: float) -> bool:
+        """A request still arriving after `grace` seconds at under `min_rate` bytes a
+        second on average: a trickle that never falls silent long enough to time out."""
+        if self.request_began is None or self.requests or min_rate <= 0:
+            return False
+        elapsed = now - self.request_began
+        return elapsed > grace and self.request_bytes < min_rate * elapsed
 
 
 class WebServer(TcpWSGIServer):  # type: ignore[misc]
     channel_class = BodyLimitedChannel
+    # A request must arrive at this many bytes a second on average once it has taken
+    # longer than the client timeout (like Apache's mod_reqtimeout MinRate).
+    min_rate = 500.0
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # type: ignore[arg-type]
+        grace = float(self.adj.channel_timeout)
+        channels = cast(dict[int, Any], self.active_channels)
+        for channel in list(channels.values()):
+            if isinstance(channel, BodyLimitedChannel) and channel.too_slow(now, grace=grace, min_rate=self.min_rate):
+                channel.will_close = True
 
 
 def adjustments(*, host: str, port: int) -> Adjustments:
@@ -177,7 +207,11 @@ def create(*, host: str, port: int) -> WebServer:
     adj = adjustments(host=host, port=port)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
-    return WebServer(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])  # type: ignore[arg-type]
+    server = WebServer(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])  # type: ignore[arg-type]
+    from django.conf import settings
+
+    server.min_rate = float(settings.WEB_SERVER["CLIENT_MIN_RATE"])
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:

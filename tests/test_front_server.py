@@ -266,6 +266,44 @@ def test_slow_clients_neither_delay_pages_nor_stay_connected(stack: Stack) -> No
 
 
 @pytest.mark.slow
+def test_a_body_trickled_just_fast_enough_never_to_fall_silent_is_cut_off(stack: Stack) -> None:
+    port = _port(stack.url)
+    tricklers = []
+    for _ in range(20):
+        s = _connect(port)
+        s.sendall(
+            b"POST /api/v1/search/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+        )
+        tricklers.append(s)
+    opened = time.monotonic()
+    closed: set[int] = set()
+    # One byte every half second: never silent for the timeout, far under the minimum rate.
+    while len(closed) < len(tricklers) and time.monotonic() - opened < CLIENT_TIMEOUT * 2 + 20:
+        for i, s in enumerate(tricklers):
+            if i in closed:
+                continue
+            try:
+                s.send(b"x")
+            except OSError:
+                closed.add(i)
+                continue
+            readable, _, _ = select.select([s], [], [], 0)
+            if readable:
+                try:
+                    if s.recv(65536) == b"":
+                        closed.add(i)
+                except OSError:
+                    closed.add(i)
+        time.sleep(0.5)
+    took = time.monotonic() - opened
+    print(f"{len(closed)} of {len(tricklers)} trickling sockets cut off after {took:.1f} s")
+    assert len(closed) == len(tricklers)
+    assert took > CLIENT_TIMEOUT  # not before the grace the timeout gives
+    for s in tricklers:
+        s.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/api/v1/search/", "/upload/"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length-1GiB", "chunked-endless"])
 def test_oversized_bodies_are_refused_after_reading_at_most_the_limit(stack: Stack, path: str, chunked: bool) -> None:

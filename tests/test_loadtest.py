@@ -17,3 +17,23 @@ def test_concurrent_searches_and_uploads_without_errors(tmp_path, butterflies) -
     assert report.requests("search") > 0 and report.uploaded_ids
     assert report.errors == []
     assert report.ready == len(report.uploaded_ids)
+
+
+def test_attackers_are_refused_while_normal_users_keep_working(tmp_path, butterflies) -> None:  # type: ignore[no-untyped-def]
+    """A short hostile-traffic run (`manage.py loadtest --hostile` reports the figures)."""
+    from gallery.hostile import run_hostile
+
+    from . import hostile_uploads as h
+
+    photos = [p for group in butterflies.values() for p in group[:7]]
+    bombs = [("webp-7000.webp", h.webp_lossless_claiming(7000, 7000)), ("float-7000.tif", h.tiff_float_claiming(7000, 7000))]
+    report = run_hostile(
+        photos=photos, bombs=bombs, normal_clients=2, duration=8, slow_sockets=40, flood_clients=3, client_timeout=3, var=tmp_path
+    )
+    print(report.summary())
+    assert report.calm.latencies and report.hostile.latencies
+    assert report.calm.errors == [] and report.hostile.errors == []  # normal users never refused
+    assert report.attacks["anonymous API search flood"]["429"] > 0
+    assert set(report.attacks["decompression bombs"]) <= {"400", "429"}  # refused, never stored or a 500
+    assert report.attacks["token guesses"]["429"] > report.attacks["token guesses"]["400"]
+    assert report.slow_sockets_closed == report.slow_sockets == 40
