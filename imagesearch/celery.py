@@ -8,4 +8,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imagesearch.settings")
 
 app = Celery("imagesearch")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+# Each domain keeps its tasks beside its services.
+app.autodiscover_tasks(["gallery.catalog", "gallery.search", "gallery.curation", "gallery.copyright"])

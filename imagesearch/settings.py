@@ -7,6 +7,7 @@ IMAGESEARCH_ENV=production, which requires DJANGO_SECRET_KEY and turns DEBUG off
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -56,6 +57,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "gallery",
 ]
+# Dev/test tooling (evaluation, benchmarks, the live test stack, load tests): outside
+# production, wherever the checkout has it; the container image leaves it out.
+if not PRODUCTION and importlib.util.find_spec("benchmarks") is not None:
+    INSTALLED_APPS += ["benchmarks"]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -408,10 +413,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
-        "gallery.api_parsers.BoundedJSONParser",
+        "gallery.api.parsers.BoundedJSONParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "gallery.api.exception_handler",
+    "EXCEPTION_HANDLER": "gallery.api.views.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {

@@ -5,17 +5,17 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path, re_path
 from django.views.static import serve
 
-from gallery import api
+from gallery.api import urls as api_urls
 from gallery.ratelimit import sign_in_limited
 
-handler400 = "gallery.views.bad_request"
+handler400 = "gallery.web.views.bad_request"
 
 urlpatterns = [
     # Sign-in doors share one per-account and per-address back-off (gallery/ratelimit.py);
     # the API's token endpoint applies it too.
     path("admin/login/", sign_in_limited(admin.site.login)),
     path("admin/", admin.site.urls),
-    path("api/v1/", include((api.urlpatterns, "api"))),
+    path("api/v1/", include((api_urls.urlpatterns, "api"))),
     path("accounts/login/", sign_in_limited(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("gallery.urls")),

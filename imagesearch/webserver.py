@@ -192,7 +192,7 @@ def adjustments(*, host: str, port: int) -> Adjustments:
 def _warm_backbone() -> None:
     """Build the backbone in the background so the first search does not pay for it."""
     try:
-        from gallery.pipeline import current_backbone
+        from gallery.catalog.pipeline import current_backbone
 
         current_backbone()
     except Exception as exc:  # the first search will report it

@@ -25,7 +25,7 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
         **settings.STORAGES,
         "private": {**settings.STORAGES["private"], "OPTIONS": {"location": str(tmp_path / "private")}},
     }
-    from gallery.selectors import catalog_index
+    from gallery.search.index import catalog_index
 
     catalog_index.clear()
 

@@ -24,9 +24,10 @@ _CHILD = r"""
 import gc, io, json, os, re, sys, threading, time
 import django
 django.setup()
-from gallery import pipeline, services
+from gallery.catalog import pipeline
 from gallery.vision.preprocess import ImageDecodeError, display_copy_bytes, prepare
 from PIL import Image as PILImage
+from gallery.catalog import services as catalog_services
 
 def status():
     text = open("/proc/self/status").read()
@@ -39,14 +40,14 @@ for fmt in ("PNG", "WEBP", "GIF", "BMP", "TIFF"):
     PILImage.new("RGB", (8, 8)).save(io.BytesIO(), fmt)
 small = pipeline.decode(warm.getvalue()).image
 display_copy_bytes(small)
-services._thumbnail_bytes(small)
+catalog_services._thumbnail_bytes(small)
 prepare(small, size=224, resize_short=256)
 
 def run(i, outcomes):
     try:
         decoded = pipeline.decode(datas[i])
         display_copy_bytes(decoded.image)
-        services._thumbnail_bytes(decoded.image)
+        catalog_services._thumbnail_bytes(decoded.image)
         prepare(decoded.image, size=224, resize_short=256)
         outcomes[i] = {"ok": True, "size": [decoded.width, decoded.height], "format": decoded.format}
     except ImageDecodeError as exc:

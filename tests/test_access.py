@@ -17,8 +17,8 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from gallery import services
-from gallery.models import Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
 
 from .conftest import ROOT, photo_bytes
 
@@ -84,7 +84,7 @@ def _to_login(response) -> bool:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def image() -> Image:
     f = io.BytesIO(photo_bytes())
-    return services.image_create(file=f, original_name="p.jpg", queue=False)
+    return catalog_services.image_create(file=f, original_name="p.jpg", queue=False)
 
 
 @pytest.fixture

@@ -10,8 +10,13 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from gallery import services
-from gallery.models import CatalogJob, Embedding, Image, ReducedVector
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Embedding, Image
+from gallery.curation import services as curation_services
+from gallery.curation.models import CatalogJob
+from gallery.search import selectors as search_selectors
+from gallery.search import services as search_services
+from gallery.search.models import ReducedVector
 
 pytestmark = pytest.mark.django_db
 
@@ -34,8 +39,8 @@ def catalog(butterflies) -> list[Image]:  # type: ignore[no-untyped-def]
     images = []
     for p in paths:
         with open(p, "rb") as f:
-            images.append(services.image_create(file=f, original_name=p.name, queue=False))
-    services.images_embed_batch(image_id=images[0].pk)
+            images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    catalog_services.images_embed_batch(image_id=images[0].pk)
     return [Image.objects.get(pk=im.pk) for im in images]
 
 
@@ -71,7 +76,7 @@ def test_non_staff_are_refused_everywhere(client: Client, catalog: list[Image]) 
 
 
 def test_list_shows_thumbnails_status_reasons_and_filters(editor: Client, catalog: list[Image]) -> None:
-    services.image_fail(image=catalog[0], reason="The file is damaged or truncated.")
+    catalog_services.image_fail(image=catalog[0], reason="The file is damaged or truncated.")
     page = editor.get(reverse(CHANGELIST)).content.decode()
     assert page.count("/media/thumbnails/") == len(catalog)
     assert "The file is damaged or truncated." in page
@@ -150,7 +155,7 @@ def test_delete_action_removes_files_vectors_and_gallery_entries(
 def test_retry_failed_and_reembed_actions_queue_work_that_completes(
     editor: Client, catalog: list[Image], django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]
-    services.image_fail(image=catalog[0], reason="The database was locked.")
+    catalog_services.image_fail(image=catalog[0], reason="The database was locked.")
     assert catalog[0].pk not in {h.image.pk for h in services_similar(catalog[1])}
     with django_capture_on_commit_callbacks(execute=True):
         response = _act(editor, "retry_failed", catalog[:3])  # only one of them failed
@@ -166,9 +171,7 @@ def test_retry_failed_and_reembed_actions_queue_work_that_completes(
 
 
 def services_similar(image: Image):  # type: ignore[no-untyped-def]
-    from gallery import selectors
-
-    return selectors.similar_to_image(image=image, limit=20)
+    return search_selectors.similar_to_image(image=image, limit=20)
 
 
 def test_catalog_page_starts_a_refit_and_shows_its_progress(
@@ -204,7 +207,7 @@ def test_delete_confirmation_cancel_and_refusals_delete_nothing(
 
 
 def test_bulk_tags_are_added_and_removed_through_a_form_with_counts(editor: Client, catalog: list[Image]) -> None:
-    services.image_set_tags(image=catalog[0], names=["poster"])
+    curation_services.image_set_tags(image=catalog[0], names=["poster"])
     form = _act(editor, "add_tags", catalog[:3]).content.decode()
     assert "Add tags to 3 images" in form and all(im.thumbnail.url in form for im in catalog[:3])
     assert not Image.objects.filter(tags__name="monarch").exists()  # nothing changes before the form is sent
@@ -247,7 +250,7 @@ def test_refit_is_refused_below_the_minimum_and_never_fits_fewer_dimensions(
     # More dimensions than the catalog can give are refused as well (6 images span 5).
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 2, "PCA_DIMS": 8}
     assert "at least 9 ready images; it has 6" in editor.get(reverse("admin:gallery_image_catalog")).content.decode()
-    assert services.reduction_fit(backbone="efficientnet_lite0") is None
+    assert search_services.reduction_fit(backbone="efficientnet_lite0") is None
     assert not Reduction.objects.exists()
 
 
@@ -270,7 +273,7 @@ def test_catalog_page_offers_only_backbones_that_load_here(editor: Client, catal
     message = refused.content.decode().split("esnet50 cannot be used on this machine", 1)[1].split("</li>", 1)[0]
     assert "its weights could not be loaded" in message and "Traceback" not in message and "h5py" not in message
     assert not CatalogJob.objects.exists()
-    from gallery import pipeline
+    from gallery.catalog import pipeline
 
     assert pipeline.catalog_state().target_backbone == ""
 
@@ -286,6 +289,6 @@ def test_scores_are_shown_with_three_decimals(editor: Client, catalog: list[Imag
     for html in (listing, detail):
         assert "0.877" in html and "0.8765432" not in html
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "PCA_MIN_IMAGES": 6}
-    assert services.reduction_fit(backbone="efficientnet_lite0", dims=4) is not None
+    assert search_services.reduction_fit(backbone="efficientnet_lite0", dims=4) is not None
     reductions = editor.get(reverse("admin:gallery_reduction_changelist")).content.decode()
     assert re.search(r">\d{1,3}\.\d%<", reductions)

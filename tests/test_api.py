@@ -11,8 +11,8 @@ from django.contrib.auth.models import Permission, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from gallery import services
-from gallery.models import Image, Tag
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image, Tag
 
 from .conftest import photo_bytes
 
@@ -29,8 +29,8 @@ def _catalog(paths: list[Path], **tags: list[str]) -> list[Image]:
     images = []
     for p in paths:
         with open(p, "rb") as f:
-            images.append(services.image_create(file=f, original_name=p.name, queue=False))
-    services.images_embed_batch(image_id=images[0].pk)
+            images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    catalog_services.images_embed_batch(image_id=images[0].pk)
     for name, members in tags.items():
         tag = Tag.objects.create(name=name)
         tag.images.set([im for im in images if im.original_name[:3] in members])
@@ -164,12 +164,12 @@ def test_search_parameters_are_checked(api: APIClient, data: dict[str, Any], cod
 
 def test_search_by_unknown_hidden_or_waiting_image(api: APIClient, catalog: list[Image]) -> None:
     assert _error(api.post("/api/v1/search/", {"image_id": 999999}, format="json"))["code"] == "not_found"
-    services.images_set_visibility(image_ids=[catalog[0].pk], visibility="hidden")
+    catalog_services.images_set_visibility(image_ids=[catalog[0].pk], visibility="hidden")
     response = api.get(f"/api/v1/images/{catalog[0].pk}/similar/")
     assert response.status_code == 404 and _error(response)["code"] == "not_found"
     elsewhere = api.post("/api/v1/search/", {"image_url": "https://example.com/cat.jpg"}, format="json")
     assert elsewhere.status_code == 400 and _error(elsewhere)["code"] == "unknown_image_url"
-    waiting = services.image_create(file=_file(photo_bytes(seed=5), "new.jpg"), queue=False)
+    waiting = catalog_services.image_create(file=_file(photo_bytes(seed=5), "new.jpg"), queue=False)
     response = api.get(f"/api/v1/images/{waiting.pk}/similar/")
     assert response.status_code == 409 and _error(response)["code"] == "image_not_ready"
 
@@ -247,7 +247,7 @@ def test_token_endpoint(api: APIClient, user: User) -> None:
 
 
 def test_list_is_paginated_published_only_and_filters_by_tag(api: APIClient, catalog: list[Image]) -> None:
-    services.images_set_visibility(image_ids=[catalog[0].pk], visibility="hidden")
+    catalog_services.images_set_visibility(image_ids=[catalog[0].pk], visibility="hidden")
     page = api.get("/api/v1/images/", {"page_size": 5}).json()
     assert page["count"] == len(catalog) - 1 and len(page["results"]) == 5 and page["previous"] is None
     seen = [r["id"] for r in page["results"]]
@@ -267,7 +267,7 @@ def test_detail_hides_unpublished_images_from_the_public(api: APIClient, catalog
     body = api.get(f"/api/v1/images/{image.pk}/").json()
     assert body["id"] == image.pk and body["page_url"] == f"http://testserver/images/{image.pk}/"
     assert api.get(body["file_url"]).status_code == 200
-    services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
+    catalog_services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
     for path in (f"/api/v1/images/{image.pk}/", f"/api/v1/images/{image.pk}/status/"):
         response = api.get(path)
         assert response.status_code == 404 and _error(response)["code"] == "not_found"
@@ -320,8 +320,10 @@ def test_docs_page_uses_local_assets(client) -> None:  # type: ignore[no-untyped
 
 
 def test_untitled_uploads_carry_the_same_title_as_their_page(api: APIClient, client) -> None:  # type: ignore[no-untyped-def]
-    untitled = services.image_create(file=_file(photo_bytes(seed=21), "meadow.jpg"), original_name="meadow.jpg", queue=False)
-    titled = services.image_create(
+    untitled = catalog_services.image_create(
+        file=_file(photo_bytes(seed=21), "meadow.jpg"), original_name="meadow.jpg", queue=False
+    )
+    titled = catalog_services.image_create(
         file=_file(photo_bytes(seed=22), "x.jpg"), original_name="x.jpg", title="Blue morning", queue=False
     )
     rows = {r["id"]: r for r in api.get("/api/v1/images/").json()["results"]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gallery.livestack import ROOT, live_stack
+from benchmarks.livestack import ROOT, live_stack
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, expect
 
-from gallery.livestack import Stack
+from benchmarks.livestack import Stack
 from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, drop, offsite_requests, sign_in
 
 pytestmark = pytest.mark.slow

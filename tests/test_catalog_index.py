@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallery import services
-from gallery.catalog_index import CatalogIndex
-from gallery.models import CatalogState, Embedding, Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog import tasks as catalog_tasks
+from gallery.catalog.models import Embedding, Image
+from gallery.search.index import CatalogIndex
+from gallery.search.models import CatalogState
 
 pytestmark = pytest.mark.django_db
 
@@ -46,15 +48,15 @@ def test_a_change_in_one_process_reaches_the_other_on_its_next_query(catalog, se
     assert first[0] == images[3].pk and _top(web2, x[3]) == first
     assert web1.get(backbone="efficientnet_lite0", reduction=None).approximate == (threshold == 150)  # type: ignore[union-attr]
 
-    services.images_set_visibility(image_ids=[images[3].pk], visibility="hidden")
-    services.images_delete(image_ids=[first[1]])
+    catalog_services.images_set_visibility(image_ids=[images[3].pk], visibility="hidden")
+    catalog_services.images_delete(image_ids=[first[1]])
     for web in (web1, web2):
         assert not {images[3].pk, first[1]} & set(_top(web, x[3], k=20))
 
     newcomer = _ready_image(999, x[3] * 1.01)  # a new upload, embedded by a worker
     assert _top(web1, x[3])[0] == newcomer.pk and _top(web2, x[3])[0] == newcomer.pk
 
-    services.images_set_visibility(image_ids=[images[3].pk], visibility="published")
+    catalog_services.images_set_visibility(image_ids=[images[3].pk], visibility="published")
     assert images[3].pk in _top(web2, x[3], k=2)
 
     Image.objects.filter(pk=newcomer.pk).update(status=Image.Status.PENDING)  # re-embedding: not searchable meanwhile
@@ -66,7 +68,6 @@ def test_pruning_deletes_old_entries_and_an_index_behind_the_pruned_ones_reloads
 
     from django.utils import timezone
 
-    from gallery import tasks
     from gallery.models import CatalogChange
 
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "ANN_THRESHOLD": 10_000, "CHANGE_LOG_RETENTION_SECONDS": 3600}
@@ -74,16 +75,16 @@ def test_pruning_deletes_old_entries_and_an_index_behind_the_pruned_ones_reloads
     idle, busy = CatalogIndex(), CatalogIndex()
     assert _top(idle, x[3])[0] == images[3].pk and _top(busy, x[3])[0] == images[3].pk
 
-    services.images_set_visibility(image_ids=[images[3].pk], visibility="hidden")
+    catalog_services.images_set_visibility(image_ids=[images[3].pk], visibility="hidden")
     assert images[3].pk not in _top(busy, x[3], k=20)  # this process has read the change; `idle` has not
     newcomer = _ready_image(999, x[3] * 1.01)
     old = timezone.now() - timedelta(hours=2)
     CatalogChange.objects.update(at=old)  # every entry so far is older than the retention
     recent = CatalogChange.objects.create(image_id=images[5].pk)  # and one is not
-    assert tasks.prune_catalog_changes.delay().get() >= 2
+    assert catalog_tasks.prune_catalog_changes.delay().get() >= 2
     left = list(CatalogChange.objects.order_by("pk").values_list("pk", "pruned_through"))
     assert left[0] == (recent.pk, None) and len(left) == 2 and left[1][1] == recent.pk - 1
-    assert tasks.prune_catalog_changes.delay().get() == 0  # nothing old is left
+    assert catalog_tasks.prune_catalog_changes.delay().get() == 0  # nothing old is left
 
     # The idle process never read the pruned entries: it reloads instead of missing them.
     for web in (idle, busy):
@@ -98,7 +99,7 @@ def test_hiding_or_deleting_an_image_reaches_the_change_log_after_every_migratio
 
     images, _ = catalog
     before = CatalogChange.objects.count()
-    services.images_set_visibility(image_ids=[images[0].pk], visibility="hidden")
+    catalog_services.images_set_visibility(image_ids=[images[0].pk], visibility="hidden")
     Image.objects.filter(pk=images[1].pk).delete()
     changed = set(CatalogChange.objects.order_by("id")[before:].values_list("image_id", flat=True))
     assert {images[0].pk, images[1].pk} <= changed

@@ -9,8 +9,9 @@ import subprocess
 import pytest
 from django.core.management import call_command
 
-from gallery.models import Embedding, Image, Reduction
-from gallery.vision import attacks
+from benchmarks import attacks
+from gallery.catalog.models import Embedding, Image
+from gallery.search.models import Reduction
 
 from .conftest import DATASET, ROOT, photo_bytes
 

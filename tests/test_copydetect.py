@@ -8,7 +8,8 @@ from django.conf import settings
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from gallery.vision import attacks, copydetect, copyeval
+from benchmarks import attacks, copyeval
+from gallery.vision import copydetect
 from gallery.vision.phash import hamming, phash, phash_variants
 
 # The operating threshold, chosen from the curve of `manage.py evaluate_copies`.

@@ -18,9 +18,12 @@ from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from gallery import selectors, services
-from gallery.livestack import live_stack
-from gallery.models import CopyMatch, Image, MatchDecision, ProtectedWork
+from benchmarks.livestack import live_stack
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.copyright import selectors as copyright_selectors
+from gallery.copyright import services as copyright_services
+from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork
 
 from .conftest import photo_bytes
 
@@ -40,13 +43,13 @@ def _file(data: bytes, name: str = "photo.jpg") -> io.BytesIO:
 
 
 def _upload(data: bytes, name: str) -> Image:
-    image = services.image_create(file=_file(data, name), original_name=name)
+    image = catalog_services.image_create(file=_file(data, name), original_name=name)
     return Image.objects.get(pk=image.pk)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_index():  # type: ignore[no-untyped-def]
-    selectors.copy_index.clear()
+    copyright_selectors.copy_index.clear()
 
 
 @pytest.fixture
@@ -102,7 +105,9 @@ def test_upload_of_a_mirrored_copy_is_matched_and_an_exact_copy_by_checksum(
 ) -> None:  # type: ignore[no-untyped-def]
     work_path = butterflies["004"][0]
     with django_capture_on_commit_callbacks(execute=True):
-        work = services.protected_work_register(file=_file(work_path.read_bytes()), title="Swallowtail", rights_holder="B")
+        work = copyright_services.protected_work_register(
+            file=_file(work_path.read_bytes()), title="Swallowtail", rights_holder="B"
+        )
     with django_capture_on_commit_callbacks(execute=True):
         mirrored = _upload(_jpeg(ImageOps.mirror(PILImage.open(work_path))), "mirrored.jpg")
         exact = _upload(work_path.read_bytes(), "same-file.jpg")
@@ -160,7 +165,7 @@ def test_staff_confirm_and_hide_then_dismiss_through_the_pages(staff_client, sta
     assert other.status == CopyMatch.Status.DISMISSED
     assert Image.objects.get(pk=other.image_id).visibility == Image.Visibility.PUBLISHED
     # A dismissed pair is not raised again by a later check.
-    services.copy_match_record(work_id=other.work_id, image_id=other.image_id, score=0.99, signals={}, found_by="scan")
+    copyright_services.copy_match_record(work_id=other.work_id, image_id=other.image_id, score=0.99, signals={}, found_by="scan")
     other.refresh_from_db()
     assert other.status == CopyMatch.Status.DISMISSED and other.score == 0.91
 
@@ -307,7 +312,7 @@ def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_pat
 
         register = (
             f"from gallery import services; import io; f = io.BytesIO(open({str(work_path)!r}, 'rb').read()); f.name = 'w.jpg'; "
-            "services.protected_work_register(file=f, title='Admiral', rights_holder='Lepido Press')"
+            "copyright_services.protected_work_register(file=f, title='Admiral', rights_holder='Lepido Press')"
         )
         root = Path(__file__).resolve().parent.parent
         subprocess.run([sys.executable, "manage.py", "shell", "-c", register], cwd=root, env=stack.env, check=True)
@@ -336,7 +341,9 @@ def test_a_bulk_import_is_checked_against_protected_works(tmp_path, butterflies,
 
     work_path = butterflies["006"][0]
     with django_capture_on_commit_callbacks(execute=True):
-        work = services.protected_work_register(file=_file(work_path.read_bytes()), title="Mourning cloak", rights_holder="C")
+        work = copyright_services.protected_work_register(
+            file=_file(work_path.read_bytes()), title="Mourning cloak", rights_holder="C"
+        )
     folder = tmp_path / "incoming"
     folder.mkdir()
     (folder / "flipped.jpg").write_bytes(_jpeg(ImageOps.mirror(PILImage.open(work_path))))
@@ -346,27 +353,27 @@ def test_a_bulk_import_is_checked_against_protected_works(tmp_path, butterflies,
     assert matched == {"flipped.jpg"}
 
 
-def _half_of_the_work_in_the_upload() -> services.copydetect.Evidence:
+def _half_of_the_work_in_the_upload() -> copyright_services.copydetect.Evidence:
     """Evidence of an upload showing the left half of a 400×300 work at twice the size."""
     rng = np.random.default_rng(0)
     corners = np.array([[2, 2], [198, 2], [198, 298], [2, 298]], dtype=np.float32)
     work_xy = np.concatenate([corners, rng.uniform([0, 0], [200, 300], size=(96, 2)).astype(np.float32)])
-    geometry = services.copydetect.Geometry(
+    geometry = copyright_services.copydetect.Geometry(
         work_xy * 2, work_xy, (400, 600), (400, 300), np.array([[0.5, 0, 0], [0, 0.5, 0]]), 104, 300
     )
-    return services.copydetect.Evidence(0.7, "a part of the work", 30, 100, False, geometry)
+    return copyright_services.copydetect.Evidence(0.7, "a part of the work", 30, 100, False, geometry)
 
 
 def test_the_match_page_outlines_the_matched_region_and_says_how_much_was_found(client) -> None:  # type: ignore[no-untyped-def]
     reviewer = User.objects.create_superuser("reviewer", password="pw-review-1")
     client.force_login(reviewer)
     match = _pending_match()
-    signals = services._evidence_signals(_half_of_the_work_in_the_upload())
+    signals = copyright_services._evidence_signals(_half_of_the_work_in_the_upload())
     geometry = signals["geometry"]
     assert isinstance(geometry, dict)
     assert geometry["work_box"] == pytest.approx([0, 0, 0.5, 1], abs=0.01)
     assert geometry["upload_box"] == pytest.approx([0, 0, 1, 1], abs=0.01)
-    assert len(geometry["pairs"]) == services.EVIDENCE_PAIRS
+    assert len(geometry["pairs"]) == copyright_services.EVIDENCE_PAIRS
     assert all(v == round(v, 3) and 0 <= v <= 1 for pair in geometry["pairs"] for v in pair)
     CopyMatch.objects.filter(pk=match.pk).update(signals=signals)
 

@@ -11,8 +11,10 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from gallery import services
-from gallery.models import CopyMatch, Image, MatchDecision, ProtectedWork
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.copyright import services as copyright_services
+from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork
 
 from .conftest import photo_bytes
 
@@ -26,14 +28,14 @@ def _file(data: bytes, name: str = "photo.jpg") -> io.BytesIO:
 
 
 def _work(seed: int, *, title: str = "Harbour", holder: str = "Sea Pictures") -> ProtectedWork:
-    return services.protected_work_register(
+    return copyright_services.protected_work_register(
         file=_file(photo_bytes(seed=100 + seed, color=(30, 90, 160))), title=title, rights_holder=holder, queue=False
     )
 
 
 def _match(seed: int, *, work: ProtectedWork | None = None, score: float = 0.9) -> CopyMatch:
     work = work or _work(seed)
-    image = services.image_create(
+    image = catalog_services.image_create(
         file=_file(photo_bytes(seed=seed), f"upload-{seed}.jpg"), original_name=f"upload-{seed}.jpg", queue=False
     )
     return CopyMatch.objects.create(work=work, image=image, score=score, signals={}, found_by="upload")
@@ -71,7 +73,9 @@ def test_the_match_page_offers_real_buttons_for_each_decision(rc) -> None:  # ty
 def test_a_decision_taken_meanwhile_is_not_overwritten(rc, reviewer) -> None:  # type: ignore[no-untyped-def]
     match = _match(1)
     # Two reviewers opened the page while it was pending; the first confirms and hides.
-    services.match_decide(match_id=match.pk, action="confirm", decided_by=reviewer, seen_status="pending", hide_upload=True)
+    copyright_services.match_decide(
+        match_id=match.pk, action="confirm", decided_by=reviewer, seen_status="pending", hide_upload=True
+    )
     response = _decide(rc, match, action="dismiss", seen_status="pending", note="looks fine")
     assert response.status_code == 409
     assert "changed while you were looking" in response.content.decode() and "confirmed by reviewer" in response.content.decode()
@@ -126,7 +130,7 @@ def test_next_and_previous_pending_keep_the_queue_filters(rc, reviewer) -> None:
 
 def test_bulk_dismiss_from_the_queue_records_a_note_on_each(rc, reviewer) -> None:  # type: ignore[no-untyped-def]
     first, second, third = _match(1), _match(2), _match(3)
-    services.match_decide(match_id=third.pk, action="confirm", decided_by=reviewer, seen_status="pending")
+    copyright_services.match_decide(match_id=third.pk, action="confirm", decided_by=reviewer, seen_status="pending")
     url = reverse("gallery:copyright_dismiss") + "?status=pending"
     response = rc.post(url, {"matches": [first.pk, second.pk, third.pk], "note": "our own stock photos"}, follow=True)
     assert response.redirect_chain[-1][0] == "/copyright/?status=pending"
@@ -170,12 +174,12 @@ def test_deleting_a_work_or_an_upload_keeps_the_decisions_and_removes_the_files(
     kept = _match(1)
     gone_work = _match(2)
     for m in (kept, gone_work):
-        services.match_decide(match_id=m.pk, action="confirm", decided_by=reviewer, seen_status="pending", note="copy")
+        copyright_services.match_decide(match_id=m.pk, action="confirm", decided_by=reviewer, seen_status="pending", note="copy")
     work_file = gone_work.work.file.name
     assert any(p.name == work_file.rsplit("/", 1)[-1] for p in media_files())
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.protected_work_delete(work_id=gone_work.work_id)
-        services.images_delete(image_ids=[kept.image_id])
+        assert copyright_services.protected_work_delete(work_id=gone_work.work_id)
+        catalog_services.images_delete(image_ids=[kept.image_id])
     assert not CopyMatch.objects.exists()
     assert not any(p.name == work_file.rsplit("/", 1)[-1] for p in media_files())  # the private original is gone
     decisions = MatchDecision.objects.order_by("id")

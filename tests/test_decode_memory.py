@@ -14,8 +14,10 @@ from collections.abc import Callable
 import pytest
 from django.conf import settings
 
-from gallery import pipeline, services
-from gallery.models import Image
+from gallery.catalog import pipeline
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.errors import ImageRejected
 from gallery.vision.preprocess import ImageDecodeError
 
 from . import hostile_uploads as h
@@ -82,8 +84,8 @@ def test_four_parallel_decodes_are_bounded_by_the_decode_slots() -> None:
 
 @pytest.mark.django_db
 def test_a_refused_bomb_stores_nothing_and_says_why(media_files) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(services.ImageRejected) as refused:
-        services.image_create(file=io.BytesIO(h.tiff_float_claiming(7000, 7000)), original_name="float.tif", queue=False)
+    with pytest.raises(ImageRejected) as refused:
+        catalog_services.image_create(file=io.BytesIO(h.tiff_float_claiming(7000, 7000)), original_name="float.tif", queue=False)
     assert refused.value.code == "too_large_to_decode"
     assert "7000×7000" in str(refused.value) and "256 MB" in str(refused.value)
     assert Image.objects.count() == 0 and media_files() == []
@@ -95,10 +97,10 @@ def test_the_worker_fails_a_stored_bomb_with_a_reason_and_embeds_the_rest(make_p
     the worker: the image fails with the reason, the batch goes on."""
     from django.core.files.base import ContentFile
 
-    good = services.image_create(file=io.BytesIO(make_photo(seed=1)), original_name="ok.jpg", queue=False)
-    bomb = services.image_create(file=io.BytesIO(make_photo(seed=2)), original_name="bomb.webp", queue=False)
+    good = catalog_services.image_create(file=io.BytesIO(make_photo(seed=1)), original_name="ok.jpg", queue=False)
+    bomb = catalog_services.image_create(file=io.BytesIO(make_photo(seed=2)), original_name="bomb.webp", queue=False)
     bomb.file.save("originals/bomb.webp", ContentFile(h.webp_lossless_claiming(7000, 7000)), save=True)
-    outcome = services.images_embed_batch(image_id=good.pk)
+    outcome = catalog_services.images_embed_batch(image_id=good.pk)
     assert good.pk in outcome.ready and bomb.pk in outcome.failed
     bomb.refresh_from_db()
     assert bomb.status == "failed" and "MB a photo may use" in bomb.status_reason

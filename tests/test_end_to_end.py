@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gallery.livestack import live_stack
+from benchmarks.livestack import live_stack
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image as PILImage
 from playwright.sync_api import Browser, expect
 
-from gallery.livestack import Stack
-from gallery.vision import attacks
+from benchmarks import attacks
+from benchmarks.livestack import Stack
 from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, sign_in
 
 pytestmark = pytest.mark.slow

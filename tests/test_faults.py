@@ -17,8 +17,8 @@ import pytest
 from django.core.files.storage import FileSystemStorage
 from django.urls import reverse
 
-from gallery.livestack import Stack, live_stack
-from gallery.models import Image
+from benchmarks.livestack import Stack, live_stack
+from gallery.catalog.models import Image
 
 from .conftest import photo_bytes
 

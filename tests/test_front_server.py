@@ -25,7 +25,7 @@ import requests
 import yaml  # type: ignore[import-untyped]
 from django.test import Client
 
-from gallery.livestack import ROOT, Stack, free_port, live_stack
+from benchmarks.livestack import ROOT, Stack, free_port, live_stack
 from imagesearch.body_limits import body_limit
 
 CLIENT_TIMEOUT = 3  # seconds, set short for the stack below

@@ -12,8 +12,9 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from gallery import services
-from gallery.models import CopyMatch, Image, ProtectedWork
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.copyright.models import CopyMatch, ProtectedWork
 
 from .conftest import photo_bytes
 
@@ -34,7 +35,9 @@ def owner() -> User:
 @pytest.fixture
 def image(owner: User, django_capture_on_commit_callbacks) -> Image:  # type: ignore[no-untyped-def]
     with django_capture_on_commit_callbacks(execute=True):
-        return services.image_create(file=_file(photo_bytes(seed=7)), uploaded_by=owner, original_name="secret.jpg", queue=False)
+        return catalog_services.image_create(
+            file=_file(photo_bytes(seed=7)), uploaded_by=owner, original_name="secret.jpg", queue=False
+        )
 
 
 def _as(user: User | None) -> Client:
@@ -53,7 +56,7 @@ def test_a_hidden_images_pictures_leave_the_public_media_and_come_back(image, ow
     anonymous = _as(None)
     assert anonymous.get(public_display).status_code == 200 and anonymous.get(public_thumb).status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
-        services.images_set_visibility(image_ids=[image.pk], visibility="hidden", reason="Hidden after copyright review.")
+        catalog_services.images_set_visibility(image_ids=[image.pk], visibility="hidden", reason="Hidden after copyright review.")
     image.refresh_from_db()
     # The old public addresses are dead for everyone.
     assert anonymous.get(public_display).status_code == 404 and anonymous.get(public_thumb).status_code == 404
@@ -73,7 +76,7 @@ def test_a_hidden_images_pictures_leave_the_public_media_and_come_back(image, ow
     assert _as(editor).get(picture).status_code == 200
     # Published again: back at its public address.
     with django_capture_on_commit_callbacks(execute=True):
-        services.images_set_visibility(image_ids=[image.pk], visibility="published")
+        catalog_services.images_set_visibility(image_ids=[image.pk], visibility="published")
     assert anonymous.get(public_display).status_code == 200 and anonymous.get(public_thumb).status_code == 200
 
 
@@ -81,7 +84,7 @@ def test_reviewers_see_a_hidden_upload_that_is_in_a_copy_match(image, settings, 
     reviewer = User.objects.create_user("reviewer", password="pw-reviewer-1")
     reviewer.groups.add(Group.objects.get_or_create(name=settings.IMAGESEARCH["COPYRIGHT_GROUP"])[0])
     with django_capture_on_commit_callbacks(execute=True):
-        services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
+        catalog_services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
     image.refresh_from_db()
     assert _as(reviewer).get(image.display_url).status_code == 404  # not in any match
     work = ProtectedWork.objects.create(
@@ -95,14 +98,14 @@ def test_an_interrupted_move_is_finished_by_the_sweep(image) -> None:  # type: i
     public_display = image.display.url
     Image.objects.filter(pk=image.pk).update(visibility="hidden")  # the process died before moving the files
     assert _as(None).get(public_display).status_code == 200
-    assert services.images_pictures_reconcile() == 2
+    assert catalog_services.images_pictures_reconcile() == 2
     assert _as(None).get(public_display).status_code == 404
-    assert services.images_pictures_reconcile() == 0
+    assert catalog_services.images_pictures_reconcile() == 0
 
 
 def test_a_duplicate_of_someone_elses_hidden_photo_names_nothing(image, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
     with django_capture_on_commit_callbacks(execute=True):
-        services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
+        catalog_services.images_set_visibility(image_ids=[image.pk], visibility="hidden")
     other = User.objects.create_user("other", password="pw-other-1234")
     page = _as(other).post(
         reverse("gallery:upload"), {"files": _file(photo_bytes(seed=7), "again.jpg")}, HTTP_ACCEPT="application/json"

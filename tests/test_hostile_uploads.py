@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from django.urls import reverse
 
-from gallery import services
-from gallery.models import Embedding, Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Embedding, Image
 
 from .hostile_uploads import CORPUS, HostileUpload, multipart, oriented_jpeg
 
@@ -61,10 +61,10 @@ def test_every_exif_orientation_is_embedded_upright(make_photo) -> None:  # type
     images = []
     for o in range(1, 9):
         f = io.BytesIO(oriented_jpeg(o))
-        images.append(services.image_create(file=f, original_name=f"o{o}.jpg", queue=False))
+        images.append(catalog_services.image_create(file=f, original_name=f"o{o}.jpg", queue=False))
     f = io.BytesIO(make_photo(seed=5, color=(30, 200, 30)))
-    other = services.image_create(file=f, original_name="green.jpg", queue=False)
-    services.images_embed_batch(image_id=images[0].pk)
+    other = catalog_services.image_create(file=f, original_name="green.jpg", queue=False)
+    catalog_services.images_embed_batch(image_id=images[0].pk)
     vectors = {e.image_id: e.as_array() for e in Embedding.objects.all()}
     assert len(vectors) == 9
     reference = vectors[images[0].pk]

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from gallery.models import Image, Tag
+from gallery.catalog.models import Image, Tag
 
 from .conftest import DATASET, photo_bytes
 

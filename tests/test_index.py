@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.metrics import average_precision, evaluate_rankings, similarity_matrix
 from gallery.vision.index import VectorIndex
-from gallery.vision.metrics import average_precision, evaluate_rankings, similarity_matrix
 from gallery.vision.reduction import fit_pca
 
 
@@ -84,7 +84,7 @@ def test_evaluation_scores_a_perfect_and_a_reversed_ranking() -> None:
 
 
 def _map_of(index: VectorIndex, x: np.ndarray, labels: np.ndarray) -> float:
-    from gallery.vision.metrics import average_precision
+    from benchmarks.metrics import average_precision
 
     aps = []
     for i in range(len(x)):
@@ -131,7 +131,7 @@ def test_expansion_raises_category_retrieval_quality() -> None:
 
 
 def test_precision_recall_f1_at_k_by_hand() -> None:
-    from gallery.vision.metrics import evaluate_ranked, interpolated_precision
+    from benchmarks.metrics import evaluate_ranked, interpolated_precision
 
     # one query, 3 relevant items in the database, ranking: R N R N N R
     ranking = np.array([True, False, True, False, False, True])

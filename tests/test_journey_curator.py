@@ -17,7 +17,7 @@ import pytest
 from PIL import Image as PILImage
 from playwright.sync_api import Browser, Page, expect
 
-from gallery.livestack import ROOT, Stack
+from benchmarks.livestack import ROOT, Stack
 from tests.browser_support import ARTIFACTS
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from playwright.sync_api import Browser, Page, expect
 
-from gallery.livestack import Stack
+from benchmarks.livestack import Stack
 from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, VISITOR, sign_in
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from gallery.livestack import ROOT, Stack
+from benchmarks.livestack import ROOT, Stack
 from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, offsite_requests, sign_in
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def _hide(stack: Stack, image_id: int, reason: str) -> None:
     """What a copyright reviewer's decision does to the photo (that flow is tested elsewhere)."""
     code = (
         "from gallery import services; "
-        f"assert services.images_set_visibility(image_ids=[{image_id}], visibility='hidden', reason={reason!r}) == 1"
+        f"assert catalog_services.images_set_visibility(image_ids=[{image_id}], visibility='hidden', reason={reason!r}) == 1"
     )
     subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=stack.env, check=True)
 

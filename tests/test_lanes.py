@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery.livestack import ROOT, Stack, live_stack
+from benchmarks.livestack import ROOT, Stack, live_stack
 
 pytestmark = pytest.mark.slow
 

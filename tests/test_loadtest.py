@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gallery.loadtest import run_load
+from benchmarks.loadtest import run_load
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_concurrent_searches_and_uploads_without_errors(tmp_path, butterflies) -
 
 def test_attackers_are_refused_while_normal_users_keep_working(tmp_path, butterflies) -> None:  # type: ignore[no-untyped-def]
     """A short hostile-traffic run (`manage.py loadtest --hostile` reports the figures)."""
-    from gallery.hostile import run_hostile
+    from benchmarks.hostile import run_hostile
 
     from . import hostile_uploads as h
 

@@ -12,8 +12,11 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 from PIL import Image as PILImage
 
-from gallery import services
-from gallery.models import DuplicateGroup, Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.curation import services as curation_services
+from gallery.curation.models import DuplicateGroup
+from gallery.search import services as search_services
 from gallery.vision.neardup import group_pairs, near_duplicate_groups, similar_pairs
 
 
@@ -47,7 +50,7 @@ def _copy(path: Path, *, scale: float, fmt: str = "JPEG", quality: int = 70) -> 
 def _add(data: bytes, name: str) -> Image:
     f = io.BytesIO(data)
     f.name = name
-    return services.image_create(file=f, original_name=name, queue=False)
+    return catalog_services.image_create(file=f, original_name=name, queue=False)
 
 
 @pytest.mark.django_db
@@ -62,19 +65,19 @@ def test_planted_copies_are_grouped_and_resolved_by_an_editor(
         11: [_add(_copy(paths[11], scale=0.7, quality=80), "copy11.jpg")],
     }
     for image in Image.objects.filter(status=Image.Status.PENDING):
-        services.images_embed_batch(image_id=image.pk)
-    services.reduction_fit(backbone="efficientnet_lite0")
+        catalog_services.images_embed_batch(image_id=image.pk)
+    search_services.reduction_fit(backbone="efficientnet_lite0")
     expected = {frozenset([originals[k].pk, *(c.pk for c in copies)]) for k, copies in planted.items()}
 
     # Uploads and deletions continue while the job runs: it works from its snapshot.
-    real_pairs = services.similar_pairs
+    real_pairs = curation_services.similar_pairs
 
     def pairs_while_editing(x, **kw):  # type: ignore[no-untyped-def]
         _add(_copy(paths[3], scale=0.9), "late.jpg")
-        services.images_delete(image_ids=[originals[15].pk])
+        catalog_services.images_delete(image_ids=[originals[15].pk])
         return real_pairs(x, **kw)
 
-    monkeypatch.setattr(services, "similar_pairs", pairs_while_editing)
+    monkeypatch.setattr(curation_services, "similar_pairs", pairs_while_editing)
     client.force_login(User.objects.create_superuser("lead", password="pw"))
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("admin:gallery_image_catalog"), {"kind": "neardup"})

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from django.db import connection
 
-from gallery import selectors, services
-from gallery.catalog_index import PgVectorIndex
-from gallery.models import CatalogChange, Image, ReducedVector
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import CatalogChange, Image
+from gallery.search import selectors as search_selectors
+from gallery.search.index import PgVectorIndex
+from gallery.search.models import ReducedVector
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -31,7 +33,7 @@ def catalog(butterflies, settings, django_capture_on_commit_callbacks):  # type:
                 for path in butterflies[s][:per]:
                     f = io.BytesIO(path.read_bytes())
                     f.name = path.name
-                    images.append(services.image_create(file=f, original_name=path.name))
+                    images.append(catalog_services.image_create(file=f, original_name=path.name))
         for image in images:
             image.refresh_from_db()
         return images
@@ -42,7 +44,7 @@ def catalog(butterflies, settings, django_capture_on_commit_callbacks):  # type:
 def test_vectors_live_in_a_pgvector_column_with_an_hnsw_index(catalog) -> None:  # type: ignore[no-untyped-def]
     images = catalog(per=4)
     assert Image.objects.filter(status=Image.Status.READY).count() == len(images)
-    space = selectors.active_space()
+    space = search_selectors.active_space()
     assert space.reduction is not None and space.reduction.dims == 8
     with connection.cursor() as cur:
         cur.execute(
@@ -67,9 +69,9 @@ def test_sql_search_returns_the_in_memory_exact_top_k(catalog, settings, dba_k: 
     for metric in ("cosine", "euclidean", "inner_product"):
         for image in images[::3]:
             settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "memory"}
-            memory = selectors.similar_to_image(image=image, limit=10, metric=metric)
+            memory = search_selectors.similar_to_image(image=image, limit=10, metric=metric)
             settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "pgvector"}
-            sql = selectors.similar_to_image(image=image, limit=10, metric=metric)
+            sql = search_selectors.similar_to_image(image=image, limit=10, metric=metric)
             assert len(memory) == 10
             assert [h.image.pk for h in sql] == [h.image.pk for h in memory], (
                 metric,
@@ -79,18 +81,18 @@ def test_sql_search_returns_the_in_memory_exact_top_k(catalog, settings, dba_k: 
             )
             np.testing.assert_allclose([h.score for h in sql], [h.score for h in memory], atol=1e-4)
     # The nearest neighbours of a butterfly are its own species.
-    first = selectors.similar_to_image(image=images[0], limit=3)
+    first = search_selectors.similar_to_image(image=images[0], limit=3)
     assert all(h.image.original_name[:3] == images[0].original_name[:3] for h in first)
 
 
 def test_hidden_and_deleted_images_leave_sql_search_and_the_change_log_records_them(catalog, settings) -> None:  # type: ignore[no-untyped-def]
     images = catalog(per=5)
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "pgvector"}
-    top = selectors.similar_to_image(image=images[0], limit=2)
+    top = search_selectors.similar_to_image(image=images[0], limit=2)
     before = CatalogChange.objects.count()
-    services.images_set_visibility(image_ids=[top[0].image.pk], visibility="hidden")
-    services.images_delete(image_ids=[top[1].image.pk])
-    after = {h.image.pk for h in selectors.similar_to_image(image=images[0], limit=30)}
+    catalog_services.images_set_visibility(image_ids=[top[0].image.pk], visibility="hidden")
+    catalog_services.images_delete(image_ids=[top[1].image.pk])
+    after = {h.image.pk for h in search_selectors.similar_to_image(image=images[0], limit=30)}
     assert top[0].image.pk not in after and top[1].image.pk not in after
     assert set(CatalogChange.objects.filter(pk__gt=0).values_list("image_id", flat=True)[before:]) >= {
         top[0].image.pk,
@@ -107,14 +109,16 @@ def test_with_fewer_candidates_than_images_sql_search_keeps_the_in_memory_scores
     overlap = []
     for image in images[::2]:
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "memory", "QE_K": 0}
-        everything = {h.image.pk: h.score for h in selectors.similar_to_image(image=image, limit=len(images), metric="cosine")}
+        everything = {
+            h.image.pk: h.score for h in search_selectors.similar_to_image(image=image, limit=len(images), metric="cosine")
+        }
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QE_K": 5}
-        memory = [h.image.pk for h in selectors.similar_to_image(image=image, limit=10)]
+        memory = [h.image.pk for h in search_selectors.similar_to_image(image=image, limit=10)]
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "SEARCH_BACKEND": "pgvector", "QE_K": 0}
-        sql = selectors.similar_to_image(image=image, limit=10)
+        sql = search_selectors.similar_to_image(image=image, limit=10)
         np.testing.assert_allclose([h.score for h in sql], [everything[h.image.pk] for h in sql], atol=1e-4)
         assert [h.score for h in sql] == sorted((h.score for h in sql), reverse=True)
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QE_K": 5}
-        expanded = [h.image.pk for h in selectors.similar_to_image(image=image, limit=10)]
+        expanded = [h.image.pk for h in search_selectors.similar_to_image(image=image, limit=10)]
         overlap.append(len(set(expanded) & set(memory)) / 10)
     assert np.mean(overlap) >= 0.8, overlap

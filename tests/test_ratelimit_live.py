@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from gallery.livestack import Stack, live_stack
+from benchmarks.livestack import Stack, live_stack
 from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from gallery import pipeline, selectors, services
-from gallery.models import CatalogJob, CatalogState, Embedding, Image, ReducedVector, Reduction
+from gallery.catalog import pipeline
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Embedding, Image
+from gallery.curation import services as curation_services
+from gallery.curation.models import CatalogJob
+from gallery.search import selectors as search_selectors
+from gallery.search import services as search_services
+from gallery.search.models import CatalogState, ReducedVector, Reduction
 from gallery.vision.backbones import EFFICIENTNET_LITE0, RESNET50
 
 pytestmark = pytest.mark.django_db
@@ -38,12 +44,12 @@ def catalog(butterflies, settings, resnet_weights) -> tuple[list[Image], list[Pa
     for group in groups:
         for p in group[:2]:
             with open(p, "rb") as f:
-                images.append(services.image_create(file=f, original_name=p.name, queue=False))
-    services.images_embed_batch(image_id=images[0].pk)
-    services.images_embed_batch(image_id=images[4].pk)
-    services.images_embed_batch(image_id=images[8].pk)
-    services.images_embed_batch(image_id=images[12].pk)
-    services.reduction_fit(backbone=EFFICIENTNET_LITE0)
+                images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    catalog_services.images_embed_batch(image_id=images[0].pk)
+    catalog_services.images_embed_batch(image_id=images[4].pk)
+    catalog_services.images_embed_batch(image_id=images[8].pk)
+    catalog_services.images_embed_batch(image_id=images[12].pk)
+    search_services.reduction_fit(backbone=EFFICIENTNET_LITE0)
     assert Image.objects.filter(status=Image.Status.READY).count() == 14
     return images, [groups[0][5], groups[3][5]]
 
@@ -51,7 +57,7 @@ def catalog(butterflies, settings, resnet_weights) -> tuple[list[Image], list[Pa
 def _search(path: Path) -> list[tuple[int, float]]:
     f = io.BytesIO(path.read_bytes())
     f.name = path.name
-    return [(h.image.pk, h.score) for h in selectors.search_by_image(file=f, limit=50)]
+    return [(h.image.pk, h.score) for h in search_selectors.search_by_image(file=f, limit=50)]
 
 
 def _ranking_in(backbone: str, path: Path) -> list[int]:
@@ -60,7 +66,7 @@ def _ranking_in(backbone: str, path: Path) -> list[int]:
     reduction = Reduction.objects.filter(backbone=backbone, is_active=True).first()
     if reduction is not None:
         rows = ReducedVector.objects.filter(reduction=reduction)
-        query = services.reduction_load(reduction).transform(query[None])[0]
+        query = search_services.reduction_load(reduction).transform(query[None])[0]
     else:
         rows = Embedding.objects.filter(backbone=backbone)
     rows = rows.filter(image__status=Image.Status.READY, image__visibility=Image.Visibility.PUBLISHED)
@@ -96,8 +102,8 @@ def test_search_answers_from_one_backbone_during_a_migration_that_survives_a_cra
                     assert hits == _ranking_in(EFFICIENTNET_LITE0, q)
                 if len(target_batches) == 2:  # an upload arrives during the migration
                     with open(late_upload, "rb") as f:
-                        new = services.image_create(file=f, original_name=late_upload.name, queue=False)
-                    services.images_embed_batch(image_id=new.pk)
+                        new = catalog_services.image_create(file=f, original_name=late_upload.name, queue=False)
+                    catalog_services.images_embed_batch(image_id=new.pk)
                 if len(target_batches) == crash_at[0]:
                     raise RuntimeError("worker killed")
             finally:
@@ -107,7 +113,7 @@ def test_search_answers_from_one_backbone_during_a_migration_that_survives_a_cra
     monkeypatch.setattr(pipeline, "embed_images", embed_watching)
 
     with pytest.raises(RuntimeError, match="worker killed"), django_capture_on_commit_callbacks(execute=True):
-        services.catalog_job_start(kind="reembed", backbone=RESNET50)  # queued to the (eager) worker, which dies
+        curation_services.catalog_job_start(kind="reembed", backbone=RESNET50)  # queued to the (eager) worker, which dies
     job = CatalogJob.objects.get()
     job.refresh_from_db()
     assert job.status == CatalogJob.Status.RUNNING and 0 < job.done < job.total
@@ -135,11 +141,11 @@ def test_search_answers_from_one_backbone_during_a_migration_that_survives_a_cra
         hits = [pk for pk, _ in _search(q)]
         assert hits == _ranking_in(RESNET50, q) and len(hits) == 15
     assert len(observed) >= 2 * 4 and all(backbone == EFFICIENTNET_LITE0 for backbone, _ in observed)
-    assert selectors.active_space().backbone == RESNET50
+    assert search_selectors.active_space().backbone == RESNET50
     # New uploads after the switch are embedded with the new backbone only.
     with open(list(butterflies.values())[9][0], "rb") as f:
-        after = services.image_create(file=f, original_name="after.jpg", queue=False)
-    services.images_embed_batch(image_id=after.pk)
+        after = catalog_services.image_create(file=f, original_name="after.jpg", queue=False)
+    catalog_services.images_embed_batch(image_id=after.pk)
     assert list(Embedding.objects.filter(image=after).values_list("backbone", flat=True)) == [RESNET50]
 
 
@@ -166,7 +172,7 @@ def test_refit_command_switches_to_a_new_pca_version(catalog) -> None:  # type: 
 def test_reembed_refuses_a_backbone_whose_weights_are_missing(catalog, settings) -> None:  # type: ignore[no-untyped-def]
     from django.core.management.base import CommandError
 
-    services.catalog_job_start(kind="reembed", backbone=RESNET50, queue=False)  # loads with the test's weights
+    curation_services.catalog_job_start(kind="reembed", backbone=RESNET50, queue=False)  # loads with the test's weights
     CatalogJob.objects.all().delete()
     CatalogState.objects.update(target_backbone="")
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "RESNET50_WEIGHTS": ""}

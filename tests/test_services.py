@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from django.utils import timezone
 
-from gallery import selectors, services, tasks
-from gallery.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image, ReducedVector, Reduction
+from gallery.catalog import services as catalog_services
+from gallery.catalog import tasks as catalog_tasks
+from gallery.catalog.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image
+from gallery.curation import services as curation_services
+from gallery.errors import DuplicateImage, ImageRejected
+from gallery.search import selectors as search_selectors
+from gallery.search.models import ReducedVector, Reduction
 
 from .conftest import photo_bytes
 
@@ -20,7 +25,7 @@ pytestmark = pytest.mark.django_db
 def _upload(data: bytes, name: str = "photo.jpg", **kw):  # type: ignore[no-untyped-def]
     f = io.BytesIO(data)
     f.name = name
-    return services.image_create(file=f, original_name=name, **kw)
+    return catalog_services.image_create(file=f, original_name=name, **kw)
 
 
 def _upload_path(path, **kw):  # type: ignore[no-untyped-def]
@@ -45,7 +50,7 @@ def test_upload_is_stored_pending_then_embedded_on_commit(make_photo, media_file
 def test_duplicate_upload_is_refused_and_stores_nothing(make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
     first = _upload(make_photo(), queue=False)
     before = media_files()
-    with pytest.raises(services.DuplicateImage) as exc:
+    with pytest.raises(DuplicateImage) as exc:
         _upload(make_photo(), name="again.jpg", queue=False)
     assert exc.value.existing == first
     assert Image.objects.count() == 1 and media_files() == before
@@ -56,29 +61,29 @@ def test_duplicate_upload_is_refused_and_stores_nothing(make_photo, media_files)
     [(b"", "empty"), (photo_bytes()[:700], "damaged or truncated"), (b"hello world" * 10, "not an image")],
 )
 def test_rejected_upload_leaves_nothing_behind(data: bytes, message: str, media_files) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(services.ImageRejected, match=message):
+    with pytest.raises(ImageRejected, match=message):
         _upload(data)
     assert Image.objects.count() == 0 and media_files() == []
 
 
 def test_size_and_pixel_limits(settings, make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_UPLOAD_BYTES": 1000}
-    with pytest.raises(services.ImageRejected, match="limit"):
+    with pytest.raises(ImageRejected, match="limit"):
         _upload(make_photo())
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "MAX_UPLOAD_BYTES": 10_000_000, "MAX_PIXELS": 10_000}
-    with pytest.raises(services.ImageRejected, match="megapixels"):
+    with pytest.raises(ImageRejected, match="megapixels"):
         _upload(make_photo(size=(200, 100)))
     assert Image.objects.count() == 0 and media_files() == []
 
 
 def test_waiting_uploads_are_embedded_in_one_batch_and_reruns_change_nothing(make_photo) -> None:  # type: ignore[no-untyped-def]
     images = [_upload(make_photo(seed=i, color=(40 * i, 90, 200 - 30 * i)), f"p{i}.jpg", queue=False) for i in range(5)]
-    outcome = services.images_embed_batch(image_id=images[2].pk)
+    outcome = catalog_services.images_embed_batch(image_id=images[2].pk)
     assert sorted(outcome.ready) == sorted(im.pk for im in images)
     assert set(Image.objects.values_list("status", flat=True)) == {Image.Status.READY}
     vectors = {e.image_id: bytes(e.vector) for e in Embedding.objects.all()}
     for image in images:  # every queued task still runs; each finds its image done
-        assert tasks.embed_image.delay(image.pk).get()["state"] == "done"
+        assert catalog_tasks.embed_image.delay(image.pk).get()["state"] == "done"
     assert Embedding.objects.count() == 5
     assert {e.image_id: bytes(e.vector) for e in Embedding.objects.all()} == vectors
 
@@ -88,7 +93,7 @@ def test_a_corrupt_file_fails_with_a_reason_and_the_batch_goes_on(make_photo) ->
     bad = _upload(make_photo(seed=2), "bad.jpg", queue=False)
     with bad.file.open("wb") as f:
         f.write(b"\xff\xd8\xff\xe0 truncated on disk")
-    outcome = services.images_embed_batch(image_id=bad.pk)
+    outcome = catalog_services.images_embed_batch(image_id=bad.pk)
     assert outcome.ready == [good.pk] and outcome.failed == [bad.pk]
     bad.refresh_from_db()
     assert bad.status == Image.Status.FAILED and "damaged or truncated" in bad.status_reason
@@ -98,15 +103,15 @@ def test_a_corrupt_file_fails_with_a_reason_and_the_batch_goes_on(make_photo) ->
 def test_a_stale_claim_is_recovered_and_a_fresh_one_is_left_alone(make_photo) -> None:  # type: ignore[no-untyped-def]
     image = _upload(make_photo(), queue=False)
     Image.objects.filter(pk=image.pk).update(status=Image.Status.PROCESSING, claimed_at=timezone.now(), claimed_by="other")
-    assert services.images_embed_batch(image_id=image.pk).state == "busy"
+    assert catalog_services.images_embed_batch(image_id=image.pk).state == "busy"
     Image.objects.filter(pk=image.pk).update(claimed_at=timezone.now() - timedelta(hours=1))
-    assert services.images_embed_batch(image_id=image.pk).ready == [image.pk]
+    assert catalog_services.images_embed_batch(image_id=image.pk).ready == [image.pk]
 
 
 def test_sweep_requeues_images_that_were_never_queued(make_photo) -> None:  # type: ignore[no-untyped-def]
     image = _upload(make_photo(), queue=False)  # as if the broker was down at upload
     Image.objects.filter(pk=image.pk).update(created_at=timezone.now() - timedelta(minutes=5))
-    assert tasks.sweep_waiting_images.delay().get() == 1
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 1
     image.refresh_from_db()
     assert image.status == Image.Status.READY
 
@@ -114,7 +119,7 @@ def test_sweep_requeues_images_that_were_never_queued(make_photo) -> None:  # ty
 def _sent_tasks(monkeypatch) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
     """Embedding tasks handed to the broker, as (image id, queue)."""
     sent: list[tuple[int, str]] = []
-    monkeypatch.setattr(tasks.embed_image, "apply_async", lambda args, queue, **kw: sent.append((args[0], queue)))
+    monkeypatch.setattr(catalog_tasks.embed_image, "apply_async", lambda args, queue, **kw: sent.append((args[0], queue)))
     return sent
 
 
@@ -135,10 +140,10 @@ def test_sweep_during_a_bulk_backlog_requeues_only_the_image_whose_task_was_lost
     sent = _sent_tasks(monkeypatch)
     _waiting(3000, lane=LANE_BULK, queued_ago=timedelta(minutes=2), prefix="a")  # still in the bulk queue
     (lost,) = _waiting(1, lane=LANE_BULK, queued_ago=timedelta(hours=1), prefix="b")
-    assert tasks.sweep_waiting_images.delay().get() == 1
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 1
     assert sent == [(lost, LANE_BULK)]
     sent.clear()
-    assert tasks.sweep_waiting_images.delay().get() == 0  # it was just queued again
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 0  # it was just queued again
     assert sent == []
 
 
@@ -149,20 +154,20 @@ def test_sweep_leaves_a_moving_lane_alone_and_finds_a_lost_upload_at_once(monkey
     backlog = _waiting(500, lane=LANE_BULK, queued_ago=timedelta(hours=1), prefix="a")
     Image.objects.filter(pk=backlog[0]).update(status=Image.Status.READY, embedded_at=timezone.now())
     upload = _waiting(1, lane=LANE_INTERACTIVE, queued_ago=None, prefix="b")  # broker down at upload
-    assert tasks.sweep_waiting_images.delay().get() == 1
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 1
     assert sent == [(upload[0], LANE_INTERACTIVE)]
     # The lane stops moving (the last tasks were lost): every waiting image is queued again, once.
     sent.clear()
     Image.objects.filter(pk=backlog[0]).update(embedded_at=timezone.now() - timedelta(hours=1))
-    assert tasks.sweep_waiting_images.delay().get() == 499
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 499
     assert {lane for _, lane in sent} == {LANE_BULK}
-    assert tasks.sweep_waiting_images.delay().get() == 0  # and the next sweep does not repeat them
+    assert catalog_tasks.sweep_waiting_images.delay().get() == 0  # and the next sweep does not repeat them
 
 
 def test_a_restarted_worker_requeues_every_waiting_image(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     sent = _sent_tasks(monkeypatch)
     backlog = _waiting(50, lane=LANE_BULK, queued_ago=timedelta(seconds=5), prefix="a")
-    tasks._recover_on_start(sender=None)  # its broker may have lost every queued task
+    catalog_tasks._recover_on_start(sender=None)  # its broker may have lost every queued task
     assert sorted(pk for pk, _ in sent) == backlog
 
 
@@ -190,15 +195,15 @@ def test_pca_is_fitted_automatically_then_refitted_when_the_catalog_doubles(
     assert (second.version, second.fitted_on) == (2, 24)
     assert not ReducedVector.objects.filter(reduction=first).exists()
     assert ReducedVector.objects.filter(reduction=second).count() == 24
-    assert selectors.active_space().reduction == second
+    assert search_selectors.active_space().reduction == second
 
 
 def test_search_never_mixes_backbones(make_photo) -> None:  # type: ignore[no-untyped-def]
     image = _upload(make_photo(seed=1), queue=False)
-    services.images_embed_batch(image_id=image.pk)
+    catalog_services.images_embed_batch(image_id=image.pk)
     other = _upload(make_photo(seed=2), "other.jpg", queue=False)
-    services.embedding_store(image=other, backbone="resnet50", vector=np.ones(2048, np.float32) / np.sqrt(2048))
-    hits = selectors.search_by_vector(embedding=Embedding.objects.get(image=image).as_array())
+    catalog_services.embedding_store(image=other, backbone="resnet50", vector=np.ones(2048, np.float32) / np.sqrt(2048))
+    hits = search_selectors.search_by_vector(embedding=Embedding.objects.get(image=image).as_array())
     assert [h.image for h in hits] == [image]
 
 
@@ -206,10 +211,10 @@ def test_an_upload_is_never_batched_with_a_waiting_bulk_import_and_the_worker_is
     bulk = [_upload(make_photo(seed=i), f"b{i}.jpg", queue=False, lane="bulk") for i in range(4)]
     upload = _upload(make_photo(seed=9, color=(20, 200, 40)), "mine.jpg", queue=False)
     assert upload.lane == "interactive"
-    outcome = services.images_embed_batch(image_id=upload.pk, worker="w1@host")
+    outcome = catalog_services.images_embed_batch(image_id=upload.pk, worker="w1@host")
     assert outcome.ready == [upload.pk] and outcome.lane == "interactive"
     assert set(Image.objects.filter(lane="bulk").values_list("status", flat=True)) == {Image.Status.PENDING}
-    outcome = services.images_embed_batch(image_id=bulk[1].pk, worker="w2@host")
+    outcome = catalog_services.images_embed_batch(image_id=bulk[1].pk, worker="w2@host")
     assert sorted(outcome.ready) == sorted(im.pk for im in bulk) and outcome.lane == "bulk"
     rows = dict(Image.objects.values_list("pk", "embedded_by"))
     assert rows == {upload.pk: "w1@host", **{im.pk: "w2@host" for im in bulk}}
@@ -218,25 +223,25 @@ def test_an_upload_is_never_batched_with_a_waiting_bulk_import_and_the_worker_is
 
 def test_reembedding_goes_to_the_bulk_lane(make_photo, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
     image = _upload(make_photo(), queue=False)
-    services.images_embed_batch(image_id=image.pk, worker="w1@host")
+    catalog_services.images_embed_batch(image_id=image.pk, worker="w1@host")
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.images_reembed(image_ids=[image.pk]) == 1
+        assert curation_services.images_reembed(image_ids=[image.pk]) == 1
     image.refresh_from_db()
     assert image.lane == "bulk" and image.status == Image.Status.READY
 
 
 def test_an_image_deleted_while_its_batch_is_embedded_does_not_fail_the_batch(make_photo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from gallery import pipeline
+    from gallery.catalog import pipeline
 
     first, second, third = (_upload(make_photo(seed=s), f"p{s}.jpg") for s in (41, 42, 43))
 
     def embed_while_deleting(pictures, *, backbone):  # type: ignore[no-untyped-def]
-        services.images_delete(image_ids=[second.pk])  # an editor deletes it mid-batch
+        catalog_services.images_delete(image_ids=[second.pk])  # an editor deletes it mid-batch
         vectors = np.random.default_rng(0).normal(size=(len(pictures), backbone.dim)).astype(np.float32)
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     monkeypatch.setattr(pipeline, "embed_images", embed_while_deleting)
-    outcome = services.images_embed_batch(image_id=first.pk, worker="test")
+    outcome = catalog_services.images_embed_batch(image_id=first.pk, worker="test")
     assert sorted(outcome.ready) == sorted([first.pk, third.pk])
     assert list(Image.objects.order_by("pk").values_list("pk", "status")) == [(first.pk, "ready"), (third.pk, "ready")]
     assert not Embedding.objects.filter(image_id=second.pk).exists()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from gallery import selectors, services
-from gallery.models import Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.curation import services as curation_services
+from gallery.search import selectors as search_selectors
 
 pytestmark = pytest.mark.django_db
 
@@ -16,16 +18,16 @@ def test_similar_to_this_tagged_poster(client, butterflies) -> None:  # type: ig
     images = []
     for p in paths:
         with open(p, "rb") as f:
-            images.append(services.image_create(file=f, original_name=p.name, queue=False))
-    services.images_embed_batch(image_id=images[0].pk)
+            images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    catalog_services.images_embed_batch(image_id=images[0].pk)
     query, sibling, far, hidden = images[0], images[2], images[10], images[1]
     for image in (sibling, far, hidden):
-        services.image_set_tags(image=image, names=["poster"])
-    services.images_set_visibility(image_ids=[hidden.pk], visibility="hidden")
+        curation_services.image_set_tags(image=image, names=["poster"])
+    catalog_services.images_set_visibility(image_ids=[hidden.pk], visibility="hidden")
 
-    hits = selectors.similar_to_image(image=query, tag="poster")
+    hits = search_selectors.similar_to_image(image=query, tag="poster")
     assert [h.image.pk for h in hits] == [sibling.pk, far.pk]  # same species first; hidden never
-    untagged = selectors.similar_to_image(image=query)
+    untagged = search_selectors.similar_to_image(image=query)
     assert len(untagged) == 10 and hidden.pk not in {h.image.pk for h in untagged}
 
     page = client.get(reverse("gallery:detail", args=[query.pk]) + "?tag=poster")
@@ -34,5 +36,5 @@ def test_similar_to_this_tagged_poster(client, butterflies) -> None:  # type: ig
         sibling.pk,
         far.pk,
     }
-    assert selectors.similar_to_image(image=query, tag="no such tag") == []
+    assert search_selectors.similar_to_image(image=query, tag="no such tag") == []
     assert Image.objects.get(pk=sibling.pk).tags.get().name == "poster"

@@ -8,8 +8,9 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from gallery import services
-from gallery.models import Image
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import Image
+from gallery.curation import services as curation_services
 
 from .conftest import photo_bytes
 
@@ -26,8 +27,8 @@ def _catalog(paths) -> list[Image]:  # type: ignore[no-untyped-def]
     images = []
     for p in paths:
         with open(p, "rb") as f:
-            images.append(services.image_create(file=f, original_name=p.name, queue=False))
-    services.images_embed_batch(image_id=images[0].pk)
+            images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    catalog_services.images_embed_batch(image_id=images[0].pk)
     return images
 
 
@@ -78,7 +79,7 @@ def test_file_over_the_size_limit_is_refused(user_client, settings, media_files)
 
 
 def test_good_and_bad_files_together(user_client, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
-    existing = services.image_create(file=_file(photo_bytes(seed=9), "old.jpg"), queue=False)
+    existing = catalog_services.image_create(file=_file(photo_bytes(seed=9), "old.jpg"), queue=False)
     files = [_file(photo_bytes(seed=1), "good.jpg"), _file(b"nope", "bad.png"), _file(photo_bytes(seed=9), "dupe.jpg")]
     response = user_client.post(reverse("gallery:upload"), {"files": files}, follow=True)
     body = response.content.decode()
@@ -96,7 +97,7 @@ def test_no_file_chosen(user_client) -> None:  # type: ignore[no-untyped-def]
 def test_gallery_is_paginated(client, settings) -> None:  # type: ignore[no-untyped-def]
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GALLERY_PAGE_SIZE": 2}
     for i in range(3):
-        services.image_create(file=_file(photo_bytes(seed=i), f"p{i}.jpg"), title=f"picture {i}", queue=False)
+        catalog_services.image_create(file=_file(photo_bytes(seed=i), f"p{i}.jpg"), title=f"picture {i}", queue=False)
     first = client.get(reverse("gallery:index")).content.decode()
     second = client.get(reverse("gallery:index"), {"page": 2}).content.decode()
     assert "picture 2" in first and "picture 1" in first and "picture 0" not in first
@@ -145,8 +146,8 @@ def test_empty_catalog_search_says_so(client) -> None:  # type: ignore[no-untype
 
 def test_hidden_images_leave_the_gallery_and_search(client, butterflies, admin_client) -> None:  # type: ignore[no-untyped-def]
     images = _catalog(butterflies["002"][:3])
-    assert services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 1
-    assert services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 0
+    assert catalog_services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 1
+    assert catalog_services.images_set_visibility(image_ids=[images[1].pk], visibility="hidden") == 0
     gallery = client.get(reverse("gallery:index")).content.decode()
     assert images[1].display_title not in gallery and images[0].display_title in gallery
     similar = client.get(reverse("gallery:detail", args=[images[0].pk])).context["similar"]
@@ -177,7 +178,7 @@ def test_upload_answers_json_to_the_page_script(user_client) -> None:  # type: i
 
 def _mine(user, n: int) -> list[Image]:  # type: ignore[no-untyped-def]
     return [
-        services.image_create(file=_file(photo_bytes(seed=100 + i), f"mine{i}.jpg"), uploaded_by=user, queue=False)
+        catalog_services.image_create(file=_file(photo_bytes(seed=100 + i), f"mine{i}.jpg"), uploaded_by=user, queue=False)
         for i in range(n)
     ]
 
@@ -185,10 +186,10 @@ def _mine(user, n: int) -> list[Image]:  # type: ignore[no-untyped-def]
 def test_my_uploads_lists_every_own_photo_with_status_and_visibility(user_client, user, django_user_model, settings) -> None:  # type: ignore[no-untyped-def]
     pending, failed, ready, hidden = _mine(user, 4)
     stranger = django_user_model.objects.create_user("stranger", password="x" * 12)
-    services.image_create(file=_file(photo_bytes(seed=7), "theirs.jpg"), uploaded_by=stranger, queue=False)
+    catalog_services.image_create(file=_file(photo_bytes(seed=7), "theirs.jpg"), uploaded_by=stranger, queue=False)
     Image.objects.filter(pk=failed.pk).update(status=Image.Status.FAILED, status_reason="The picture could not be decoded.")
     Image.objects.filter(pk__in=[ready.pk, hidden.pk]).update(status=Image.Status.READY)
-    services.images_set_visibility(
+    catalog_services.images_set_visibility(
         image_ids=[hidden.pk], visibility="hidden", reason="Hidden after copyright review: matches “Sunset” by Ann"
     )
     response = user_client.get(reverse("gallery:my_uploads"))
@@ -224,7 +225,9 @@ def test_owner_sees_why_their_photo_is_hidden_and_nobody_else_sees_it(user_clien
     [photo] = _mine(user, 1)
     url = reverse("gallery:detail", args=[photo.pk])
     assert "hidden from the public gallery" not in user_client.get(url).content.decode()
-    services.images_set_visibility(image_ids=[photo.pk], visibility="hidden", reason="Hidden after copyright review: a copy")
+    catalog_services.images_set_visibility(
+        image_ids=[photo.pk], visibility="hidden", reason="Hidden after copyright review: a copy"
+    )
     owner = user_client.get(url)
     assert owner.status_code == 200
     assert "This photo is hidden from the public gallery: Hidden after copyright review: a copy" in owner.content.decode()
@@ -245,7 +248,7 @@ def test_owner_sees_why_their_photo_is_hidden_and_nobody_else_sees_it(user_clien
 def test_gallery_with_an_unknown_tag_says_no_image_has_it(client) -> None:  # type: ignore[no-untyped-def]
     empty = client.get(reverse("gallery:index"), {"tag": "nonexistent"}).content.decode()
     assert "The catalog is empty." in empty
-    services.image_create(file=_file(photo_bytes(), "p.jpg"), queue=False)
+    catalog_services.image_create(file=_file(photo_bytes(), "p.jpg"), queue=False)
     body = client.get(reverse("gallery:index"), {"tag": "nonexistent"}).content.decode()
     assert "The catalog is empty" not in body
     assert "No images are tagged “nonexistent”." in body and f'<a href="{reverse("gallery:index")}">Show all images</a>' in body
@@ -253,7 +256,7 @@ def test_gallery_with_an_unknown_tag_says_no_image_has_it(client) -> None:  # ty
 
 def test_search_and_similar_with_an_unknown_tag_say_no_image_has_it(client, butterflies) -> None:  # type: ignore[no-untyped-def]
     images = _catalog(butterflies["003"][:3])
-    services.image_set_tags(image=images[1], names=["poster"])
+    curation_services.image_set_tags(image=images[1], names=["poster"])
     with open(butterflies["003"][5], "rb") as f:
         response = client.post(reverse("gallery:search"), {"file": f, "metric": "cosine", "limit": 5, "tag": "nonexistent"})
     body = response.content.decode()
@@ -265,7 +268,7 @@ def test_search_and_similar_with_an_unknown_tag_say_no_image_has_it(client, butt
 
 
 def test_search_while_photos_are_still_analysed_says_nothing_is_searchable_yet(client) -> None:  # type: ignore[no-untyped-def]
-    services.image_create(file=_file(photo_bytes(seed=3), "waiting.jpg"), queue=False)
+    catalog_services.image_create(file=_file(photo_bytes(seed=3), "waiting.jpg"), queue=False)
     response = client.post(
         reverse("gallery:search"), {"file": _file(photo_bytes(), "q.jpg"), "metric": "cosine", "limit": 5, "tag": "x"}
     )

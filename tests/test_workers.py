@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from gallery.livestack import ROOT, live_stack
+from benchmarks.livestack import ROOT, live_stack
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

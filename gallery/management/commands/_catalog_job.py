@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gallery import services
+from gallery.curation import services as curation_services
+from gallery.errors import CurationError
 
 
 class CatalogJobCommand(BaseCommand):
@@ -18,14 +19,14 @@ class CatalogJobCommand(BaseCommand):
 
     def start(self, *, backbone: str = "", foreground: bool = False, batch_size: int | None = None) -> None:
         try:
-            job = services.catalog_job_start(kind=self.kind, backbone=backbone, queue=not foreground)
-        except services.CurationError as exc:
+            job = curation_services.catalog_job_start(kind=self.kind, backbone=backbone, queue=not foreground)
+        except CurationError as exc:
             raise CommandError(str(exc)) from None
         if not foreground:
             self.stdout.write(f"{job} queued; the admin's catalog page shows its progress.")
             return
         self.stdout.write(f"{job} running here")
-        done = services.catalog_job_run(job_id=job.pk, batch_size=batch_size)
+        done = curation_services.catalog_job_run(job_id=job.pk, batch_size=batch_size)
         if done is None or done.status != done.Status.DONE:
             raise CommandError(f"{job} failed: {done.message if done else 'it was removed'}")
         self.stdout.write(self.style.SUCCESS(done.message))

@@ -17,8 +17,14 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import Image as PILImage
 from tqdm import tqdm
 
-from gallery import services
-from gallery.models import LANE_BULK, Image, ProtectedWork
+from gallery.catalog import pipeline
+from gallery.catalog import services as catalog_services
+from gallery.catalog.models import LANE_BULK, Image
+from gallery.copyright import services as copyright_services
+from gallery.copyright.models import ProtectedWork
+from gallery.curation import services as curation_services
+from gallery.errors import CurationError, DuplicateImage, ImageRejected
+from gallery.search import services as search_services
 from gallery.vision.datasets import find_images
 from gallery.vision.preprocess import ImageDecodeError
 
@@ -55,8 +61,8 @@ class Command(BaseCommand):
             found: dict[str, tuple[str, list[str]]] = {}
             for row in reader:
                 try:
-                    tags = [t for c in tag_columns for t in services.tags_parse(text=row.get(c) or "")]
-                except services.CurationError as exc:
+                    tags = [t for c in tag_columns for t in curation_services.tags_parse(text=row.get(c) or "")]
+                except CurationError as exc:
                     raise CommandError(f"{opts['csv']}: {row['filename']}: {exc}") from None
                 entry = ((row.get(opts["title_column"]) or "").strip()[:200], list(dict.fromkeys(tags)))
                 name = row["filename"].strip().replace("\\", "/")
@@ -87,9 +93,9 @@ class Command(BaseCommand):
             bar.update(len(chunk))
         bar.close()
         imported, dry = self._summary["imported"], opts["dry_run"]
-        backbone = services.pipeline.catalog_state().backbone if imported and embed else None
-        if backbone and services.reduction_needed(backbone=backbone):
-            reduction = services.reduction_fit(backbone=backbone)
+        backbone = pipeline.catalog_state().backbone if imported and embed else None
+        if backbone and search_services.reduction_needed(backbone=backbone):
+            reduction = search_services.reduction_fit(backbone=backbone)
             if reduction:
                 self.stdout.write(f"fitted {reduction} on {reduction.fitted_on} embeddings")
         for path, reason in self._rejected:
@@ -115,9 +121,9 @@ class Command(BaseCommand):
             title, tags = self._metadata_by_name.get(relative) or self._metadata_by_name.get(path.name) or ("", [])
             if opts["dry_run"]:
                 try:
-                    services.read_upload(io.BytesIO(data))
-                    services.pipeline.decode(data)
-                except (services.ImageRejected, ImageDecodeError) as exc:
+                    catalog_services.read_upload(io.BytesIO(data))
+                    pipeline.decode(data)
+                except (ImageRejected, ImageDecodeError) as exc:
                     self._rejected.append((path, str(exc)))
                     continue
                 self._known.add(checksum)
@@ -126,7 +132,7 @@ class Command(BaseCommand):
             upload = io.BytesIO(data)
             upload.name = path.name
             try:
-                image = services.image_create(
+                image = catalog_services.image_create(
                     file=upload,
                     original_name=path.name,
                     title=title,
@@ -134,14 +140,14 @@ class Command(BaseCommand):
                     lane=LANE_BULK,
                     decoded_sink=None if opts["queue"] else self._decoded,
                 )
-            except services.DuplicateImage:
+            except DuplicateImage:
                 self._summary["skipped"] += 1
                 continue
-            except services.ImageRejected as exc:
+            except ImageRejected as exc:
                 self._rejected.append((path, str(exc)))
                 continue
             if tags:
-                services.image_set_tags(image=image, names=tags)
+                curation_services.image_set_tags(image=image, names=tags)
             self._known.add(image.checksum)
             self._summary["imported"] += 1
             stored.append(image.pk)
@@ -149,9 +155,9 @@ class Command(BaseCommand):
 
     def _embed(self, batch: list[int]) -> None:
         while batch:
-            outcome = services.images_embed_batch(image_id=batch[0], predecoded=self._decoded)
+            outcome = catalog_services.images_embed_batch(image_id=batch[0], predecoded=self._decoded)
             if self._monitoring:  # imported photos are checked against protected works like uploads
                 for pk in outcome.ready:
-                    services.upload_match(image_id=pk)
+                    copyright_services.upload_match(image_id=pk)
             done = set(outcome.ready) | set(outcome.failed) | {batch[0]}
             batch[:] = [pk for pk in batch if pk not in done]

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from gallery.broker import start_redis
+from imagesearch.broker import start_redis
 
 
 class Command(BaseCommand):

@@ -1,0 +1,145 @@
+"""A bounded load test against the whole product on loopback: N clients searching by
+photo and M clients uploading, for a fixed time, then every upload must become ready."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from benchmarks.livestack import Browser, live_stack
+from gallery.ratelimit import LIMITS_OFF_ENV
+
+
+@dataclass
+class LoadReport:
+    search_clients: int
+    upload_clients: int
+    duration_s: float
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"search": [], "upload": []})
+    errors: list[str] = field(default_factory=list)
+    uploaded_ids: list[int] = field(default_factory=list)
+    ready: int = 0
+    failed: int = 0
+    drain_s: float = 0.0
+
+    def requests(self, kind: str) -> int:
+        return len(self.latencies[kind])
+
+    def percentile(self, kind: str, q: float) -> float:
+        values = self.latencies[kind]
+        return float(np.percentile(values, q)) if values else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.search_clients} searching + {self.upload_clients} uploading clients for {self.duration_s:.0f} s",
+        ]
+        for kind in ("search", "upload"):
+            n = self.requests(kind)
+            lines.append(
+                f"  {kind:6s}: {n} requests ({n / self.duration_s:.1f}/s), p50 {self.percentile(kind, 50) * 1000:.0f} ms, "
+                f"p95 {self.percentile(kind, 95) * 1000:.0f} ms, p99 {self.percentile(kind, 99) * 1000:.0f} ms"
+            )
+        lines.append(f"  errors: {len(self.errors)}" + (f" (first: {self.errors[0]})" if self.errors else ""))
+        lines.append(
+            f"  uploads: {len(self.uploaded_ids)} accepted, {self.ready} ready, {self.failed} failed, "
+            f"all embedded {self.drain_s:.0f} s after the load stopped"
+        )
+        return "\n".join(lines)
+
+
+def run_load(
+    *,
+    photos: list[Path],
+    search_clients: int = 50,
+    upload_clients: int = 5,
+    duration: float = 60.0,
+    seed_catalog: int = 40,
+    var: Path | None = None,
+    drain_timeout: float = 600.0,
+) -> LoadReport:
+    """Start a throw-away stack (rate limiter off: this measures capacity), seed a
+    catalog, run the clients for `duration` seconds, wait for the uploads to be ready."""
+    var = var or Path(tempfile.mkdtemp(prefix="imagesearch-load-"))
+    seed, queries, pool = photos[:seed_catalog], photos[seed_catalog : seed_catalog + 50], photos[seed_catalog + 50 :]
+    if not queries or not pool:
+        raise ValueError(f"need more than {seed_catalog + 50} photos, got {len(photos)}")
+    query_bytes = [(p.name, p.read_bytes()) for p in queries]
+    report = LoadReport(search_clients, upload_clients, duration)
+    lock = threading.Lock()
+    with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8") as stack:
+        admin = stack.browser("seeder")
+        seeded: list[int] = []
+        for start in range(0, len(seed), 20):
+            seeded += _ids(admin.upload(seed[start : start + 20]))
+        admin.wait_ready(seeded, timeout=600)
+
+        uploaders = [stack.browser(f"uploader{i}") for i in range(upload_clients)]
+        stop_at = time.monotonic() + duration
+
+        def search_client(i: int) -> None:
+            browser = Browser(stack.url)
+            token = browser._token("/search/")
+            n = i
+            while time.monotonic() < stop_at:
+                name, data = query_bytes[n % len(query_bytes)]
+                n += search_clients
+                began = time.monotonic()
+                try:
+                    r = browser.session.post(
+                        stack.url + "/search/",
+                        data={"csrfmiddlewaretoken": token, "metric": "cosine", "limit": "10"},
+                        files={"file": (name, data, "image/jpeg")},
+                        timeout=300,
+                    )
+                    ok = r.status_code == 200 and 'class="grid results"' in r.text
+                    problem = "" if ok else f"search {r.status_code}"
+                except requests.RequestException as exc:
+                    problem = f"search {exc.__class__.__name__}"
+                with lock:
+                    report.latencies["search"].append(time.monotonic() - began)
+                    if problem:
+                        report.errors.append(problem)
+
+        def upload_client(i: int) -> None:
+            mine = pool[i::upload_clients]  # distinct photos per client: no duplicates by design
+            for path in mine:
+                if time.monotonic() >= stop_at:
+                    break
+                began = time.monotonic()
+                try:
+                    r = uploaders[i].upload([path])
+                    ids = _ids(r) if r.status_code == 200 else []
+                    problem = "" if ids else f"upload {r.status_code}"
+                except requests.RequestException as exc:
+                    ids, problem = [], f"upload {exc.__class__.__name__}"
+                with lock:
+                    report.latencies["upload"].append(time.monotonic() - began)
+                    report.uploaded_ids += ids
+                    if problem:
+                        report.errors.append(problem)
+
+        threads = [threading.Thread(target=search_client, args=(i,)) for i in range(search_clients)]
+        threads += [threading.Thread(target=upload_client, args=(i,)) for i in range(upload_clients)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        report.duration_s = time.monotonic() - began
+        drain_began = time.monotonic()
+        states = admin.wait_ready(report.uploaded_ids, timeout=drain_timeout) if report.uploaded_ids else {}
+        report.drain_s = time.monotonic() - drain_began
+        report.ready = sum(1 for s in states.values() if s == "ready")
+        report.failed = sum(1 for s in states.values() if s == "failed")
+    return report
+
+
+def _ids(response: requests.Response) -> list[int]:
+    query = response.url.split("ids=", 1)
+    return [int(i) for i in query[1].split(",") if i.isdigit()] if len(query) == 2 else []

@@ -1,0 +1,134 @@
+"""Cost of the copyright check per upload as the register of protected works grows.
+
+Real photos of the folder are registered as works (full signatures). To reach 1k or 10k
+works, their signatures are repeated as transformed variants at the descriptor level:
+CNN vectors perturbed and renormalised, hashes re-drawn, and keypoints taken from other
+real photos of the folder (a random 70% of them, descriptors jittered), so the keypoint
+index holds as many real-looking descriptors as distinct works would bring. Each query
+is a real upload: an edited copy of a registered photo or an unrelated photo. Reported:
+the time to build the index, p50/p95 of the whole check (forward pass, hashing,
+keypoint extraction and votes, verification), in wall time and in this process's CPU
+time (which a busy machine inflates less), with the load average, and the recall@1 of
+the copy queries at that register size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from benchmarks import attacks
+from gallery.catalog import pipeline
+from gallery.vision import copydetect
+from gallery.vision.backbones import l2_normalise
+from gallery.vision.datasets import find_images
+
+
+def _keypoints_like(source: copydetect.Keypoints, rng: np.random.Generator) -> copydetect.Keypoints:
+    keep = rng.random(len(source)) < 0.7
+    desc = source.desc[keep].astype(np.int16) + rng.integers(-6, 7, size=(int(keep.sum()), 128))
+    return copydetect.Keypoints(source.xy[keep], np.clip(desc, 0, 255).astype(np.uint8))
+
+
+def _variant(
+    signature: copydetect.WorkSignature, pool: list[copydetect.Keypoints], rng: np.random.Generator
+) -> copydetect.WorkSignature:
+    def jitter(x: np.ndarray) -> np.ndarray:
+        return l2_normalise(x + rng.normal(0, 0.02, x.shape).astype(np.float32))
+
+    keypoints = _keypoints_like(pool[int(rng.integers(len(pool)))], rng)
+
+    return copydetect.WorkSignature(
+        globals=jitter(signature.globals),
+        regions=jitter(signature.regions),
+        small=None if signature.small is None else jitter(signature.small[None])[0],
+        hashes=rng.integers(0, 2**63, 2, dtype=np.int64).astype(np.uint64),
+        keypoints=keypoints,
+        mirrored_keypoints=copydetect.Keypoints(keypoints.xy, keypoints.desc[:, ::-1].copy()),
+    )
+
+
+class Command(BaseCommand):
+    help = "p50/p95 cost of checking one upload against 1k and 10k protected works."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--sizes", default="1000,10000")
+        parser.add_argument("--real-works", type=int, default=100, help="photos registered with full signatures")
+        parser.add_argument("--queries", type=int, default=60)
+        parser.add_argument("--pool", type=int, default=300, help="other photos whose keypoints fill the variants")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        sizes = [int(s) for s in opts["sizes"].split(",") if s.strip()]
+        paths = find_images(opts["directory"])
+        if len(paths) < opts["real_works"] + opts["queries"] // 2 + 1 or not sizes:
+            raise CommandError("not enough photos in the folder for these settings")
+        rng = np.random.default_rng(opts["seed"])
+        order = rng.permutation(len(paths))
+        backbone = pipeline.current_backbone()
+        real = [pipeline.decode(paths[i].read_bytes()).image for i in order[: opts["real_works"]]]
+        others = [
+            pipeline.decode(paths[i].read_bytes()).image
+            for i in order[opts["real_works"] : opts["real_works"] + opts["queries"] // 2]
+        ]
+        signatures = [copydetect.describe_work(backbone, im) for im in tqdm(real, desc="register", disable=opts["json"])]
+        first_pool = opts["real_works"] + opts["queries"] // 2
+        pool = [
+            copydetect.sift_keypoints(pipeline.decode(paths[i].read_bytes()).image)
+            for i in tqdm(order[first_pool : first_pool + opts["pool"]], desc="keypoint pool", disable=opts["json"])
+        ]
+        queries = [
+            attacks.apply(str(rng.choice(attacks.ALL_FAMILIES)), real[i % len(real)], rng, others[0])
+            for i in range(opts["queries"] - len(others))
+        ]
+        truths = [i % len(real) for i in range(len(queries))] + [-1] * len(others)
+        queries += others
+        report: dict[str, Any] = {"real_works": len(real), "queries": len(queries), "sizes": {}}
+        for size in sizes:
+            index = copydetect.CopyIndex()
+            for i in range(size):
+                base = signatures[i % len(signatures)]
+                index.add(i, base if i < len(signatures) else _variant(base, pool, rng))
+            started = time.perf_counter()
+            index.match(index.describe(backbone, queries[0]))  # builds the matrices and the keypoint index
+            build = time.perf_counter() - started
+            total, cpu, describe, found = [], [], [], []
+            for im, truth in zip(queries, truths, strict=True):
+                started, started_cpu = time.perf_counter(), time.process_time()
+                query = index.describe(backbone, im)
+                described = time.perf_counter()
+                best = index.match(query)[0]
+                total.append(time.perf_counter() - started)
+                cpu.append(time.process_time() - started_cpu)
+                describe.append(described - started)
+                if truth >= 0:
+                    found.append(best.work_id == truth)
+            report["sizes"][size] = {
+                "p50_ms": 1000 * float(np.percentile(total, 50)),
+                "p95_ms": 1000 * float(np.percentile(total, 95)),
+                "cpu_p50_ms": 1000 * float(np.percentile(cpu, 50)),
+                "cpu_p95_ms": 1000 * float(np.percentile(cpu, 95)),
+                "describe_p50_ms": 1000 * float(np.percentile(describe, 50)),
+                "copies_recall_at_1": float(np.mean(found)),
+                "load_average": os.getloadavg()[0],
+                "index_build_s": build,
+            }
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2))
+            return
+        for size, row in report["sizes"].items():
+            self.stdout.write(
+                f"{size:>6} works (index built in {row['index_build_s']:.0f} s): p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms per upload "
+                f"(of which the forward pass and hash {row['describe_p50_ms']:.0f} ms); CPU time p50 "
+                f"{row['cpu_p50_ms']:.0f} ms, p95 {row['cpu_p95_ms']:.0f} ms; copies found {row['copies_recall_at_1']:.3f}; "
+                f"load average {row['load_average']:.1f}"
+            )

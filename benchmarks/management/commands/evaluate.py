@@ -1,0 +1,327 @@
+"""Retrieval quality on a labelled folder: the seed's evaluation and the product's pipeline.
+
+Every image is a query against all others (leave-one-out), and/or the seed's split
+(PCA fitted on 80% of each class, the other 20% as queries). One table covers pooling,
+PCA size and whitening, metric and re-ranking; a report folder gets the CSV, a
+precision-recall plot and a contact sheet of queries with their top results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from PIL import Image as PILImage
+from tqdm import tqdm
+
+from benchmarks.metrics import KS, RECALL_LEVELS, RetrievalScores, evaluate_rankings
+from gallery.catalog import pipeline
+from gallery.vision.backbones import gem_pool, l2_normalise
+from gallery.vision.datasets import read_labels
+from gallery.vision.index import Expansion, VectorIndex
+from gallery.vision.preprocess import ImageDecodeError
+from gallery.vision.reduction import fit_pca
+
+METRICS = ("cosine", "euclidean", "inner_product")
+
+
+@dataclass(frozen=True)
+class Config:
+    pooling: str  # gem | avg
+    pca: int  # 0 = none
+    whiten: bool
+    metric: str
+    rerank: str  # none | qe | dba | dba+qe
+
+    @property
+    def label(self) -> str:
+        pca = f"PCA-{self.pca}{'w' if self.whiten else ''}" if self.pca else "raw"
+        return f"{self.pooling}, {pca}, {self.metric}, {self.rerank}"
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _split(labels: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, 80% database and 20% queries (at least one query)."""
+    rng = np.random.default_rng(seed)
+    queries, database = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_query = max(1, round(0.2 * len(idx)))
+        queries += idx[:n_query].tolist()
+        database += idx[n_query:].tolist()
+    return np.array(sorted(database)), np.array(sorted(queries))
+
+
+def _expansion(rerank: str) -> Expansion:
+    conf = settings.IMAGESEARCH
+    return Expansion(
+        dba_k=conf["DBA_K"] if "dba" in rerank else 0,
+        qe_k=conf["QE_K"] if "qe" in rerank else 0,
+        alpha=conf["QE_ALPHA"],
+    )
+
+
+def rank(config: Config, descriptors: dict[str, np.ndarray], labels: np.ndarray, mode: str) -> tuple[RetrievalScores, np.ndarray]:
+    """Evaluate one configuration; returns the scores and the (queries × database) score matrix."""
+    x = descriptors[config.pooling]
+    if mode == "loo":
+        db_idx = q_idx = np.arange(len(x))
+    else:
+        db_idx, q_idx = _split(labels)
+    if config.pca:
+        fitted = fit_pca(x[db_idx], dims=config.pca, whiten=config.whiten)
+        db, q = fitted.transform(x[db_idx]), fitted.transform(x[q_idx])
+    else:
+        db, q = x[db_idx], x[q_idx]
+    index = VectorIndex(db.shape[1], expansion=_expansion(config.rerank) if config.metric == "cosine" else None)
+    index.add(np.arange(len(db)), db)
+    rows, larger = [], True
+    for i in range(len(q)):
+        s, larger = index.scores(q[i], metric=config.metric, exclude=i if mode == "loo" else None)
+        rows.append(s)
+    scores = np.stack(rows)
+    if mode == "loo":
+        return evaluate_rankings(scores, labels, larger_is_better=larger), scores
+    return evaluate_rankings(scores, labels[q_idx], db_labels=labels[db_idx], larger_is_better=larger), scores
+
+
+class Command(BaseCommand):
+    help = "Measure search quality on a labelled folder (class per sub-folder, or --labels CSV of filename,label)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("directory", type=Path)
+        parser.add_argument("--labels", type=Path, help="CSV of filename,label")
+        parser.add_argument("--modes", type=_csv_list, default=["loo", "split"], help="loo and/or split (default both)")
+        parser.add_argument("--metrics", type=_csv_list, default=list(METRICS))
+        parser.add_argument("--pca", type=_csv_list, default=["none", "64", "100", "128", "256"], help="PCA sizes; none = raw")
+        parser.add_argument("--whiten", choices=["no", "yes", "both"], default="both")
+        parser.add_argument("--report", type=Path, help="write CSV, precision-recall plot and contact sheet here")
+        parser.add_argument("--timing-queries", type=int, default=30, help="queries timed end to end (embed + search)")
+        parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        quiet = opts["no_progress"] or opts["json"]
+        try:
+            pairs = read_labels(opts["directory"], opts["labels"])
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if len({label for _, label in pairs}) < 2:
+            raise CommandError("need at least two labelled classes")
+        bad = [m for m in opts["metrics"] if m not in METRICS] + [m for m in opts["modes"] if m not in ("loo", "split")]
+        if bad:
+            raise CommandError(f"unknown metric or mode: {', '.join(bad)}")
+        try:
+            pcas = [0 if p == "none" else int(p) for p in opts["pca"]]
+        except ValueError as exc:
+            raise CommandError(f"--pca takes sizes or 'none': {exc}") from exc
+
+        backbone = pipeline.current_backbone()
+        options = pipeline.preprocess_options()
+        images, labels, paths = [], [], []
+        for path, label in tqdm(pairs, desc="decode", disable=quiet):
+            try:
+                images.append(pipeline.decode(path.read_bytes()).image)
+            except ImageDecodeError as exc:
+                self.stderr.write(f"skipping {path}: {exc}")
+                continue
+            labels.append(label)
+            paths.append(path)
+        y = np.asarray(labels)
+        started = time.perf_counter()
+        maps = []
+        for i in tqdm(range(0, len(images), 32), desc="embed", disable=quiet):
+            batch = np.stack([backbone.preprocess(im, options) for im in images[i : i + 32]])
+            maps.append(backbone.feature_maps(batch))
+        fmap = np.concatenate(maps)
+        embed_ms = 1000 * (time.perf_counter() - started) / len(images)
+        descriptors = {"gem": gem_pool(fmap), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
+        descriptors["gem"] = l2_normalise(descriptors["gem"])
+        del fmap
+
+        conf = settings.IMAGESEARCH
+        pca_default = conf["PCA_DIMS"] if len(images) >= conf["PCA_MIN_IMAGES"] else 0
+        default = Config("gem", pca_default, conf["PCA_WHITEN"], conf["DEFAULT_METRIC"], self._default_rerank())
+        seed = Config("avg", 100 if len(images) > 100 else 0, False, "cosine", "none")
+        configs: list[Config] = []
+        whitens = {"no": [False], "yes": [True], "both": [False, True]}[opts["whiten"]]
+        for pca in pcas:
+            for whiten in whitens if pca else [False]:
+                configs += [Config("gem", pca, whiten, m, "none") for m in opts["metrics"]]
+        for rerank in ("qe", "dba", "dba+qe"):
+            configs.append(Config("gem", pca_default, False, "cosine", rerank))
+        configs += [seed, Config("avg", pca_default, False, "cosine", "dba+qe"), default]
+        configs = list(dict.fromkeys(configs))
+
+        rows, curves, default_scores = [], {}, None
+        for mode in opts["modes"]:
+            for config in tqdm(configs, desc=f"evaluate ({mode})", disable=quiet):
+                result, matrix = rank(config, descriptors, y, mode)
+                row = {
+                    "mode": mode,
+                    "pooling": config.pooling,
+                    "pca": config.pca or None,
+                    "whiten": config.whiten,
+                    "metric": config.metric,
+                    "rerank": config.rerank,
+                    "map": result.map,
+                    **{f"p@{k}": result.precision_at[k] for k in KS},
+                    **{f"r@{k}": result.recall_at[k] for k in KS},
+                    **{f"f1@{k}": result.f1_at[k] for k in KS},
+                    "is_default": config == default,
+                    "is_seed": config == seed,
+                }
+                rows.append(row)
+                if mode == opts["modes"][0] and config in (default, seed, Config("gem", 0, False, "cosine", "none")):
+                    curves[("default" if config == default else "seed" if config == seed else "raw")] = result.pr_curve
+                if mode == "loo" and config == default:
+                    default_scores = matrix
+
+        timing = self._time_queries(descriptors["gem"], default, images, opts["timing_queries"])
+        main = next(r for r in rows if r["is_default"])
+        seed_row = next(r for r in rows if r["is_seed"] and r["mode"] == main["mode"])
+        report = {
+            "backbone": backbone.name,
+            "images": len(images),
+            "classes": len(set(labels)),
+            "embed_ms_per_image_batched": embed_ms,
+            "query_timing_ms": timing,
+            "default": main,
+            "seed": seed_row,
+            "rows": rows,
+        }
+        if opts["report"]:
+            self._write_report(opts["report"], rows, curves, default_scores, paths, y, images)
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2, default=float))
+            return
+        self._print(report, rows, default)
+
+    @staticmethod
+    def _default_rerank() -> str:
+        conf = settings.IMAGESEARCH
+        parts = [name for name, on in (("dba", conf["DBA_K"] > 0), ("qe", conf["QE_K"] > 0)) if on]
+        return "+".join(parts) or "none"
+
+    def _time_queries(self, x: np.ndarray, default: Config, images: list[PILImage.Image], n: int) -> dict[str, float]:
+        """Per-query cost as a user sees it: embed one photo, then search the whole set."""
+        if n <= 0:
+            return {}
+        fitted = fit_pca(x, dims=default.pca) if default.pca else None
+        index = VectorIndex(default.pca or x.shape[1], expansion=_expansion(default.rerank))
+        index.add(np.arange(len(x)), fitted.transform(x) if fitted else x)
+        embed, search = [], []
+        for image in images[:n]:
+            t0 = time.perf_counter()
+            v = pipeline.embed_images([image])[0]
+            t1 = time.perf_counter()
+            index.search(fitted.transform(v[None])[0] if fitted else v, k=20, metric=default.metric)
+            t2 = time.perf_counter()
+            embed.append(1000 * (t1 - t0))
+            search.append(1000 * (t2 - t1))
+        total = np.add(embed, search)
+        return {
+            "embed_p50": float(np.percentile(embed, 50)),
+            "embed_p95": float(np.percentile(embed, 95)),
+            "search_p50": float(np.percentile(search, 50)),
+            "search_p95": float(np.percentile(search, 95)),
+            "total_p50": float(np.percentile(total, 50)),
+            "total_p95": float(np.percentile(total, 95)),
+        }
+
+    def _print(self, report: dict[str, Any], rows: list[dict[str, Any]], default: Config) -> None:
+        out = self.stdout.write
+        out(
+            f"{report['images']} images, {report['classes']} classes, backbone {report['backbone']}, "
+            f"{report['embed_ms_per_image_batched']:.1f} ms/image to embed in batches"
+        )
+        header = f"{'mode':>5} {'pool':>4} {'PCA':>5} {'white':>5} {'metric':>13} {'rerank':>7} {'mAP':>6}"
+        header += "".join(f" {'P@' + str(k):>6}" for k in KS) + "".join(f" {'R@' + str(k):>6}" for k in KS)
+        header += "".join(f" {'F1@' + str(k):>6}" for k in KS)
+        out(header)
+        for r in rows:
+            line = f"{r['mode']:>5} {r['pooling']:>4} {(r['pca'] or 'none')!s:>5} {('yes' if r['whiten'] else 'no'):>5} "
+            line += f"{r['metric']:>13} {r['rerank']:>7} {r['map']:6.3f}"
+            line += "".join(f" {r[f'p@{k}']:6.3f}" for k in KS) + "".join(f" {r[f'r@{k}']:6.3f}" for k in KS)
+            line += "".join(f" {r[f'f1@{k}']:6.3f}" for k in KS)
+            out(line + ("  ← default" if r["is_default"] else "  ← seed" if r["is_seed"] else ""))
+        t = report["query_timing_ms"]
+        if t:
+            out(
+                f"per query: embed p50 {t['embed_p50']:.1f} ms / p95 {t['embed_p95']:.1f} ms, "
+                f"search p50 {t['search_p50']:.2f} ms / p95 {t['search_p95']:.2f} ms, "
+                f"total p50 {t['total_p50']:.1f} ms / p95 {t['total_p95']:.1f} ms"
+            )
+        seed = report["seed"]
+        out(f"seed pipeline ({seed['mode']}: avg pooling, PCA-{seed['pca'] or 'none'}, cosine): mAP {seed['map']:.3f}")
+        d = report["default"]
+        out(f"mAP {d['map']:.3f}, precision@10 {d['p@10']:.3f} (product default, {d['mode']}: {default.label})")
+
+    def _write_report(
+        self,
+        folder: Path,
+        rows: list[dict[str, Any]],
+        curves: dict[str, np.ndarray],
+        scores: np.ndarray | None,
+        paths: list[Path],
+        labels: np.ndarray,
+        images: list[PILImage.Image],
+    ) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "results.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+        names = {"default": "product default", "seed": "seed (avg, PCA-100)", "raw": "GeM, raw"}
+        for key, curve in curves.items():
+            ax.plot(RECALL_LEVELS, curve, marker="o", markersize=3, label=names.get(key, key))
+        ax.set_xlabel("recall")
+        ax.set_ylabel("interpolated precision")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title("Precision-recall, every image a query")
+        fig.tight_layout()
+        fig.savefig(folder / "precision_recall.png")
+        plt.close(fig)
+        if scores is not None:
+            self._contact_sheet(folder / "contact_sheet.png", scores, labels, images)
+        self.stderr.write(f"report written to {folder}")
+
+    @staticmethod
+    def _contact_sheet(
+        path: Path, scores: np.ndarray, labels: np.ndarray, images: list[PILImage.Image], queries: int = 6, top: int = 8
+    ) -> None:
+        """Rows of query + top results; green border = same class, red = not."""
+        cell, pad = 128, 6
+        rng = np.random.default_rng(0)
+        chosen = rng.choice(len(images), size=min(queries, len(images)), replace=False)
+        sheet = PILImage.new("RGB", ((top + 1) * (cell + pad) + pad, len(chosen) * (cell + pad) + pad), "white")
+        for row, qi in enumerate(chosen):
+            s = scores[qi].copy()
+            s[qi] = -np.inf
+            order = np.argsort(-s)[:top]
+            tiles = [(qi, (60, 60, 60))] + [(int(j), (30, 160, 60) if labels[j] == labels[qi] else (200, 40, 40)) for j in order]
+            for col, (j, colour) in enumerate(tiles):
+                thumb = images[j].copy()
+                thumb.thumbnail((cell - 8, cell - 8))
+                tile = PILImage.new("RGB", (cell, cell), colour)
+                tile.paste(thumb, ((cell - thumb.width) // 2, (cell - thumb.height) // 2))
+                sheet.paste(tile, (pad + col * (cell + pad), pad + row * (cell + pad)))
+        sheet.save(path)

@@ -1,0 +1,207 @@
+"""The JSON API's shapes: what it accepts and what it answers, one class per shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from gallery.catalog.models import Image
+from gallery.vision.index import METRICS
+
+
+def _absolute(request: Any, path: str) -> str:
+    return request.build_absolute_uri(path) if request is not None else path
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    """A catalog image with the links a client follows next."""
+
+    title = serializers.CharField(
+        source="display_title",
+        read_only=True,
+        help_text="what the pages show: the title given at upload, or else the uploaded file's name",
+    )
+    given_title = serializers.CharField(
+        source="title", read_only=True, help_text="the title given at upload; empty when none was given"
+    )
+    original_name = serializers.CharField(read_only=True, help_text="the uploaded file's name; empty for some imports")
+    tags = serializers.SerializerMethodField()
+    url = serializers.SerializerMethodField()
+    page_url = serializers.SerializerMethodField()
+    file_url = serializers.SerializerMethodField()
+    thumbnail_url = serializers.SerializerMethodField()
+    status_url = serializers.SerializerMethodField()
+    similar_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = [
+            "id", "title", "given_title", "original_name", "status", "status_reason", "width", "height", "format", "size",
+            "tags", "created_at", "url", "page_url", "file_url", "thumbnail_url", "status_url", "similar_url",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def _link(self, name: str, image: Image) -> str:
+        return _absolute(self.context.get("request"), reverse(name, args=[image.pk]))
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_tags(self, image: Image) -> list[str]:
+        return sorted(t.name for t in image.tags.all())
+
+    @extend_schema_field(serializers.URLField())
+    def get_url(self, image: Image) -> str:
+        return self._link("api:image-detail", image)
+
+    @extend_schema_field(serializers.URLField())
+    def get_page_url(self, image: Image) -> str:
+        return self._link("gallery:detail", image)
+
+    @extend_schema_field(serializers.URLField())
+    def get_file_url(self, image: Image) -> str:
+        return _absolute(self.context.get("request"), image.display_url)
+
+    @extend_schema_field(serializers.URLField(allow_null=True))
+    def get_thumbnail_url(self, image: Image) -> str | None:
+        return _absolute(self.context.get("request"), image.thumbnail_url) if image.thumbnail else None
+
+    @extend_schema_field(serializers.URLField())
+    def get_status_url(self, image: Image) -> str:
+        return self._link("api:image-status", image)
+
+    @extend_schema_field(serializers.URLField())
+    def get_similar_url(self, image: Image) -> str:
+        return self._link("api:image-similar", image)
+
+
+class ImageStatusSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Image.Status.choices)
+    reason = serializers.CharField(allow_blank=True, help_text="why analysis failed; empty otherwise")
+    done = serializers.BooleanField(help_text="true once the status is ready or failed")
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True, help_text="one photo: JPEG, PNG, GIF, WebP, BMP or TIFF")
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not (hasattr(data, "get") and data.get("file")):
+            raise serializers.ValidationError(
+                {"file": [serializers.ErrorDetail("Attach a photo as `file`.", code="missing_file")]}
+            )
+        return super().to_internal_value(data)
+
+
+class MetricField(serializers.ChoiceField):
+    """A metric name; an unknown one fails with the stable code `unknown_metric`."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(choices=list(METRICS), **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if str(data) not in METRICS:
+            raise serializers.ValidationError(
+                f"Unknown metric “{data}”; choose one of {', '.join(METRICS)}.", code="unknown_metric"
+            )
+        return str(data)
+
+
+class SearchOptionsSerializer(serializers.Serializer):
+    """How to rank: shared by search by photo and "more like this"."""
+
+    limit = serializers.IntegerField(min_value=1, max_value=100, required=False, help_text="how many results (default 20)")
+    metric = MetricField(required=False, help_text="how to compare (default cosine)")
+    tag = serializers.CharField(
+        max_length=64, required=False, allow_blank=True, default="", help_text="only images with this tag"
+    )
+    min_score = serializers.FloatField(
+        required=False, allow_null=True, default=None, help_text="cosine and inner product: drop results scoring below this"
+    )
+    max_distance = serializers.FloatField(
+        required=False, allow_null=True, default=None, min_value=0, help_text="euclidean: drop results farther than this"
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.setdefault("metric", str(settings.IMAGESEARCH["DEFAULT_METRIC"]))
+        attrs.setdefault("limit", int(settings.IMAGESEARCH["RESULTS"]))
+        attrs["tag"] = attrs.get("tag", "").strip().lower()
+        if attrs["metric"] == "euclidean" and attrs.get("min_score") is not None:
+            raise serializers.ValidationError(
+                {"min_score": [serializers.ErrorDetail("Euclidean results are distances: use max_distance.", code="invalid")]}
+            )
+        if attrs["metric"] != "euclidean" and attrs.get("max_distance") is not None:
+            raise serializers.ValidationError(
+                {"max_distance": [serializers.ErrorDetail("max_distance applies to the euclidean metric.", code="invalid")]}
+            )
+        return attrs
+
+
+class SearchRequestSerializer(SearchOptionsSerializer):
+    """Exactly one query: an uploaded photo, a catalog image id, or a catalog image's URL."""
+
+    file = serializers.FileField(required=False, allow_empty_file=True, help_text="a query photo; it is not added to the catalog")
+    image_id = serializers.IntegerField(required=False, min_value=1, help_text='a catalog image: "more like this"')
+    image_url = serializers.CharField(
+        required=False, max_length=2000, help_text="the page, API or file URL of a catalog image (never fetched)"
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        given = [k for k in ("file", "image_id", "image_url") if attrs.get(k)]
+        if not given:
+            raise serializers.ValidationError(
+                {
+                    "file": [
+                        serializers.ErrorDetail(
+                            "Attach a query photo as `file`, or give `image_id` or `image_url`.", code="missing_file"
+                        )
+                    ]
+                }
+            )
+        if len(given) > 1:
+            raise serializers.ValidationError(
+                {given[1]: [serializers.ErrorDetail("Give only one of file, image_id and image_url.", code="invalid")]}
+            )
+        return super().validate(attrs)
+
+
+class SearchQuerySerializer(serializers.Serializer):
+    name = serializers.CharField(allow_blank=True, help_text="the uploaded file's name")
+    image = ImageSerializer(allow_null=True, help_text="the catalog image, for more like this")
+
+
+class SearchHitSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    score = serializers.FloatField()
+    image = ImageSerializer()
+
+
+class SearchResultSerializer(serializers.Serializer):
+    metric = serializers.ChoiceField(choices=list(METRICS))
+    higher_is_better = serializers.BooleanField(help_text="false for euclidean, whose scores are distances")
+    space = serializers.CharField(help_text="the backbone and PCA the scores were computed in")
+    query = SearchQuerySerializer()
+    count = serializers.IntegerField()
+    results = SearchHitSerializer(many=True)
+
+
+class ExistingImageSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    url = serializers.URLField()
+    page_url = serializers.URLField()
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="stable, for programs: not_an_image, too_large, duplicate, unknown_metric ...")
+    message = serializers.CharField(help_text="for people")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False, help_text="per-parameter problems"
+    )
+    existing = ExistingImageSerializer(required=False, help_text="for duplicate: the image already in the catalog")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorBodySerializer()

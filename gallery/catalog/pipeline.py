@@ -1,0 +1,88 @@
+"""The configured embedding pipeline of this process: backbone and preprocessing.
+
+Settings decide the backbone; it is built once per process and shared by the web
+process (query images) and the worker (catalog images), so both embed identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+from django.conf import settings
+from PIL import Image as PILImage
+
+from gallery.search.models import CatalogState
+from gallery.vision.backbones import Backbone, load_backbone
+from gallery.vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
+
+
+def current_backbone() -> Backbone:
+    conf = settings.IMAGESEARCH
+    return load_backbone(conf["BACKBONE"], resnet50_weights=conf["RESNET50_WEIGHTS"] or None)
+
+
+def preprocess_options() -> PreprocessOptions:
+    conf = settings.IMAGESEARCH
+    return PreprocessOptions(grayscale=conf["GRAYSCALE"], denoise=conf["DENOISE"])
+
+
+def decode(data: bytes) -> DecodedImage:
+    """Decode an upload's first frame within the per-decode memory budget, at most
+    DECODE_CONCURRENCY at a time in this process."""
+    conf = settings.IMAGESEARCH
+    return decode_image(data, max_pixels=conf["MAX_PIXELS"], max_memory=conf["DECODE_MEMORY_MB"] * 2**20, gate=_decode_turn())
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+def _decode_slots() -> threading.BoundedSemaphore:
+    global _slots
+    size = max(1, int(settings.IMAGESEARCH["DECODE_CONCURRENCY"]))
+    with _slots_lock:
+        if _slots is None or _slots[0] != size:
+            _slots = (size, threading.BoundedSemaphore(size))
+        return _slots[1]
+
+
+@contextlib.contextmanager
+def _decode_turn() -> Iterator[None]:
+    slots = _decode_slots()
+    if not slots.acquire(timeout=settings.IMAGESEARCH["DECODE_WAIT_SECONDS"]):
+        raise ImageDecodeError(
+            "The server is busy decoding other photos; nothing was stored. Please try again in a moment.", code="server_busy"
+        )
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = None) -> np.ndarray:
+    backbone = backbone or current_backbone()
+    return backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
+
+
+# ---- catalog curation: the catalog's persisted backbone
+
+
+def backbone_named(name: str) -> Backbone:
+    """A backbone by name, built once per process (ResNet50 from the configured weights)."""
+    return load_backbone(name, resnet50_weights=settings.IMAGESEARCH["RESNET50_WEIGHTS"] or None)
+
+
+def catalog_state() -> CatalogState:
+    """The catalog's search space; the configured backbone is only its initial value."""
+    state = CatalogState.objects.filter(pk=1).first()
+    if state is None:
+        state, _ = CatalogState.objects.get_or_create(pk=1, defaults={"backbone": current_backbone().name})
+    return state
+
+
+def catalog_backbone() -> Backbone:
+    """The backbone the catalog is searched with (settings decide it only until a re-embed)."""
+    return backbone_named(catalog_state().backbone)

@@ -1,0 +1,512 @@
+"""Writes to the catalog: storing uploads, placing their pictures, queueing and embedding
+them in batches, visibility and deletion, the change log."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import socket
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
+from django.db import IntegrityError, OperationalError, transaction
+from django.db.models import Case, F, Max, Q, When
+from django.utils import timezone
+from PIL import Image as PILImage
+
+from gallery.catalog import pipeline
+from gallery.catalog.models import LANE_INTERACTIVE, CatalogChange, Embedding, Image
+from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected
+from gallery.search.models import ReducedVector, Reduction
+from gallery.search.services import reduction_load
+from gallery.storage import private_storage, withheld_name
+from gallery.vision.preprocess import ImageDecodeError, display_copy_bytes
+
+log = logging.getLogger(__name__)
+
+
+THUMBNAIL_SIZE = 400
+
+
+_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+
+
+def read_upload(file: IO[bytes], *, max_bytes: int | None = None) -> bytes:
+    """Read an upload, refusing it before reading past the size limit."""
+    limit = max_bytes if max_bytes is not None else settings.IMAGESEARCH["MAX_UPLOAD_BYTES"]
+    size = getattr(file, "size", None)
+    if size is not None and size > limit:
+        raise ImageRejected(f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+    data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ImageRejected(f"The file is larger than the {limit / 1e6:.0f} MB limit.")
+    if not data:
+        raise ImageRejected("The file is empty.")
+    return data
+
+
+def _thumbnail_bytes(image: PILImage.Image) -> bytes:
+    thumb = image.copy()
+    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), PILImage.Resampling.BICUBIC, reducing_gap=2.0)
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def original_name_clean(name: str) -> str:
+    """The file name as the user knows it, for display only: no folders, no control or
+    invisible characters, at most 255 characters. Stored files never use it."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and unicodedata.category(ch) not in ("Cf", "Co", "Cs"))
+    name = name.strip().strip(".")
+    return name[:255]
+
+
+def image_create(
+    *,
+    file: IO[bytes],
+    uploaded_by: AbstractBaseUser | None = None,
+    title: str = "",
+    original_name: str = "",
+    queue: bool = True,
+    lane: str = LANE_INTERACTIVE,
+    decoded_sink: dict[int, PILImage.Image] | None = None,
+) -> Image:
+    """Validate and store an upload as a pending Image; its embedding is queued on commit,
+    on the lane's queue (uploads from people: interactive; imports: bulk).
+
+    The original goes to private storage; browsers get a re-encoded, metadata-free display
+    copy and thumbnail. Raises ImageRejected (or DuplicateImage) with a message for the
+    user, or CatalogUnavailable when the database or the disk cannot take it; nothing is
+    stored in any of these cases.
+    """
+    data = read_upload(file)
+    checksum = hashlib.sha256(data).hexdigest()
+    try:
+        existing = Image.objects.filter(checksum=checksum).first()
+    except OperationalError as exc:
+        raise CatalogUnavailable(_BUSY) from exc
+    if existing is not None:
+        raise DuplicateImage(existing)
+    try:
+        decoded = pipeline.decode(data)
+    except ImageDecodeError as exc:
+        raise ImageRejected(str(exc), code=exc.code) from None
+    thumb = _thumbnail_bytes(decoded.image)
+    display = display_copy_bytes(decoded.image)
+    name = original_name_clean(original_name or getattr(file, "name", "") or "")
+    image = Image(
+        title=title[:200],
+        original_name=name,
+        checksum=checksum,
+        size=len(data),
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        uploaded_by=uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None,
+        lane=lane,
+        queued_at=timezone.now() if queue else None,
+    )
+    stem = f"{checksum[:2]}/{checksum}"
+    try:
+        with transaction.atomic():
+            image.file.save(f"{stem}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
+            image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
+            image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
+            image.save()
+            if queue:
+                transaction.on_commit(lambda: image_queue_embedding(image_id=image.pk, lane=image.lane))
+    except IntegrityError:
+        _delete_files(image)
+        existing = Image.objects.filter(checksum=checksum).first()
+        if existing is None:
+            raise
+        raise DuplicateImage(existing) from None
+    except OperationalError as exc:
+        _delete_files(image)
+        log.warning("upload not stored, database unavailable: %s", exc)
+        raise CatalogUnavailable(_BUSY) from exc
+    except OSError as exc:
+        _delete_files(image)
+        log.error("upload not stored, storage failed: %s", exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CatalogUnavailable("The server has no room for new photos right now; nothing was stored.") from exc
+        raise CatalogUnavailable("The server could not store the photo; nothing was stored. Please try again.") from exc
+    except BaseException:
+        _delete_files(image)
+        raise
+    if decoded_sink is not None:  # a bulk import embeds it next without decoding it again
+        decoded_sink[image.pk] = decoded.image
+    return image
+
+
+_BUSY = "The catalog is busy right now; nothing was stored. Please try again in a moment."
+
+
+def _delete_files(image: Image) -> None:
+    for f in (image.file, image.display, image.thumbnail):
+        if f and f.name:
+            try:
+                f.storage.delete(f.name)
+            except OSError as exc:
+                log.error("could not delete %s: %s", f.name, exc)
+    for f in (image.display, image.thumbnail):  # a hidden image's withheld copies
+        if f and f.name:
+            try:
+                private_storage.delete(withheld_name(f.name))
+            except OSError as exc:
+                log.error("could not delete withheld %s: %s", f.name, exc)
+
+
+def _move(name: str, source: Storage, target: Storage, target_name: str) -> bool:
+    """Move one stored file between storages (copy, then delete); True when it moved."""
+    if not source.exists(name):
+        return False
+    with source.open(name, "rb") as f:
+        data = f.read()
+    if target.exists(target_name):
+        target.delete(target_name)
+    saved = target.save(target_name, ContentFile(data))
+    if saved != target_name:  # a storage that renamed it: keep the original where it was
+        target.delete(saved)
+        raise OSError(f"storage renamed {target_name} to {saved}")
+    source.delete(name)
+    return True
+
+
+def image_pictures_place(*, image_ids: list[int]) -> int:
+    """Put each image's display copy and thumbnail where its visibility says: in the public
+    media when published, withheld in the private storage when hidden. Safe to run again
+    (the periodic sweep does, after a crash between the change and the move); returns how
+    many files moved."""
+    moved = 0
+    for image in Image.objects.filter(pk__in=image_ids).only("pk", "visibility", "display", "thumbnail"):
+        for f in (image.display, image.thumbnail):
+            if not (f and f.name):
+                continue
+            try:
+                if image.visibility == Image.Visibility.HIDDEN:
+                    moved += _move(f.name, f.storage, private_storage, withheld_name(f.name))
+                else:
+                    moved += _move(withheld_name(f.name), private_storage, f.storage, f.name)
+            except OSError as exc:
+                log.error("could not move the picture %s of image %s: %s", f.name, image.pk, exc)
+    return moved
+
+
+def images_pictures_reconcile(*, limit: int = 500) -> int:
+    """Move the pictures of recently changed images whose files are not where their
+    visibility says (an interrupted move); part of the periodic sweep."""
+    ids = list(Image.objects.order_by("-updated_at").values_list("pk", flat=True)[:limit])
+    return image_pictures_place(image_ids=ids)
+
+
+def image_queue_embedding(*, image_id: int, lane: str) -> bool:
+    """Queue the embedding task on the image's lane (the caller has set `queued_at` in the
+    same write that made the image pending). When the broker is down the image stays pending
+    with `queued_at` cleared, and the periodic sweep queues it soon. Returns whether it was queued."""
+    from .tasks import embed_image
+
+    try:
+        embed_image.apply_async(args=[image_id], queue=lane, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
+        return True
+    except Exception as exc:  # broker unreachable
+        log.warning("could not queue image %s (%s); the sweep will retry", image_id, exc)
+    try:
+        Image.objects.filter(pk=image_id).update(queued_at=None)
+    except OperationalError as exc:  # then the sweep finds it later, once its queueing looks old
+        log.warning("could not mark image %s as not queued (%s)", image_id, exc)
+    return False
+
+
+def images_requeue_waiting(*, min_age_seconds: int | None = None, only_lost: bool = True) -> int:
+    """Queue the embedding task again for waiting images (pending, or claimed by a worker
+    that went silent), each on its lane; returns how many were queued.
+
+    With `only_lost` (the periodic sweep), only images whose task may have been lost: never
+    queued (broker down at upload) and older than `min_age_seconds`, or queued longer ago
+    than the lane's REQUEUE_AFTER_SECONDS while the lane has embedded nothing for as long.
+    A lane that is moving needs no help, since each of its tasks also claims the oldest
+    waiting images of the lane, so a bulk backlog is not queued a second time. Without it
+    (a restarted worker, whose broker may have lost every queued task), all of them.
+    """
+    from .tasks import embed_image
+
+    conf = settings.IMAGESEARCH
+    if min_age_seconds is None:
+        min_age_seconds = conf["SWEEP_MIN_AGE_SECONDS"]
+    now = timezone.now()
+    waiting = Q(status=Image.Status.PENDING) | Q(status=Image.Status.PROCESSING, claimed_at__lt=_stale_before())
+    never_queued = Q(queued_at__isnull=True, created_at__lt=now - timedelta(seconds=min_age_seconds))
+    count = 0
+    for lane in Image.Lane.values:
+        due = Q(created_at__lt=now - timedelta(seconds=min_age_seconds))
+        if only_lost:
+            quiet_since = now - timedelta(seconds=conf["REQUEUE_AFTER_SECONDS"][lane])
+            due = never_queued
+            if not Image.objects.filter(lane=lane, embedded_at__gte=quiet_since).exists():
+                due |= Q(queued_at__lt=quiet_since)
+        ids = list(Image.objects.filter(waiting, due, lane=lane).values_list("pk", flat=True))
+        sent: list[int] = []
+        try:
+            for pk in ids:
+                embed_image.apply_async(args=[pk], queue=lane)
+                sent.append(pk)
+        finally:
+            for start in range(0, len(sent), 500):
+                Image.objects.filter(pk__in=sent[start : start + 500]).update(queued_at=now)
+        count += len(sent)
+    return count
+
+
+def images_set_visibility(*, image_ids: list[int], visibility: str, reason: str = "") -> int:
+    """Publish or hide images; returns how many changed. Hidden images leave the public
+    gallery and every search result; `reason` is what their uploader reads on "My uploads"."""
+    if visibility not in Image.Visibility.values:
+        raise ValueError(f"unknown visibility {visibility!r}")
+    hidden = visibility == Image.Visibility.HIDDEN
+    reason = (reason.strip()[:300] or "Hidden by the catalog's editors.") if hidden else ""
+    with transaction.atomic():
+        rows = Image.objects.filter(pk__in=image_ids).exclude(visibility=visibility)
+        changed_ids = list(rows.values_list("pk", flat=True))
+        changed = Image.objects.filter(pk__in=changed_ids).update(visibility=visibility, visibility_reason=reason)
+        # The files follow once the change is committed (a rollback leaves them in place).
+        transaction.on_commit(lambda: image_pictures_place(image_ids=changed_ids))
+    return changed
+
+
+@dataclass
+class BatchOutcome:
+    state: str  # claimed | done | busy | missing
+    lane: str = LANE_INTERACTIVE
+    ready: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def _stale_before() -> timezone.datetime:
+    return timezone.now() - timedelta(seconds=settings.IMAGESEARCH["STALE_PROCESSING_SECONDS"])
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}"
+
+
+def images_claim(*, image_id: int, batch_size: int, worker: str) -> tuple[str, list[Image]]:
+    """Claim the image and up to batch_size-1 other waiting images of its lane for one
+    forward pass (an upload never waits inside a bulk import's batch)."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(pk=image_id).first()
+        if image is None:
+            return "missing", []
+        if image.status in (Image.Status.READY, Image.Status.FAILED):
+            return "done", []
+        stale = _stale_before()
+        if image.status == Image.Status.PROCESSING and image.claimed_at and image.claimed_at > stale:
+            return "busy", []
+        waiting = Q(status=Image.Status.PENDING) | Q(status=Image.Status.PROCESSING, claimed_at__lt=stale)
+        others = list(
+            Image.objects.select_for_update(skip_locked=True)
+            .filter(waiting, lane=image.lane)
+            .exclude(pk=image_id)
+            .order_by("created_at", "id")
+            .values_list("pk", flat=True)[: max(batch_size - 1, 0)]
+        )
+        ids = [image_id, *others]
+        Image.objects.filter(pk__in=ids).update(
+            status=Image.Status.PROCESSING, claimed_at=timezone.now(), claimed_by=worker, attempts=F("attempts") + 1
+        )
+        return "claimed", list(Image.objects.filter(pk__in=ids).order_by("created_at", "id"))
+
+
+def images_release(*, image_ids: list[int]) -> None:
+    """Give claimed images back to the queue (after a transient error)."""
+    Image.objects.filter(pk__in=image_ids, status=Image.Status.PROCESSING).update(
+        status=Image.Status.PENDING, claimed_at=None, claimed_by=""
+    )
+
+
+def image_fail(*, image: Image, reason: str) -> None:
+    Image.objects.filter(pk=image.pk).update(
+        status=Image.Status.FAILED, status_reason=reason[:2000], claimed_at=None, claimed_by=""
+    )
+
+
+def images_embed_batch(
+    *, image_id: int, worker: str | None = None, predecoded: dict[int, PILImage.Image] | None = None
+) -> BatchOutcome:
+    """Embed `image_id` together with other waiting images in one batch.
+
+    Safe to run twice: a finished image is skipped, and vectors are upserted on the
+    (image, backbone) unique constraint. `predecoded` holds pictures the caller has
+    just decoded (a bulk import), which are not read back from storage.
+    """
+    conf = settings.IMAGESEARCH
+    state, images = images_claim(image_id=image_id, batch_size=conf["BATCH_SIZE"], worker=worker or worker_name())
+    outcome = BatchOutcome(state=state, lane=str(images[0].lane) if images else LANE_INTERACTIVE)
+    if state != "claimed":
+        return outcome
+    pending_ids = [im.pk for im in images]
+    try:
+        decoded: list[tuple[Image, PILImage.Image]] = []
+        for image in images:
+            if predecoded is not None and image.pk in predecoded:
+                decoded.append((image, predecoded.pop(image.pk)))
+                continue
+            try:
+                with image.file.open("rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                image_fail(image=image, reason="The stored file is missing.")
+                outcome.failed.append(image.pk)
+                pending_ids.remove(image.pk)
+                continue
+            try:
+                decoded.append((image, pipeline.decode(data).image))
+            except ImageDecodeError as exc:
+                image_fail(image=image, reason=str(exc))
+                outcome.failed.append(image.pk)
+                pending_ids.remove(image.pk)
+        if decoded:
+            for image in _catalog_embed(decoded=decoded):
+                outcome.ready.append(image.pk)
+                pending_ids.remove(image.pk)
+    except BaseException:
+        images_release(image_ids=pending_ids)
+        raise
+    return outcome
+
+
+def embedding_store(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding | None:
+    """Store the embedding, project it with the active reduction, mark the image ready
+    (None when the image was deleted meanwhile)."""
+    stored = embeddings_store(items=[(image, vector)], backbone=backbone)
+    return stored[0] if stored else None
+
+
+def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) -> list[Embedding]:
+    """Store a batch's embeddings in one transaction: upsert the vectors, project them with
+    the active reduction, mark the images ready. Safe to repeat."""
+    if not items:
+        return []
+    with transaction.atomic():
+        # An image deleted while its batch was being embedded is left out; the rest of the
+        # batch is stored (the lock keeps a delete from racing the inserts).
+        alive = set(Image.objects.select_for_update().filter(pk__in=[im.pk for im, _ in items]).values_list("pk", flat=True))
+        items = [(image, v) for image, v in items if image.pk in alive]
+        if not items:
+            return []
+        vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in items])
+        ids = [image.pk for image, _ in items]
+        existing = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
+        fresh, changed = [], []
+        for (image, _), vector in zip(items, vectors, strict=True):
+            row = existing.get(image.pk)
+            if row is None:
+                fresh.append(Embedding(image=image, backbone=backbone, dim=int(vector.shape[0]), vector=vector.tobytes()))
+            else:
+                row.dim, row.vector = int(vector.shape[0]), vector.tobytes()
+                changed.append(row)
+        Embedding.objects.bulk_create(fresh)
+        if changed:
+            Embedding.objects.bulk_update(changed, ["dim", "vector"])
+        reduction = Reduction.objects.select_for_update().filter(backbone=backbone, is_active=True).first()
+        if reduction is not None:
+            projected = reduction_load(reduction).transform(vectors)
+            ReducedVector.objects.filter(reduction=reduction, image_id__in=ids).delete()
+            ReducedVector.objects.bulk_create(
+                [
+                    ReducedVector(image_id=pk, reduction=reduction, vector=p.tobytes())
+                    for pk, p in zip(ids, projected, strict=True)
+                ]
+            )
+        Image.objects.filter(pk__in=ids).update(
+            status=Image.Status.READY,
+            status_reason="",
+            # A worker's batch records who embedded it; a re-embed job (nothing claimed) keeps the record.
+            embedded_by=Case(When(claimed_by="", then=F("embedded_by")), default=F("claimed_by")),
+            embedded_at=timezone.now(),
+            claimed_at=None,
+            claimed_by="",
+        )
+    by_image = {e.image_id: e for e in Embedding.objects.filter(image_id__in=ids, backbone=backbone)}
+    return [by_image[pk] for pk in ids]
+
+
+def catalog_changes_prune(*, older_than_seconds: int) -> int:
+    """Delete change-log entries older than the retention; returns how many went.
+
+    A marker entry records the last deleted id, so an index that had not read that far
+    (a process idle for longer than the retention) sees the marker and reloads in full.
+    """
+    horizon = timezone.now() - timedelta(seconds=older_than_seconds)
+    with transaction.atomic():
+        through = CatalogChange.objects.filter(at__lt=horizon).aggregate(last=Max("pk"))["last"]
+        if through is None:
+            return 0
+        deleted, _ = CatalogChange.objects.filter(pk__lte=through).delete()
+        CatalogChange.objects.create(image_id=0, pruned_through=through)
+    return deleted
+
+
+def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image]:
+    """Embed freshly claimed images for the catalog's backbone and, during a migration,
+    for the target backbone too, so the switch finds nothing missing."""
+    state = pipeline.catalog_state()
+    pictures = [im for _, im in decoded]
+    vectors = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(state.backbone))
+    stored = embeddings_store(
+        items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)], backbone=state.backbone
+    )
+    # Images deleted while they were embedded are gone; the rest of the batch goes on.
+    alive = {e.image_id for e in stored}
+    kept = [i for i, (image, _) in enumerate(decoded) if image.pk in alive]
+    decoded, pictures = [decoded[i] for i in kept], [pictures[i] for i in kept]
+    done = {state.backbone}
+    while True:
+        # A switch may happen while this batch was embedded: catch up with the new space.
+        fresh = pipeline.catalog_state()
+        missing = [b for b in (fresh.backbone, fresh.target_backbone) if b and b not in done]
+        if not missing:
+            break
+        for name in missing:
+            extra = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(name))
+            for (image, _), vector in zip(decoded, extra, strict=True):
+                embedding_add(image=image, backbone=name, vector=vector)
+            done.add(name)
+    return [image for image, _ in decoded]
+
+
+def embedding_add(*, image: Image, backbone: str, vector: np.ndarray) -> Embedding | None:
+    """Store an embedding (and its projection by the backbone's active PCA) without
+    touching the image's status: used for a backbone the catalog is migrating to."""
+    vector = np.asarray(vector, dtype=np.float32)
+    with transaction.atomic():
+        if not Image.objects.select_for_update().filter(pk=image.pk).exists():
+            return None  # deleted while it was embedded
+        embedding, _ = Embedding.objects.update_or_create(
+            image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector.tobytes()}
+        )
+        reduction = Reduction.objects.filter(backbone=backbone, is_active=True).first()
+        if reduction is not None:
+            projected = reduction_load(reduction).transform(vector[None])[0]
+            ReducedVector.objects.update_or_create(image=image, reduction=reduction, defaults={"vector": projected.tobytes()})
+    return embedding
+
+
+def images_delete(*, image_ids: list[int]) -> int:
+    """Delete images with their files, embeddings and reduced vectors."""
+    images = list(Image.objects.filter(pk__in=image_ids))
+    with transaction.atomic():
+        Image.objects.filter(pk__in=[im.pk for im in images]).delete()
+        for image in images:
+            transaction.on_commit(lambda image=image: _delete_files(image))  # type: ignore[misc]
+    return len(images)

@@ -1,0 +1,131 @@
+"""Reads for copyright monitoring: the matcher's index of works, the review queue and
+its navigation, the audit trail."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from django.db.models import Q, QuerySet
+
+from gallery.catalog import pipeline
+from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
+from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
+from gallery.vision import copydetect
+from gallery.vision.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class LoadedCopyIndex:
+    backbone: Backbone
+    works: copydetect.CopyIndex
+
+
+class _CopyIndexCache:
+    """The protected works' signatures, loaded once per process and appended to as works
+    are registered (new rows by primary key); a removed work triggers a reload."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._index = copydetect.CopyIndex()
+        self._last_row = 0
+
+    def get(self) -> LoadedCopyIndex:
+        backbone = pipeline.current_backbone()
+        rows = WorkSignature.objects.filter(
+            backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, work__status=ProtectedWork.Status.READY
+        )
+        with self._lock:
+            if self._key != backbone.name:
+                self._key, self._index, self._last_row = backbone.name, copydetect.CopyIndex(), 0
+            for pk, work_id, data in rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data"):
+                self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
+                self._last_row = pk
+            if len(self._index) != rows.count():
+                self._index, self._last_row = copydetect.CopyIndex(), 0
+                for pk, work_id, data in rows.order_by("pk").values_list("pk", "work_id", "data"):
+                    self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
+                    self._last_row = pk
+            return LoadedCopyIndex(backbone, self._index)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._index, self._last_row = None, copydetect.CopyIndex(), 0
+
+
+copy_index = _CopyIndexCache()
+
+
+# Each queue order is a keyset: (field, descending) pairs ending in the primary key.
+MATCH_ORDERS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "newest": (("created_at", True), ("id", True)),
+    "score": (("score", True), ("created_at", True), ("id", True)),
+}
+
+
+def _ordering(order: str) -> list[str]:
+    return [("-" if desc else "") + name for name, desc in MATCH_ORDERS.get(order, MATCH_ORDERS["newest"])]
+
+
+def copy_matches(*, status: str = "", rights_holder: str = "", order: str = "newest") -> QuerySet[CopyMatch]:
+    """The review queue: filtered by status and rights holder, newest or highest score first."""
+    rows = CopyMatch.objects.select_related("work", "image")
+    if status:
+        rows = rows.filter(status=status)
+    if rights_holder:
+        rows = rows.filter(work__rights_holder=rights_holder)
+    return rows.order_by(*_ordering(order))
+
+
+@dataclass(frozen=True)
+class QueueNeighbours:
+    previous: int | None
+    next: int | None
+    pending: int
+
+
+def pending_neighbours(*, match: CopyMatch, rights_holder: str = "", order: str = "newest") -> QueueNeighbours:
+    """The pending matches just before and after `match` in the queue's order and filter
+    (whatever the status of `match` itself), and how many are pending in all."""
+    keys = MATCH_ORDERS.get(order, MATCH_ORDERS["newest"])
+    pending = copy_matches(status=str(CopyMatch.Status.PENDING), rights_holder=rights_holder, order=order).exclude(pk=match.pk)
+
+    def beyond(after: bool) -> Q:
+        # Rows after `match` in the order (or before it): a lexicographic keyset comparison.
+        condition = Q(pk__in=[])
+        for i, (name, desc) in enumerate(keys):
+            lookup = "lt" if desc == after else "gt"
+            step = Q(**{f"{name}__{lookup}": getattr(match, name)})
+            for earlier, _ in keys[:i]:
+                step &= Q(**{earlier: getattr(match, earlier)})
+            condition |= step
+        return condition
+
+    following = pending.filter(beyond(True)).values_list("pk", flat=True).first()
+    reverse = ["-" + f if not f.startswith("-") else f[1:] for f in _ordering(order)]
+    preceding = pending.filter(beyond(False)).order_by(*reverse).values_list("pk", flat=True).first()
+    total = copy_matches(status=str(CopyMatch.Status.PENDING), rights_holder=rights_holder).count()
+    return QueueNeighbours(previous=preceding, next=following, pending=total)
+
+
+def match_history(*, match: CopyMatch) -> QuerySet[MatchDecision]:
+    return match.decisions.select_related("decided_by").order_by("created_at", "id")
+
+
+def decisions_audit() -> QuerySet[MatchDecision]:
+    """Every review decision ever taken, newest first, including those whose match was
+    deleted with its work or upload (they keep a snapshot)."""
+    return (
+        MatchDecision.objects.select_related("decided_by", "match")
+        .defer("work_thumbnail", "image_thumbnail")
+        .order_by("-created_at", "-id")
+    )
+
+
+def rights_holders() -> list[str]:
+    return list(ProtectedWork.objects.order_by("rights_holder").values_list("rights_holder", flat=True).distinct())
+
+
+def protected_works() -> QuerySet[ProtectedWork]:
+    return ProtectedWork.objects.select_related("registered_by").order_by("-created_at", "-id")

@@ -1,1 +1,0 @@
-"""Vector search inside PostgreSQL with pgvector (used when the database is PostgreSQL)."""
