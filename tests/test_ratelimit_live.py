@@ -1,5 +1,6 @@
-"""The throttling policy on the real server: gunicorn, counters in the broker's Redis,
-clients told apart by X-Forwarded-For (trusted in this stack)."""
+"""The throttling policy on the real server: counters in the broker's Redis, clients told
+apart by X-Forwarded-For, which the web server believes here from loopback, standing in
+for the reverse proxy."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ PASSWORD = "a long test password"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     var: Path = tmp_path_factory.mktemp("throttle") / "var"
     with live_stack(
-        var, IMAGESEARCH_TRUST_X_FORWARDED_FOR="1", IMAGESEARCH_RATE_SEARCH="6/m", IMAGESEARCH_IN_FLIGHT_SEARCH="2"
+        var, IMAGESEARCH_TRUSTED_PROXY="127.0.0.1", IMAGESEARCH_RATE_SEARCH="6/m", IMAGESEARCH_IN_FLIGHT_SEARCH="2"
     ) as running:
         running.create_user("alice", PASSWORD)
         running.create_user("root", PASSWORD, superuser=True)
