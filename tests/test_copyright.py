@@ -311,7 +311,7 @@ def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_pat
         import sys
 
         register = (
-            f"from gallery import services; import io; f = io.BytesIO(open({str(work_path)!r}, 'rb').read()); f.name = 'w.jpg'; "
+            f"from gallery.copyright import services as copyright_services; import io; f = io.BytesIO(open({str(work_path)!r}, 'rb').read()); f.name = 'w.jpg'; "
             "copyright_services.protected_work_register(file=f, title='Admiral', rights_holder='Lepido Press')"
         )
         root = Path(__file__).resolve().parent.parent

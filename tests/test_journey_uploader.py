@@ -34,7 +34,7 @@ VISIBLE_CENTRE = """img => {
 def _hide(stack: Stack, image_id: int, reason: str) -> None:
     """What a copyright reviewer's decision does to the photo (that flow is tested elsewhere)."""
     code = (
-        "from gallery import services; "
+        "from gallery.catalog import services as catalog_services; "
         f"assert catalog_services.images_set_visibility(image_ids=[{image_id}], visibility='hidden', reason={reason!r}) == 1"
     )
     subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, env=stack.env, check=True)
