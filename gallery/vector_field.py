@@ -13,6 +13,19 @@ import numpy as np
 from django.db import models
 
 
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """The stored form of a vector (embeddings, reduced vectors, PCA parts): float32 bytes."""
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def vector_from(blob: Any) -> np.ndarray:
+    """A stored vector back as float32 (read-only; copy it to change it). Accepts the bytes
+    of SQLite, memoryviews, and pgvector's text or array form."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        blob = pgvector_parse(blob)
+    return np.frombuffer(bytes(blob), dtype=np.float32)
+
+
 def pgvector_literal(vector: np.ndarray) -> str:
     """pgvector's text form of a vector: '[x1,x2,...]'."""
     return "[" + ",".join(f"{float(v):.9g}" for v in np.asarray(vector, dtype=np.float32).ravel()) + "]"

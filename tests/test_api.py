@@ -348,3 +348,13 @@ def test_redoc_page_names_no_other_site(api: APIClient) -> None:
     assert "default-src 'self'" in response["Content-Security-Policy"]
     schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
     assert not [p for p in schema["paths"] if "redoc" in p or "docs" in p]
+
+
+def test_every_refusal_carries_a_stable_code_not_inferred_from_its_message() -> None:
+    """Pages and the API map codes; a reworded message changes no code."""
+    from gallery.api.views import rejection_code
+    from gallery.errors import ApplicationError, ImageRejected
+
+    assert rejection_code(ImageRejected("Die Datei ist leer.", code="empty_file")) == "empty_file"
+    assert rejection_code(ImageRejected("The file is empty.")) == "not_an_image"  # the message is never read
+    assert issubclass(ImageRejected, ApplicationError)

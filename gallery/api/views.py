@@ -94,18 +94,7 @@ class LimitedView(APIView):
 
 def rejection_code(exc: ImageRejected) -> str:
     """A stable code for an upload the services refused; their messages are for people."""
-    message = str(exc)
-    if isinstance(exc, DuplicateImage):
-        return "duplicate"
-    if exc.code:
-        return exc.code
-    if message == "The file is empty.":
-        return "empty_file"
-    if " MB" in message and ("limit" in message):
-        return "too_large"
-    if "pixels" in message and "limit" in message:
-        return "too_many_pixels"
-    return "not_an_image"
+    return exc.code
 
 
 def rejection_error(exc: ImageRejected, request: HttpRequest) -> ApiError:

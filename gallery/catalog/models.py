@@ -10,6 +10,7 @@ from django.db.models.functions import Now
 from django.urls import reverse
 
 from gallery.storage import get_private_storage
+from gallery.vector_field import vector_from
 
 # Each lane is a Celery queue of the same name; workers take interactive work first.
 LANE_INTERACTIVE = "interactive"
@@ -115,7 +116,7 @@ class Embedding(models.Model):
         return f"{self.backbone} embedding of image {self.image_id}"
 
     def as_array(self) -> np.ndarray:
-        return np.frombuffer(bytes(self.vector), dtype=np.float32)
+        return vector_from(self.vector)
 
 
 class Tag(models.Model):

@@ -29,6 +29,8 @@ from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected
 from gallery.search.models import ReducedVector, Reduction
 from gallery.search.services import reduction_load
 from gallery.storage import private_storage, withheld_name
+from gallery.tasking import task_named
+from gallery.vector_field import vector_bytes
 from gallery.vision.preprocess import ImageDecodeError, display_copy_bytes
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,12 @@ def read_upload(file: IO[bytes], *, max_bytes: int | None = None) -> bytes:
     limit = max_bytes if max_bytes is not None else settings.IMAGESEARCH["MAX_UPLOAD_BYTES"]
     size = getattr(file, "size", None)
     if size is not None and size > limit:
-        raise ImageRejected(f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        raise ImageRejected(f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.", code="too_large")
     data = file.read(limit + 1)
     if len(data) > limit:
-        raise ImageRejected(f"The file is larger than the {limit / 1e6:.0f} MB limit.")
+        raise ImageRejected(f"The file is larger than the {limit / 1e6:.0f} MB limit.", code="too_large")
     if not data:
-        raise ImageRejected("The file is empty.")
+        raise ImageRejected("The file is empty.", code="empty_file")
     return data
 
 
@@ -214,7 +216,7 @@ def image_queue_embedding(*, image_id: int, lane: str) -> bool:
     """Queue the embedding task on the image's lane (the caller has set `queued_at` in the
     same write that made the image pending). When the broker is down the image stays pending
     with `queued_at` cleared, and the periodic sweep queues it soon. Returns whether it was queued."""
-    from .tasks import embed_image
+    embed_image = task_named("gallery.embed_image")
 
     try:
         embed_image.apply_async(args=[image_id], queue=lane, retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
@@ -239,7 +241,7 @@ def images_requeue_waiting(*, min_age_seconds: int | None = None, only_lost: boo
     waiting images of the lane, so a bulk backlog is not queued a second time. Without it
     (a restarted worker, whose broker may have lost every queued task), all of them.
     """
-    from .tasks import embed_image
+    embed_image = task_named("gallery.embed_image")
 
     conf = settings.IMAGESEARCH
     if min_age_seconds is None:
@@ -411,9 +413,9 @@ def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) ->
         for (image, _), vector in zip(items, vectors, strict=True):
             row = existing.get(image.pk)
             if row is None:
-                fresh.append(Embedding(image=image, backbone=backbone, dim=int(vector.shape[0]), vector=vector.tobytes()))
+                fresh.append(Embedding(image=image, backbone=backbone, dim=int(vector.shape[0]), vector=vector_bytes(vector)))
             else:
-                row.dim, row.vector = int(vector.shape[0]), vector.tobytes()
+                row.dim, row.vector = int(vector.shape[0]), vector_bytes(vector)
                 changed.append(row)
         Embedding.objects.bulk_create(fresh)
         if changed:
@@ -424,7 +426,7 @@ def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) ->
             ReducedVector.objects.filter(reduction=reduction, image_id__in=ids).delete()
             ReducedVector.objects.bulk_create(
                 [
-                    ReducedVector(image_id=pk, reduction=reduction, vector=p.tobytes())
+                    ReducedVector(image_id=pk, reduction=reduction, vector=vector_bytes(p))
                     for pk, p in zip(ids, projected, strict=True)
                 ]
             )
@@ -493,12 +495,12 @@ def embedding_add(*, image: Image, backbone: str, vector: np.ndarray) -> Embeddi
         if not Image.objects.select_for_update().filter(pk=image.pk).exists():
             return None  # deleted while it was embedded
         embedding, _ = Embedding.objects.update_or_create(
-            image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector.tobytes()}
+            image=image, backbone=backbone, defaults={"dim": int(vector.shape[0]), "vector": vector_bytes(vector)}
         )
         reduction = Reduction.objects.filter(backbone=backbone, is_active=True).first()
         if reduction is not None:
             projected = reduction_load(reduction).transform(vector[None])[0]
-            ReducedVector.objects.update_or_create(image=image, reduction=reduction, defaults={"vector": projected.tobytes()})
+            ReducedVector.objects.update_or_create(image=image, reduction=reduction, defaults={"vector": vector_bytes(projected)})
     return embedding
 
 

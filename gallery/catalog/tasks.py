@@ -13,9 +13,9 @@ from gallery.catalog import pipeline
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
 from gallery.catalog.signals import images_ready
-from gallery.retry import TRANSIENT, retry_later
 from gallery.search import services as search_services
 from gallery.search.tasks import fit_reduction
+from gallery.tasking import TRANSIENT, retry_later
 
 log = logging.getLogger(__name__)
 

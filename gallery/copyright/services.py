@@ -20,6 +20,8 @@ from gallery.catalog.models import Embedding, Image
 from gallery.catalog.services import _EXTENSIONS, images_set_visibility, read_upload
 from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
 from gallery.errors import DecisionRejected, ImageRejected, WorkRejected
+from gallery.tasking import task_named
+from gallery.vector_field import vector_from
 from gallery.vision import copydetect
 from gallery.vision.preprocess import ImageDecodeError
 
@@ -39,19 +41,19 @@ def protected_work_register(
     """Store a protected work; its signature is computed and the catalog scanned on commit."""
     title, rights_holder = title.strip(), rights_holder.strip()
     if not title or not rights_holder:
-        raise WorkRejected("A protected work needs a title and a rights holder.")
+        raise WorkRejected("A protected work needs a title and a rights holder.", code="missing_fields")
     try:
         data = read_upload(file)
     except ImageRejected as exc:
-        raise WorkRejected(str(exc)) from None
+        raise WorkRejected(str(exc), code=getattr(exc, "code", "")) from None
     checksum = hashlib.sha256(data).hexdigest()
     existing = ProtectedWork.objects.filter(checksum=checksum).first()
     if existing is not None:
-        raise WorkRejected(f"This image is already registered as “{existing.title}”.")
+        raise WorkRejected(f"This image is already registered as “{existing.title}”.", code="already_registered")
     try:
         decoded = pipeline.decode(data)
     except ImageDecodeError as exc:
-        raise WorkRejected(str(exc)) from None
+        raise WorkRejected(str(exc), code=getattr(exc, "code", "")) from None
     work = ProtectedWork(
         title=title[:200],
         rights_holder=rights_holder[:200],
@@ -71,12 +73,12 @@ def protected_work_register(
     except IntegrityError:
         if work.file and work.file.name:
             work.file.storage.delete(work.file.name)
-        raise WorkRejected("This image is already registered.") from None
+        raise WorkRejected("This image is already registered.", code="already_registered") from None
     return work
 
 
 def protected_work_queue(*, work_id: int) -> None:
-    from .tasks import describe_protected_work
+    describe_protected_work = task_named("gallery.describe_protected_work")
 
     try:
         describe_protected_work.apply_async(args=[work_id], retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
@@ -293,7 +295,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
 
 
 def _best_probe(rows: list[tuple[int, bytes]], probes: np.ndarray) -> np.ndarray:
-    x = np.stack([np.frombuffer(bytes(blob), dtype=np.float32) for _, blob in rows])
+    x = np.stack([vector_from(blob) for _, blob in rows])
     return (x @ probes.T).max(axis=1)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 
 from gallery.copyright import services as copyright_services
-from gallery.retry import TRANSIENT, retry_later
+from gallery.tasking import TRANSIENT, retry_later
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5, name="gallery.match_upload")

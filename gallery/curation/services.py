@@ -18,6 +18,8 @@ from gallery.curation.models import CatalogJob, DuplicateGroup
 from gallery.errors import CurationError
 from gallery.search.models import CatalogState, ReducedVector, Reduction
 from gallery.search.services import _embedding_matrix, _project_into, pca_images_needed, reduction_fit, reduction_load
+from gallery.tasking import task_named
+from gallery.vector_field import vector_from
 from gallery.vision.backbones import BACKBONES, BackboneUnavailable, backbone_availability
 from gallery.vision.neardup import confirm_pairs, group_pairs, similar_pairs
 from gallery.vision.preprocess import ImageDecodeError
@@ -31,7 +33,7 @@ def tags_parse(*, text: str) -> list[str]:
     for part in text.replace(";", ",").split(","):
         name = " ".join(part.split()).lower()
         if len(name) > 64:
-            raise CurationError(f"The tag “{name[:20]}…” is longer than 64 characters.")
+            raise CurationError(f"The tag “{name[:20]}…” is longer than 64 characters.", code="invalid_tags")
         if name and name not in names:
             names.append(name)
     return names
@@ -46,7 +48,7 @@ def image_set_tags(*, image: Image, names: list[str]) -> None:
 
 def image_update(*, image: Image, title: str, tags: list[str]) -> Image:
     if len(title) > 200:
-        raise CurationError("A title has at most 200 characters.")
+        raise CurationError("A title has at most 200 characters.", code="invalid_title")
     with transaction.atomic():
         Image.objects.filter(pk=image.pk).update(title=title.strip())
         image_set_tags(image=image, names=tags)
@@ -57,7 +59,7 @@ def image_update(*, image: Image, title: str, tags: list[str]) -> Image:
 def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
     """Add the tags to each image (created when new); returns how many images gained one."""
     if not names:
-        raise CurationError("Type at least one tag.")
+        raise CurationError("Type at least one tag.", code="invalid_tags")
     with transaction.atomic():
         tags = [Tag.objects.get_or_create(name=name)[0] for name in names]
         links = Tag.images.through
@@ -71,7 +73,7 @@ def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
 def images_remove_tags(*, image_ids: list[int], names: list[str]) -> int:
     """Remove the tags from each image; returns how many images lost one."""
     if not names:
-        raise CurationError("Type at least one tag.")
+        raise CurationError("Type at least one tag.", code="invalid_tags")
     links = Tag.images.through
     with transaction.atomic():
         found = links.objects.filter(image_id__in=image_ids, tag__name__in=names)
@@ -114,20 +116,22 @@ def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> C
     this machine and differ from the catalog's; one migration runs at a time.
     """
     if kind not in CatalogJob.Kind.values:
-        raise CurationError(f"unknown job {kind!r}")
+        raise CurationError(f"unknown job {kind!r}", code="unknown_job")
     open_jobs = CatalogJob.objects.filter(kind=kind, status__in=[CatalogJob.Status.QUEUED, CatalogJob.Status.RUNNING])
     if kind == CatalogJob.Kind.REFIT:
         _refit_check(backbone=pipeline.catalog_state().backbone)
     if kind == CatalogJob.Kind.REEMBED:
         if backbone not in BACKBONES:
-            raise CurationError(f"unknown backbone {backbone[:40]!r}; choose one of {', '.join(BACKBONES)}")
+            raise CurationError(
+                f"unknown backbone {backbone[:40]!r}; choose one of {', '.join(BACKBONES)}", code="unknown_backbone"
+            )
         _backbone_check(backbone)
         state = pipeline.catalog_state()
         other = open_jobs.exclude(backbone=backbone).first()
         if other is not None:
-            raise CurationError(f"A migration to {other.backbone} is in progress (job {other.pk}).")
+            raise CurationError(f"A migration to {other.backbone} is in progress (job {other.pk}).", code="migration_running")
         if state.backbone == backbone and not open_jobs.exists():
-            raise CurationError(f"The catalog already uses {backbone}.")
+            raise CurationError(f"The catalog already uses {backbone}.", code="already_in_use")
         open_jobs = open_jobs.filter(backbone=backbone)
     with transaction.atomic():
         job = open_jobs.first()
@@ -145,12 +149,15 @@ def _backbone_check(name: str) -> None:
     one whose file is present but cannot be loaded is refused without the library's text."""
     found = backbone_availability(name, resnet50_weights=settings.IMAGESEARCH["RESNET50_WEIGHTS"] or None)
     if not found.available:
-        raise CurationError(f"{name} cannot be used on this machine. {found.reason} {found.install}")
+        raise CurationError(f"{name} cannot be used on this machine. {found.reason} {found.install}", code="backbone_unavailable")
     try:
         pipeline.backbone_named(name)
     except BackboneUnavailable:
         log.warning("backbone %s could not be loaded", name, exc_info=True)
-        raise CurationError(f"{name} cannot be used on this machine: its weights could not be loaded. {found.install}") from None
+        raise CurationError(
+            f"{name} cannot be used on this machine: its weights could not be loaded. {found.install}",
+            code="backbone_unavailable",
+        ) from None
 
 
 def _refit_check(*, backbone: str) -> int:
@@ -161,13 +168,14 @@ def _refit_check(*, backbone: str) -> int:
     if count < needed:
         raise CurationError(
             f"Refitting PCA needs at least {needed} ready images; the catalog has {count}. "
-            f"Search uses the raw {backbone} embeddings until then."
+            f"Search uses the raw {backbone} embeddings until then.",
+            code="too_few_images",
         )
     return count
 
 
 def catalog_job_queue(*, job_id: int) -> None:
-    from .tasks import run_catalog_job
+    run_catalog_job = task_named("gallery.run_catalog_job")
 
     run_catalog_job.delay(job_id)
 
@@ -280,7 +288,7 @@ def _refit(job: CatalogJob) -> str:
     _job_update(job, backbone=backbone, total=total)
     reduction = reduction_fit(backbone=backbone)
     if reduction is None:
-        raise CurationError("Another PCA fit was in progress; this one was skipped.")
+        raise CurationError("Another PCA fit was in progress; this one was skipped.", code="fit_skipped")
     _job_update(job, done=total)
     return f"Activated {reduction} ({100 * reduction.explained_variance_ratio:.1f}% of the variance kept)."
 
@@ -297,7 +305,7 @@ def catalog_vectors() -> tuple[np.ndarray, np.ndarray]:
     ids, vecs = [], []
     for image_id, blob in rows.order_by("image_id").values_list("image_id", "vector").iterator(chunk_size=5000):
         ids.append(image_id)
-        vecs.append(np.frombuffer(bytes(blob), dtype=np.float32))
+        vecs.append(vector_from(blob))
     if not vecs:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.float32)
     return np.asarray(ids, dtype=np.int64), np.stack(vecs)
@@ -333,14 +341,14 @@ def duplicate_group_resolve(*, group: DuplicateGroup, keep_id: int, action: str)
     """Keep one image of a group and hide or delete the others; returns how many changed."""
     members = list(group.images.values_list("pk", flat=True))
     if keep_id not in members:
-        raise CurationError("The image to keep is not in this group.")
+        raise CurationError("The image to keep is not in this group.", code="not_in_group")
     others = [pk for pk in members if pk != keep_id]
     if action == "hide":
         changed = images_set_visibility(image_ids=others, visibility=str(Image.Visibility.HIDDEN))
     elif action == "delete":
         changed = images_delete(image_ids=others)
     else:
-        raise CurationError(f"unknown action {action!r}; choose hide or delete")
+        raise CurationError(f"unknown action {action!r}; choose hide or delete", code="unknown_action")
     group.delete()
     return changed
 

@@ -8,7 +8,7 @@ from celery import shared_task
 from celery.signals import worker_ready
 
 from gallery.curation import services as curation_services
-from gallery.retry import TRANSIENT, retry_later
+from gallery.tasking import TRANSIENT, retry_later
 
 
 @shared_task(bind=True, acks_late=True, max_retries=8, name="gallery.run_catalog_job")

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from gallery.catalog.models import CatalogChange, Embedding, Image
 from gallery.search.models import ReducedVector, Reduction
-from gallery.vector_field import pgvector_literal
+from gallery.vector_field import pgvector_literal, vector_from
 from gallery.vision.ann import AnnParams, TieredIndex
 from gallery.vision.index import Expansion, Hit, check_metric, l2_rows, top_k_indices
 
@@ -59,7 +59,7 @@ def _public_rows(backbone: str, reduction: Reduction | None):  # type: ignore[no
 
 def _matrix(rows: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    return ids, np.stack([np.frombuffer(bytes(r[1]), dtype=np.float32) for r in rows])
+    return ids, np.stack([vector_from(r[1]) for r in rows])
 
 
 class CatalogIndex:
@@ -138,7 +138,7 @@ class CatalogIndex:
         self._last_change = max(self._last_change, *(pk for pk, _ in changes))
         touched = np.unique(np.array([image_id for _, image_id in changes], dtype=np.int64))
         rows = list(_public_rows(backbone, reduction).filter(image_id__in=touched.tolist()).values_list("image_id", "vector"))
-        current = {int(i): np.frombuffer(bytes(v), dtype=np.float32) for i, v in rows}
+        current = {int(i): vector_from(v) for i, v in rows}
         index = self._index
         if index is not None:
             # Only what actually changed: a logged change can leave this space as it was
@@ -224,7 +224,7 @@ class PgVectorIndex:
             cur.execute(f"SET hnsw.ef_search = {max(int(settings.IMAGESEARCH['PGVECTOR_EF_SEARCH']), k)}")
             cur.execute(sql, params)
             for cid, nid, vector in cur.fetchall():
-                found.setdefault(int(cid), []).append((int(nid), np.frombuffer(_as_bytes(vector), dtype=np.float32)))
+                found.setdefault(int(cid), []).append((int(nid), vector_from(vector)))
         return found
 
     def _augmented_search(self, q: np.ndarray, *, k: int, exclude: int | None, expansion: Expansion) -> list[Hit]:
@@ -285,19 +285,13 @@ class PgVectorIndex:
                 first = self._query(q, k=expansion.qe_k, metric=metric, exclude=exclude, with_vectors=True)
                 if first:
                     weights = np.maximum(1.0 - np.array([r[1] for r in first], dtype=np.float32), 0.0) ** expansion.alpha
-                    vectors = l2_rows(np.stack([np.frombuffer(_as_bytes(r[2]), dtype=np.float32) for r in first]))
+                    vectors = l2_rows(np.stack([vector_from(r[2]) for r in first]))
                     q = l2_rows(q + weights @ vectors)
             return [Hit(int(r[0]), 1.0 - float(r[1])) for r in self._query(q, k=k, metric=metric, exclude=exclude)]
         rows = self._query(q, k=k, metric=metric, exclude=exclude)
         if metric == "inner_product":  # pgvector's <#> is the negative inner product
             return [Hit(int(r[0]), -float(r[1])) for r in rows]
         return [Hit(int(r[0]), float(r[1])) for r in rows]
-
-
-def _as_bytes(value: object) -> bytes:
-    from gallery.vector_field import pgvector_parse
-
-    return pgvector_parse(value)
 
 
 catalog_index = CatalogIndex()

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from gallery.catalog.models import Embedding, Image
 from gallery.search.models import ReducedVector, Reduction
+from gallery.vector_field import vector_bytes, vector_from
 from gallery.vision.reduction import FittedPCA, fit_pca
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,9 @@ def reduction_load(reduction: Reduction) -> FittedPCA:
     if fitted is None:
         dims, d = reduction.dims, reduction.input_dim
         fitted = FittedPCA(
-            mean=np.frombuffer(bytes(reduction.mean), dtype=np.float32).copy(),
-            components=np.frombuffer(bytes(reduction.components), dtype=np.float32).reshape(dims, d).copy(),
-            explained_variance=np.frombuffer(bytes(reduction.explained_variance), dtype=np.float32).copy(),
+            mean=vector_from(reduction.mean).copy(),
+            components=vector_from(reduction.components).reshape(dims, d).copy(),
+            explained_variance=vector_from(reduction.explained_variance).copy(),
             whiten=reduction.whiten,
             explained_variance_ratio=reduction.explained_variance_ratio,
         )
@@ -59,7 +60,7 @@ def _embedding_matrix(backbone: str, *, exclude_reduction: Reduction | None = No
     ids, vecs = [], []
     for image_id, blob in rows.values_list("image_id", "vector").iterator(chunk_size=2000):
         ids.append(image_id)
-        vecs.append(np.frombuffer(bytes(blob), dtype=np.float32))
+        vecs.append(vector_from(blob))
     if not vecs:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     return np.asarray(ids, dtype=np.int64), np.stack(vecs)
@@ -70,7 +71,7 @@ def _project_into(reduction: Reduction, fitted: FittedPCA, ids: np.ndarray, x: n
         y = fitted.transform(x[start : start + 5000])
         ReducedVector.objects.bulk_create(
             [
-                ReducedVector(image_id=int(i), reduction=reduction, vector=v.tobytes())
+                ReducedVector(image_id=int(i), reduction=reduction, vector=vector_bytes(v))
                 for i, v in zip(ids[start : start + 5000], y, strict=True)
             ],
             ignore_conflicts=True,
@@ -100,9 +101,9 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
                 input_dim=fitted.input_dim,
                 whiten=fitted.whiten,
                 fitted_on=len(ids),
-                mean=fitted.mean.tobytes(),
-                components=fitted.components.tobytes(),
-                explained_variance=fitted.explained_variance.tobytes(),
+                mean=vector_bytes(fitted.mean),
+                components=vector_bytes(fitted.components),
+                explained_variance=vector_bytes(fitted.explained_variance),
                 explained_variance_ratio=fitted.explained_variance_ratio,
             )
     except IntegrityError:

@@ -359,7 +359,3 @@ def backbone_availability(name: str, *, resnet50_weights: str | None = None) -> 
         found = (now, _check_availability(name, key[1]))
         _availability[key] = found
     return found[1]
-
-
-def resolve_backbone_name(name: str, *, resnet50_weights: str | None = None) -> str:
-    return load_backbone(name, resnet50_weights=resnet50_weights).name

@@ -36,7 +36,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from .backbones import Backbone, l2_normalise
-from .phash import hamming, hash_similarity, phash, phash_variants
+from .phash import hamming, phash, phash_variants
 
 DESCRIPTOR_VERSION = 1
 WORK_VARIANTS = ("original", "mirrored", "rotated 90°", "rotated 180°", "rotated 270°")
@@ -834,8 +834,3 @@ class CopyIndex:
             return candidate.evidence
         geometry, _ = locate(query.ensure_keypoints(), self._signatures[candidate.work_id])
         return replace(candidate.evidence, geometry=geometry)
-
-
-def hash_only_scores(hashes: np.ndarray, query_image: PILImage.Image) -> np.ndarray:
-    """The pHash baseline: similarity of the upload's hash to each work's (as is only)."""
-    return hash_similarity(hamming(hashes, phash(query_image)))
