@@ -293,7 +293,7 @@ IMAGESEARCH = {
         "login": env("IMAGESEARCH_RATE_LOGIN", "10/m"),
     },
     # Expensive requests running at once per client (search by photo, upload); 0 = no cap.
-    # A slot a crashed request never gave back frees itself after the TTL (gunicorn's timeout).
+    # A slot a crashed request never gave back frees itself after this many seconds.
     "IN_FLIGHT": {
         "search": env_int("IMAGESEARCH_IN_FLIGHT_SEARCH", 2),
         "upload": env_int("IMAGESEARCH_IN_FLIGHT_UPLOAD", 2),
@@ -333,7 +333,7 @@ IMAGESEARCH = {
     "CHANGE_LOG_RETENTION_SECONDS": env_int("IMAGESEARCH_CHANGE_LOG_RETENTION_SECONDS", 3600),
     "PGVECTOR_EF_SEARCH": env_int("IMAGESEARCH_PGVECTOR_EF_SEARCH", 100),
     # With augmentation on, pgvector search re-ranks this many nearest candidates (by plain
-    # cosine) with the same maths as the in-memory index (see README "Scaling out").
+    # cosine) with the same maths as the in-memory index (see docs/architecture.md).
     "PGVECTOR_RERANK_CANDIDATES": env_int("IMAGESEARCH_PGVECTOR_RERANK_CANDIDATES", 100),
 }
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image as PILImage
 
 # The browser tests' fixtures (a live product and Chromium), module-scoped.
-pytest_plugins = ["tests.browser_support"]
+pytest_plugins = ["tests.support.browser"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = ROOT.parent / "shared" / "datasets" / "leeds-butterfly"

@@ -303,8 +303,9 @@ class Command(BaseCommand):
 
     def _bench_decode(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
         """Each input decoded in a fresh fork of a warmed-up process; peak = VmHWM − VmRSS."""
-        from tests import hostile_uploads as h
         from tests.decode_memory import measure_decode_together, measure_decodes
+
+        from tests.support import hostile_uploads as h
 
         kinds: dict[str, Any] = {
             "a photo of the development set": lambda: photos[0].read_bytes(),

@@ -50,7 +50,7 @@ class Command(BaseCommand):
     def _hostile(self, photos: list[Path], opts: dict[str, Any]) -> None:
         # Dev tooling: the bombs are the test suite's hostile files.
         from benchmarks.hostile import run_hostile
-        from tests import hostile_uploads as h
+        from tests.support import hostile_uploads as h
 
         bombs = [
             ("webp-7000.webp", h.webp_lossless_claiming(7000, 7000)),

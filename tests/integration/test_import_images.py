@@ -9,8 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from gallery.catalog.models import Image, Tag
-
-from .conftest import DATASET, photo_bytes
+from tests.conftest import DATASET, photo_bytes
 
 pytestmark = pytest.mark.django_db
 

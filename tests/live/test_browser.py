@@ -1,5 +1,5 @@
 """The browser experience in real headless Chromium, against the whole product running in
-production mode (tests/browser_support.py). Screenshots land in test-artifacts/browser/."""
+production mode (tests/support/browser.py). Screenshots land in test-artifacts/browser/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from benchmarks.livestack import Stack
-from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, drop, offsite_requests, sign_in
+from tests.support.browser import ARTIFACTS, READY_TIMEOUT_MS, drop, offsite_requests, sign_in
 
 pytestmark = pytest.mark.slow
 

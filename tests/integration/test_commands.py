@@ -12,8 +12,7 @@ from django.core.management import call_command
 from benchmarks import attacks
 from gallery.catalog.models import Embedding, Image
 from gallery.search.models import Reduction
-
-from .conftest import DATASET, ROOT, photo_bytes
+from tests.conftest import DATASET, ROOT, photo_bytes
 
 
 @pytest.mark.django_db

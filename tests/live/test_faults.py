@@ -19,8 +19,7 @@ from django.urls import reverse
 
 from benchmarks.livestack import Stack, live_stack
 from gallery.catalog.models import Image
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 
 class FullDiskStorage(FileSystemStorage):

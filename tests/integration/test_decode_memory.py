@@ -19,9 +19,8 @@ from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
 from gallery.errors import ImageRejected
 from gallery.vision.preprocess import ImageDecodeError
-
-from . import hostile_uploads as h
-from .decode_memory import measure_decode_together, measure_decodes
+from tests.support import hostile_uploads as h
+from tests.support.decode_memory import measure_decode_together, measure_decodes
 
 BUDGET_MB = 256  # IMAGESEARCH_DECODE_MEMORY_MB's default, the stated ceiling per decode
 HEADER_ONLY_MB = 8  # a refused file is never decoded

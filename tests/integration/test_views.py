@@ -11,8 +11,7 @@ from django.urls import reverse
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
 from gallery.curation import services as curation_services
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
 

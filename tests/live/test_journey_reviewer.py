@@ -1,4 +1,4 @@
-"""The copyright reviewer's journey in a real browser, against the whole product (gunicorn,
+"""The copyright reviewer's journey in a real browser, against the whole product (the web server,
 a real worker): from the navigation to the queue, register a work, see uploaded copies
 queued, open one, confirm it and hide the upload by clicking, see the history; dismiss
 another with the keyboard; the hidden upload leaves the public gallery."""
@@ -15,7 +15,7 @@ from PIL import ImageOps
 from playwright.sync_api import Browser, Page, expect
 
 from benchmarks.livestack import Stack
-from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, VISITOR, sign_in
+from tests.support.browser import ARTIFACTS, READY_TIMEOUT_MS, VISITOR, sign_in
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """A curator's afternoon in the admin, in real Chromium against the whole product
-(tests/browser_support.py): sign in, filter, bulk-tag, bulk-hide, bulk-delete through
+(tests/support/browser.py): sign in, filter, bulk-tag, bulk-hide, bulk-delete through
 the confirmation page, resolve a near-duplicate group and look at the catalog jobs.
 Screenshots land in test-artifacts/browser/."""
 
@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from playwright.sync_api import Browser, Page, expect
 
 from benchmarks.livestack import ROOT, Stack
-from tests.browser_support import ARTIFACTS
+from tests.support.browser import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,7 @@ from gallery.catalog.models import Image
 from gallery.copyright import selectors as copyright_selectors
 from gallery.copyright import services as copyright_services
 from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -314,7 +313,7 @@ def test_mirrored_upload_creates_a_pending_match_through_the_real_worker(tmp_pat
             f"from gallery.copyright import services as copyright_services; import io; f = io.BytesIO(open({str(work_path)!r}, 'rb').read()); f.name = 'w.jpg'; "
             "copyright_services.protected_work_register(file=f, title='Admiral', rights_holder='Lepido Press')"
         )
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         subprocess.run([sys.executable, "manage.py", "shell", "-c", register], cwd=root, env=stack.env, check=True)
         db = sqlite3.connect(stack.var / "db.sqlite3")
         deadline = time.monotonic() + 120

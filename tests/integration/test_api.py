@@ -13,8 +13,7 @@ from rest_framework.test import APIClient
 
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image, Tag
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
 

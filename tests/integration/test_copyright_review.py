@@ -15,8 +15,7 @@ from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
 from gallery.copyright import services as copyright_services
 from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
 

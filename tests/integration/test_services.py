@@ -16,8 +16,7 @@ from gallery.curation import services as curation_services
 from gallery.errors import DuplicateImage, ImageRejected
 from gallery.search import selectors as search_selectors
 from gallery.search.models import ReducedVector, Reduction
-
-from .conftest import photo_bytes
+from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,7 @@ from django.urls import reverse
 
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Embedding, Image
-
-from .hostile_uploads import CORPUS, HostileUpload, multipart, oriented_jpeg
+from tests.support.hostile_uploads import CORPUS, HostileUpload, multipart, oriented_jpeg
 
 pytestmark = pytest.mark.django_db
 

@@ -1,5 +1,5 @@
 """The uploader's journey in real headless Chromium against the whole product
-(tests/browser_support.py): sign in, upload, watch the photos become ready, search by
+(tests/support/browser.py): sign in, upload, watch the photos become ready, search by
 photo, compare and zoom, "more like this", My uploads; then one photo is hidden after a
 copyright review and its uploader, the gallery and a stranger each see what they should.
 Screenshots land in test-artifacts/browser/journey-*.png."""
@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from benchmarks.livestack import ROOT, Stack
-from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, offsite_requests, sign_in
+from tests.support.browser import ARTIFACTS, READY_TIMEOUT_MS, offsite_requests, sign_in
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """A reviewer sees where an upload copies a protected work: in real headless Chromium,
-against the whole product in production mode (tests/browser_support.py)."""
+against the whole product in production mode (tests/support/browser.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, expect
 
 from benchmarks import attacks
 from benchmarks.livestack import Stack
-from tests.browser_support import ARTIFACTS, READY_TIMEOUT_MS, sign_in
+from tests.support.browser import ARTIFACTS, READY_TIMEOUT_MS, sign_in
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,7 @@ def test_concurrent_searches_and_uploads_without_errors(tmp_path, butterflies) -
 def test_attackers_are_refused_while_normal_users_keep_working(tmp_path, butterflies) -> None:  # type: ignore[no-untyped-def]
     """A short hostile-traffic run (`manage.py loadtest --hostile` reports the figures)."""
     from benchmarks.hostile import run_hostile
-
-    from . import hostile_uploads as h
+    from tests.support import hostile_uploads as h
 
     photos = [p for group in butterflies.values() for p in group[:7]]
     bombs = [("webp-7000.webp", h.webp_lossless_claiming(7000, 7000)), ("float-7000.tif", h.tiff_float_claiming(7000, 7000))]

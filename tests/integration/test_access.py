@@ -19,8 +19,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
-
-from .conftest import ROOT, photo_bytes
+from tests.conftest import ROOT, photo_bytes
 
 pytestmark = pytest.mark.django_db
 
