@@ -8,7 +8,6 @@ from typing import IO
 from django.db.models import Q, QuerySet
 
 from gallery.catalog.models import Image, Tag
-from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
 from gallery.search.selectors import EMPTY_CATALOG, EMPTY_NO_MATCH, EMPTY_TAG
 
 

@@ -10,7 +10,6 @@ from django.db.models import Q, QuerySet
 
 from gallery.catalog import pipeline
 from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
-from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
 from gallery.vision import copydetect
 from gallery.vision.backbones import Backbone
 

@@ -9,7 +9,6 @@ from django.conf import settings
 from gallery.catalog import pipeline
 from gallery.catalog.models import Embedding, Image
 from gallery.curation.models import CatalogJob, DuplicateGroup
-from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
 from gallery.vision.backbones import BACKBONES, Availability, backbone_availability
 
 

@@ -1,0 +1,1 @@
+"""One module per search backend; `gallery.search.index.space_index` picks by setting."""
