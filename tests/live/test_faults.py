@@ -31,7 +31,7 @@ class FullDiskStorage(FileSystemStorage):
 
 @pytest.mark.django_db
 def test_disk_full_refuses_the_upload_and_leaves_no_file(user_client, settings, media_files) -> None:  # type: ignore[no-untyped-def]
-    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "tests.test_faults.FullDiskStorage"}}
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "tests.live.test_faults.FullDiskStorage"}}
     f = io.BytesIO(photo_bytes())
     f.name = "p.jpg"
     response = user_client.post(reverse("gallery:upload"), {"files": [f]})
