@@ -239,7 +239,8 @@ LOGGING = {
 
 # ---------------------------------------------------------------- the product
 IMAGESEARCH = {
-    # auto | resnet50 | efficientnet_lite0; auto takes resnet50 when its weights load.
+    # auto | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2; auto takes
+    # resnet50 when its weights load.
     "BACKBONE": env("IMAGESEARCH_BACKBONE", "auto"),
     # A local Keras weights file for ResNet50 (no-top), for air-gapped installs.
     "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),

