@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from benchmarks import attacks
 from gallery.catalog.models import Embedding, Image
@@ -36,8 +37,6 @@ def test_import_images_embeds_in_batches_and_skips_what_is_known(tmp_path, butte
 
 
 def test_import_images_refuses_a_missing_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from django.core.management.base import CommandError
-
     with pytest.raises(CommandError, match="not a directory"):
         call_command("import_images", str(tmp_path / "nope"))
 
@@ -67,6 +66,48 @@ def test_evaluate_on_a_labelled_subset_writes_a_report(tmp_path, butterflies, ca
     for png in ("precision_recall.png", "contact_sheet.png"):
         with PILImage.open(report / png) as im:
             assert im.width > 300
+
+
+def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Several labelled folders (each with its labels.csv) and backbones in one run: one
+    row per backbone, its default's mAP per set, the mean, and the cost."""
+    folders = []
+    for name, species in (("set-a", ("001", "003")), ("set-b", ("006", "009"))):
+        folder = tmp_path / name
+        (folder / "images").mkdir(parents=True)
+        rows = ["filename,label"]
+        for s in species:
+            for photo in butterflies[s][:6]:
+                (folder / "images" / photo.name).write_bytes(photo.read_bytes())
+                rows.append(f"images/{photo.name},{s}")
+        (folder / "labels.csv").write_text("\n".join(rows))
+        folders.append(str(folder))
+    args = (
+        "--backbones",
+        "efficientnet_lite0",
+        "--pca",
+        "none",
+        "--metrics",
+        "cosine",
+        "--whiten",
+        "no",
+        "--timing-queries",
+        "2",
+    )
+    call_command("evaluate", *folders, *args, "--json")
+    reports = json.loads(capsys.readouterr().out)
+    assert [(r["backbone"], r["set"], r["images"], r["classes"]) for r in reports] == [
+        ("efficientnet_lite0", "set-a", 12, 2),
+        ("efficientnet_lite0", "set-b", 12, 2),
+    ]
+    assert all(0.5 < r["default"]["map"] <= 1.0 and r["embed_ms_per_image_batched"] > 0 for r in reports)
+    call_command("evaluate", *folders, *args)
+    table = capsys.readouterr().out.splitlines()
+    row = next(line for line in table if line.startswith("efficientnet_lite0"))
+    mean = sum(r["default"]["map"] for r in reports) / 2
+    assert f"{mean:.3f}" in row and "set-a" in table[1] and "mean" in table[1]
+    with pytest.raises(CommandError, match="unknown backbone"):
+        call_command("evaluate", *folders, "--backbones", "vgg16")
 
 
 @pytest.mark.slow

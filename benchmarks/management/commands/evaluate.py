@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from benchmarks.metrics import KS, RECALL_LEVELS, RetrievalScores, evaluate_rankings
 from gallery.catalog import pipeline
-from gallery.vision.backbones import gem_pool, l2_normalise
+from gallery.vision.backbones import BACKBONES, gem_pool, l2_normalise
 from gallery.vision.datasets import read_labels
 from gallery.vision.index import Expansion, VectorIndex
 from gallery.vision.preprocess import ImageDecodeError
@@ -99,8 +99,11 @@ class Command(BaseCommand):
     help = "Measure search quality on a labelled folder (class per sub-folder, or --labels CSV of filename,label)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("directory", type=Path)
-        parser.add_argument("--labels", type=Path, help="CSV of filename,label")
+        parser.add_argument("directories", nargs="+", type=Path, help="labelled folders (several: one summary table)")
+        parser.add_argument(
+            "--labels", type=Path, help="CSV of filename,label (one folder); several folders use their labels.csv"
+        )
+        parser.add_argument("--backbones", type=_csv_list, default=[], help="backbones to compare (default: the configured one)")
         parser.add_argument("--modes", type=_csv_list, default=["loo", "split"], help="loo and/or split (default both)")
         parser.add_argument("--metrics", type=_csv_list, default=list(METRICS))
         parser.add_argument("--pca", type=_csv_list, default=["none", "64", "100", "128", "256"], help="PCA sizes; none = raw")
@@ -112,12 +115,6 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **opts: Any) -> None:
         quiet = opts["no_progress"] or opts["json"]
-        try:
-            pairs = read_labels(opts["directory"], opts["labels"])
-        except (OSError, ValueError) as exc:
-            raise CommandError(str(exc)) from exc
-        if len({label for _, label in pairs}) < 2:
-            raise CommandError("need at least two labelled classes")
         bad = [m for m in opts["metrics"] if m not in METRICS] + [m for m in opts["modes"] if m not in ("loo", "split")]
         if bad:
             raise CommandError(f"unknown metric or mode: {', '.join(bad)}")
@@ -126,7 +123,68 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--pca takes sizes or 'none': {exc}") from exc
 
-        backbone = pipeline.current_backbone()
+        directories: list[Path] = opts["directories"]
+        names = opts["backbones"] or [pipeline.current_backbone().name]
+        unknown = [n for n in names if n not in BACKBONES]
+        if unknown:
+            raise CommandError(f"unknown backbone {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
+        if len(directories) == 1 and len(names) == 1:
+            pairs = self._pairs(directories[0], opts["labels"])
+            backbone = pipeline.backbone_named(names[0])
+            report, rows, default, curves, default_scores, paths, y, images = self._evaluate(pairs, backbone, pcas, opts, quiet)
+            if opts["report"]:
+                self._write_report(opts["report"], rows, curves, default_scores, paths, y, images)
+            if opts["json"]:
+                self.stdout.write(json.dumps(report, indent=2, default=float))
+                return
+            self._print(report, rows, default)
+            return
+        summary = []
+        for name in names:
+            backbone = pipeline.backbone_named(name)
+            for directory in directories:
+                labels = opts["labels"] if len(directories) == 1 else None
+                if labels is None and (directory / "labels.csv").is_file():
+                    labels = directory / "labels.csv"
+                pairs = self._pairs(directory, labels)
+                report = self._evaluate(pairs, backbone, pcas, {**opts, "modes": ["loo"]}, quiet=True)[0]
+                summary.append({"backbone": name, "set": directory.name, **report})
+        if opts["json"]:
+            self.stdout.write(json.dumps(summary, indent=2, default=float))
+            return
+        self._print_summary(summary, names, [d.name for d in directories])
+
+    @staticmethod
+    def _pairs(directory: Path, labels: Path | None) -> list[tuple[Path, str]]:
+        try:
+            pairs = read_labels(directory, labels)
+        except (OSError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        if len({label for _, label in pairs}) < 2:
+            raise CommandError(f"{directory}: need at least two labelled classes")
+        return pairs
+
+    def _print_summary(self, summary: list[dict[str, Any]], names: list[str], sets: list[str]) -> None:
+        """One row per backbone: the product default's leave-one-out mAP on each set, the
+        mean over the sets, and the cost (batched embedding, one query end to end)."""
+        width = max(len(s) for s in sets) + 2
+        self.stdout.write("leave-one-out mAP of the product default (seed pipeline in brackets)")
+        self.stdout.write(
+            f"{'backbone':20s}" + "".join(f"{s:>{width + 9}s}" for s in sets) + f"{'mean':>16s}{'ms/image':>10s}{'ms/query':>10s}"
+        )
+        for name in names:
+            mine = [r for r in summary if r["backbone"] == name]
+            cells = "".join(f"{r['default']['map']:>{width}.3f} ({r['seed']['map']:.3f})" for r in mine)
+            mean = float(np.mean([r["default"]["map"] for r in mine]))
+            seed_mean = float(np.mean([r["seed"]["map"] for r in mine]))
+            embed = float(np.mean([r["embed_ms_per_image_batched"] for r in mine]))
+            query = float(np.mean([r["query_timing_ms"].get("total_p50", 0.0) for r in mine]))
+            self.stdout.write(f"{name:20s}{cells}{mean:>8.3f} ({seed_mean:.3f}){embed:>10.1f}{query:>10.1f}")
+
+    def _evaluate(
+        self, pairs: list[tuple[Path, str]], backbone: Any, pcas: list[int], opts: dict[str, Any], quiet: bool
+    ) -> tuple[Any, ...]:
+        """Every configuration on one labelled set with one backbone."""
         options = pipeline.preprocess_options()
         images, labels, paths = [], [], []
         for path, label in tqdm(pairs, desc="decode", disable=quiet):
@@ -200,12 +258,7 @@ class Command(BaseCommand):
             "seed": seed_row,
             "rows": rows,
         }
-        if opts["report"]:
-            self._write_report(opts["report"], rows, curves, default_scores, paths, y, images)
-        if opts["json"]:
-            self.stdout.write(json.dumps(report, indent=2, default=float))
-            return
-        self._print(report, rows, default)
+        return report, rows, default, curves, default_scores, paths, y, images
 
     @staticmethod
     def _default_rerank() -> str:
