@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 
-from benchmarks.livestack import Browser, Stack, live_stack
+from benchmarks.livestack import Browser, Stack, live_stack, upload_ids
 
 
 @dataclass
@@ -132,9 +132,7 @@ def run_hostile(
         seeder = stack.browser("seeder")
         ids: list[int] = []
         for start in range(0, len(seed), 10):
-            r = seeder.upload(seed[start : start + 10])
-            query = r.url.split("ids=", 1)
-            ids += [int(i) for i in query[1].split(",") if i.isdigit()] if len(query) == 2 else []
+            ids += upload_ids(seeder.upload(seed[start : start + 10]))
         seeder.wait_ready(ids, timeout=600)
         names = [f"person{i}" for i in range(normal_clients)]
         for name in names:
@@ -201,12 +199,7 @@ def _normal_user_signed_in(
         n += 1
         began = time.monotonic()
         try:
-            r = browser.session.post(
-                stack.url + "/search/",
-                data={"csrfmiddlewaretoken": token, "metric": "cosine", "limit": "10"},
-                files={"file": (query_name, data, "image/jpeg")},
-                timeout=60,
-            )
+            r = browser.search_photo(query_name, data, token=token)
             problem = "" if r.status_code == 200 and "Results for your photo" in r.text else f"search {r.status_code}"
         except requests.RequestException as exc:
             problem = f"search {exc.__class__.__name__}"

@@ -201,6 +201,15 @@ class Browser:
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
         return self.session.post(self.url + "/upload/", data={"csrfmiddlewaretoken": token}, files=files, timeout=60)
 
+    def search_photo(self, name: str, data: bytes, *, token: str, timeout: float = 60) -> requests.Response:
+        """The search page's form posted with a photo's bytes (the CSRF token fetched once by the caller)."""
+        return self.session.post(
+            self.url + "/search/",
+            data={"csrfmiddlewaretoken": token, "metric": "cosine", "limit": "10"},
+            files={"file": (name, data, "image/jpeg")},
+            timeout=timeout,
+        )
+
     def search(self, path: Path, *, metric: str = "cosine", limit: int = 5) -> requests.Response:
         token = self._token("/search/")
         return self.session.post(
@@ -223,3 +232,9 @@ class Browser:
             if time.monotonic() > deadline:
                 return states
             time.sleep(0.5)
+
+
+def upload_ids(response: requests.Response) -> list[int]:
+    """The ids of the photos an upload form accepted (from the status page it redirects to)."""
+    query = response.url.split("ids=", 1)
+    return [int(i) for i in query[1].split(",") if i.isdigit()] if len(query) == 2 else []

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarks.livestack import Browser, live_stack
+from benchmarks.livestack import Browser, live_stack, upload_ids
 from gallery.ratelimit import LIMITS_OFF_ENV
 
 
@@ -76,7 +76,7 @@ def run_load(
         admin = stack.browser("seeder")
         seeded: list[int] = []
         for start in range(0, len(seed), 20):
-            seeded += _ids(admin.upload(seed[start : start + 20]))
+            seeded += upload_ids(admin.upload(seed[start : start + 20]))
         admin.wait_ready(seeded, timeout=600)
 
         uploaders = [stack.browser(f"uploader{i}") for i in range(upload_clients)]
@@ -91,12 +91,7 @@ def run_load(
                 n += search_clients
                 began = time.monotonic()
                 try:
-                    r = browser.session.post(
-                        stack.url + "/search/",
-                        data={"csrfmiddlewaretoken": token, "metric": "cosine", "limit": "10"},
-                        files={"file": (name, data, "image/jpeg")},
-                        timeout=300,
-                    )
+                    r = browser.search_photo(name, data, token=token, timeout=300)
                     ok = r.status_code == 200 and 'class="grid results"' in r.text
                     problem = "" if ok else f"search {r.status_code}"
                 except requests.RequestException as exc:
@@ -114,7 +109,7 @@ def run_load(
                 began = time.monotonic()
                 try:
                     r = uploaders[i].upload([path])
-                    ids = _ids(r) if r.status_code == 200 else []
+                    ids = upload_ids(r) if r.status_code == 200 else []
                     problem = "" if ids else f"upload {r.status_code}"
                 except requests.RequestException as exc:
                     ids, problem = [], f"upload {exc.__class__.__name__}"
@@ -138,8 +133,3 @@ def run_load(
         report.ready = sum(1 for s in states.values() if s == "ready")
         report.failed = sum(1 for s in states.values() if s == "failed")
     return report
-
-
-def _ids(response: requests.Response) -> list[int]:
-    query = response.url.split("ids=", 1)
-    return [int(i) for i in query[1].split(",") if i.isdigit()] if len(query) == 2 else []

@@ -102,7 +102,7 @@ def rejection_error(exc: ImageRejected, request: HttpRequest) -> ApiError:
     if isinstance(exc, DuplicateImage):
         existing = exc.existing
         # Which image it duplicates is said only to those who may open that image.
-        if not catalog_selectors.images_visible_to(user=request.user).filter(pk=existing.pk).exists():
+        if not catalog_selectors.image_visible_to(user=request.user, image_id=existing.pk):
             return ApiError(status_code=status.HTTP_409_CONFLICT, code=code, message=exc.message_for(may_see=False))
         return ApiError(
             status_code=status.HTTP_409_CONFLICT,

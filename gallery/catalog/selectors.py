@@ -75,12 +75,17 @@ def images_visible_to(*, user) -> QuerySet[Image]:  # type: ignore[no-untyped-de
     return images.filter(visible)
 
 
+def image_visible_to(*, user, image_id: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether `user` may open the image `image_id` (see `images_visible_to`)."""
+    return images_visible_to(user=user).filter(pk=image_id).exists()
+
+
 def image_picture_visible(*, user, image: Image) -> bool:  # type: ignore[no-untyped-def]
     """Whether `user` may see the picture of `image`: whoever may open the image, and
     copyright reviewers for uploads that are in a copy match."""
     from gallery.access import user_is_copyright_reviewer
 
-    if images_visible_to(user=user).filter(pk=image.pk).exists():
+    if image_visible_to(user=user, image_id=image.pk):
         return True
     return user_is_copyright_reviewer(user) and image.copy_matches.exists()
 

@@ -78,7 +78,7 @@ def image_upload(request: HttpRequest) -> HttpResponse:
             )
         except DuplicateImage as exc:
             # Which image it duplicates is said only to those who may open that image.
-            may_see = catalog_selectors.images_visible_to(user=request.user).filter(pk=exc.existing.pk).exists()
+            may_see = catalog_selectors.image_visible_to(user=request.user, image_id=exc.existing.pk)
             problems.append(
                 {
                     "name": f.name,
