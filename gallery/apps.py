@@ -8,5 +8,7 @@ class GalleryConfig(AppConfig):
 
     def ready(self) -> None:
         from . import wiring
+        from .monitoring import worker
 
         wiring.connect(self)
+        worker.connect()

@@ -17,6 +17,11 @@ from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# TensorFlow's C++ banners and notices ("oneDNN custom operations are on", CPU feature
+# lines) are INFO messages; they are read from the environment when TensorFlow is first
+# imported, which is always after the settings. Warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 
 def env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
@@ -63,6 +68,12 @@ if not PRODUCTION and importlib.util.find_spec("benchmarks") is not None:
     INSTALLED_APPS += ["benchmarks"]
 
 MIDDLEWARE = [
+    # Outermost: a request id for every request, its access-log line and its latency.
+    "gallery.monitoring.middleware.RequestLogMiddleware",
+    # /healthz, /readyz and /metrics (for token and loopback clients) are answered before
+    # the host check and the HTTPS redirect: probes and scrapers reach the container by
+    # its internal name over plain HTTP.
+    "gallery.monitoring.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -228,13 +239,54 @@ WEB_SERVER = {
     "TRUSTED_PROXY": env("IMAGESEARCH_TRUSTED_PROXY", ""),
 }
 
+# Quiet by default: one access-log line per request (`imagesearch.access`, carrying the
+# request id that also follows the request's tasks into the worker), the product's own
+# INFO lines, and third-party loaders only when they warn. IMAGESEARCH_LOG_FORMAT=json
+# writes one JSON object per line for log shippers.
+LOG_LEVEL = env("IMAGESEARCH_LOG_LEVEL", "INFO")
+LOG_FORMAT = env("IMAGESEARCH_LOG_FORMAT", "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("IMAGESEARCH_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "filters": {"request_id": {"()": "gallery.monitoring.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_id"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # faiss logs every CPU variant it tries to load; TensorFlow and absl their start-up notices.
+        "faiss": {"level": "WARNING"},
+        "tensorflow": {"level": "WARNING"},
+        "absl": {"level": "WARNING"},
+        "h5py": {"level": "WARNING"},
+    },
+}
+
+# ---------------------------------------------------------------- monitoring
+MONITORING = {
+    # /metrics is served to a client sending `Authorization: Bearer <token>` (unset: no
+    # token works), to staff signed in, and to loopback clients unless turned off.
+    "METRICS_TOKEN": env("IMAGESEARCH_METRICS_TOKEN", ""),
+    "METRICS_ALLOW_LOOPBACK": env_bool("IMAGESEARCH_METRICS_ALLOW_LOOPBACK", True),
+    # Each Celery worker serves its own metrics on this port (0: off) and address, under
+    # the same access rule; a second worker on one host whose port is taken goes on without.
+    "WORKER_METRICS_PORT": env_int("IMAGESEARCH_WORKER_METRICS_PORT", 9101),
+    "WORKER_METRICS_HOST": env("IMAGESEARCH_WORKER_METRICS_HOST", "127.0.0.1"),
+    # /readyz answers from checks at most this old (cheap under a flood of probes).
+    "READY_CACHE_SECONDS": float(env("IMAGESEARCH_READY_CACHE_SECONDS", "2")),
 }
 
 # ---------------------------------------------------------------- the product

@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from gallery.api import urls as api_urls
+from gallery.monitoring import views as monitoring
 from gallery.ratelimit import sign_in_limited
 
 handler400 = "gallery.web.views.bad_request"
@@ -18,6 +19,11 @@ urlpatterns = [
     path("api/v1/", include((api_urls.urlpatterns, "api"))),
     path("accounts/login/", sign_in_limited(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Probes and metrics (normally answered by gallery.monitoring.middleware.ProbeMiddleware
+    # before the host check; routed here for staff asking for /metrics in the browser).
+    path("healthz", monitoring.healthz, name="healthz"),
+    path("readyz", monitoring.readyz, name="readyz"),
+    path("metrics", monitoring.metrics, name="metrics"),
     path("", include("gallery.urls")),
 ]
 

@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from typing import Any, cast
 
@@ -189,14 +188,12 @@ def adjustments(*, host: str, port: int) -> Adjustments:
     )
 
 
-def _warm_backbone() -> None:
-    """Build the backbone in the background so the first search does not pay for it."""
-    try:
-        from gallery.catalog.pipeline import current_backbone
+def _warm_up() -> None:
+    """Build the backbone and load the search index in the background, so the first search
+    does not pay for them; /readyz says "loading" until they are done."""
+    from gallery.monitoring.health import start_warm_up
 
-        current_backbone()
-    except Exception as exc:  # the first search will report it
-        log.warning("backbone warm-up failed: %s", exc)
+    start_warm_up()
 
 
 def create(*, host: str, port: int) -> WebServer:
@@ -218,11 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default=os.environ.get("IMAGESEARCH_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("IMAGESEARCH_PORT", "8000")))
-    parser.add_argument("--no-warm-up", action="store_true", help="do not build the backbone at start")
+    parser.add_argument("--no-warm-up", action="store_true", help="do not build the backbone and load the index at start")
     args = parser.parse_args(argv)
     server = create(host=args.host, port=args.port)
     if not args.no_warm_up:
-        threading.Thread(target=_warm_backbone, daemon=True).start()
+        _warm_up()
 
     def _stop(signum: int, _frame: Any) -> None:
         raise SystemExit(0)

@@ -14,6 +14,7 @@ import numpy as np
 from django.conf import settings
 from PIL import Image as PILImage
 
+from gallery.monitoring import metrics
 from gallery.search.models import CatalogState
 from gallery.vision.backbones import Backbone, load_backbone
 from gallery.vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
@@ -64,7 +65,9 @@ def _decode_turn() -> Iterator[None]:
 
 def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = None) -> np.ndarray:
     backbone = backbone or current_backbone()
-    return backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
+    vectors = backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
+    metrics.embeddings.labels(backbone=backbone.name).inc(len(images))
+    return vectors
 
 
 # ---- catalog curation: the catalog's persisted backbone

@@ -14,6 +14,7 @@ from gallery.catalog import pipeline
 from gallery.catalog.models import Embedding, Image, Tag
 from gallery.catalog.services import read_upload
 from gallery.errors import ImageRejected
+from gallery.monitoring.metrics import stage
 from gallery.search.index import PgVectorIndex, space_index
 from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
 from gallery.search.models import Reduction
@@ -66,7 +67,8 @@ def active_space() -> Space:
 
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
     hits = list(hits)
-    images = Image.objects.in_bulk([h.id for h in hits])
+    with stage("hydrate"):
+        images = Image.objects.in_bulk([h.id for h in hits])
     return [SearchHit(images[h.id], h.score, rank) for rank, h in enumerate((h for h in hits if h.id in images), 1)]
 
 
@@ -83,13 +85,16 @@ def search_by_vector(
     optionally only those carrying `tag`."""
     check_metric(metric)
     space = space or active_space()
-    index = space_index(backbone=space.backbone, reduction=space.reduction)
-    if index is None:
-        return []
-    query = space.project(embedding)
-    if not tag:
-        return _hydrate(index.search(query, k=limit, metric=metric, exclude=exclude))
-    return _hydrate(_search_tagged(index, query, tag=tag, limit=limit, metric=metric, exclude=exclude))
+    with stage("index"):
+        index = space_index(backbone=space.backbone, reduction=space.reduction)
+        if index is None:
+            return []
+        query = space.project(embedding)
+        if not tag:
+            hits = index.search(query, k=limit, metric=metric, exclude=exclude)
+        else:
+            hits = _search_tagged(index, query, tag=tag, limit=limit, metric=metric, exclude=exclude)
+    return _hydrate(hits)
 
 
 def similar_to_image(*, image: Image, limit: int = 12, metric: str = "cosine", tag: str = "") -> list[SearchHit]:
@@ -106,7 +111,8 @@ def query_decode(*, file: IO[bytes]) -> PILImage.Image:
     for the user."""
     data = read_upload(file)
     try:
-        return pipeline.decode(data).image
+        with stage("decode"):
+            return pipeline.decode(data).image
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc), code=exc.code) from None
 
@@ -118,7 +124,8 @@ def search_by_picture(*, picture: PILImage.Image, limit: int = 20, metric: str =
     it is compared with even when the catalog switches meanwhile."""
     check_metric(metric)
     space = active_space()
-    embedding = pipeline.embed_images([picture], backbone=pipeline.backbone_named(space.backbone))[0]
+    with stage("embed"):
+        embedding = pipeline.embed_images([picture], backbone=pipeline.backbone_named(space.backbone))[0]
     return search_by_vector(embedding=embedding, space=space, limit=limit, metric=metric, tag=tag)
 
 

@@ -323,7 +323,15 @@ def load_backbone(name: str, *, resnet50_weights: str | None = None) -> Backbone
             raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
         backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
         _cache[key] = backbone
+        # `auto` resolved to a named backbone: asking for it by name (as search does, by the
+        # catalog's backbone) finds the same network instead of building a second one.
+        _cache.setdefault((backbone.name, key[1]), backbone)
         return backbone
+
+
+def backbone_loaded(name: str, *, resnet50_weights: str | None = None) -> bool:
+    """Whether `name` is built in this process already (never waits for a build in progress)."""
+    return (name, resnet50_weights or "") in _cache
 
 
 # ---------------------------------------------------------------- availability

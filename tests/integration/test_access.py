@@ -35,7 +35,11 @@ PUBLIC = {
     "admin/login/",
     "admin/logout/",
     "media/(?P<path>.*)",  # display copies and thumbnails only; originals live elsewhere
+    "healthz",  # check names and ok/failed, nothing more
+    "readyz",
 }
+# The metrics token, loopback clients and staff (tests/integration/test_monitoring.py).
+MONITORING = {"metrics"}
 SIGNED_IN = {"upload/", "uploads/", "my-uploads/"}  # any account (unless anonymous uploads are allowed)
 
 
@@ -69,6 +73,8 @@ def _kind(route: str) -> str:
         return "public"
     if route in SIGNED_IN:
         return "signed-in"
+    if route in MONITORING:
+        return "monitoring"
     if route.startswith("admin/"):
         return "staff"
     if route.startswith("copyright/"):
@@ -110,7 +116,7 @@ def test_every_protected_route_refuses_who_may_not_open_it(roles, image) -> None
     tried = 0
     for route in _routes():
         kind = _kind(route)
-        if kind == "public":
+        if kind in ("public", "monitoring"):
             continue
         url = _sample(route, image)
         anonymous = roles["anonymous"].get(url)

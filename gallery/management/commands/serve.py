@@ -40,8 +40,9 @@ class Command(BaseCommand):
             # Fewer glibc malloc arenas: memory freed after a large decode goes back to the system.
             env = {"MALLOC_ARENA_MAX": "2", **os.environ, "CELERY_BROKER_URL": broker}
             if not opts["no_worker"]:
+                # -q: no start-up banner; the worker's log lines say when it is ready.
                 worker = [
-                    sys.executable, "-m", "celery", "-A", "imagesearch", "worker",
+                    sys.executable, "-m", "celery", "-A", "imagesearch", "-q", "worker",
                     "--pool=solo", "--loglevel=INFO", "-n", "worker@%h", "-Q", "interactive,bulk", "--beat",
                     "--schedule", str(settings.VAR_DIR / "celerybeat-schedule"),
                 ]  # fmt: skip

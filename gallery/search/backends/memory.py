@@ -23,6 +23,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from gallery.catalog.models import CatalogChange, Embedding, Image
+from gallery.monitoring.metrics import index_rebuilds
 from gallery.search.models import ReducedVector, Reduction
 from gallery.vector_field import vector_from
 from gallery.vision.ann import AnnParams, TieredIndex
@@ -71,6 +72,16 @@ class CatalogIndex:
         self._window: dict[int, float] = {}  # change ids applied recently, with when
         self._checked = 0.0
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the index has been loaded at least once in this process."""
+        return self._key is not None
+
+    def size(self) -> int:
+        """Vectors in the index now."""
+        index = self._index  # read without the lock: a scrape never waits for a rebuild
+        return len(index) if index is not None else 0
+
     def clear(self) -> None:
         with self._lock:
             self._key, self._index, self._last_change, self._window, self._checked = None, None, 0, {}, 0.0
@@ -111,6 +122,7 @@ class CatalogIndex:
             index.add(ids, vectors)
         self._checked = time.monotonic()
         self._key, self._index, self._last_change = key, index, last
+        index_rebuilds.inc()
         self._window = dict.fromkeys(seen, self._checked)
 
     def _apply_changes(self, backbone: str, reduction: Reduction | None) -> bool:
