@@ -38,6 +38,8 @@ class Stack:
     redis: subprocess.Popen[bytes] | None = None
     redis_port: int = 0
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Each worker's metrics port (IMAGESEARCH_WORKER_METRICS_PORT), by worker name.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     def stop_broker(self) -> None:
         """Take the broker away (as if Redis went down)."""
@@ -76,10 +78,11 @@ class Stack:
         ]
         if beat:
             args += ["--beat", "--schedule", str(self.var / "celerybeat-schedule")]
+        self.metrics_ports[name] = free_port()
         return subprocess.Popen(
             args,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, "IMAGESEARCH_WORKER_METRICS_PORT": str(self.metrics_ports[name])},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -151,7 +154,8 @@ def live_stack(var: Path, *, beat: bool = False, workers: int = 1, **extra_env: 
         cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
+        # The web server builds the backbone before it listens.
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if requests.get(stack.url + "/", timeout=10).status_code == 200:

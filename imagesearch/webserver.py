@@ -189,8 +189,8 @@ def adjustments(*, host: str, port: int) -> Adjustments:
 
 
 def _warm_up() -> None:
-    """Build the backbone and load the search index in the background, so the first search
-    does not pay for them; /readyz says "loading" until they are done."""
+    """Load the search index (and build any backbone still missing) in the background, so
+    the first search does not pay for it; /readyz says "loading" until it is done."""
     from gallery.monitoring.health import start_warm_up
 
     start_warm_up()
@@ -217,6 +217,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("IMAGESEARCH_PORT", "8000")))
     parser.add_argument("--no-warm-up", action="store_true", help="do not build the backbone and load the index at start")
     args = parser.parse_args(argv)
+    if not args.no_warm_up:
+        # Loading TensorFlow and building a network hold the interpreter lock for seconds:
+        # done before listening, so no request (a probe included) waits behind them. The
+        # search index loads in the background after; /readyz says "loading" until then.
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imagesearch.settings")
+        import django
+
+        django.setup()
+        from gallery.monitoring.health import build_backbones
+
+        build_backbones()
     server = create(host=args.host, port=args.port)
     if not args.no_warm_up:
         _warm_up()

@@ -52,6 +52,22 @@ _cache_lock = threading.Lock()
 _cached: tuple[float, Readiness] | None = None
 
 
+def build_backbones() -> None:
+    """Build the configured and the catalog's backbone in this process. TensorFlow holds
+    the interpreter lock for seconds while it loads and traces a network, so the web server
+    does this before it listens: no request waits behind it."""
+    from gallery.catalog import pipeline
+    from gallery.search.selectors import active_space
+
+    try:
+        pipeline.current_backbone()
+        pipeline.backbone_named(active_space().backbone)
+    except Exception as exc:  # the warm-up tries again, and readiness says so meanwhile
+        log.warning("backbone not built at start: %s: %s", type(exc).__name__, exc)
+    finally:
+        connections.close_all()
+
+
 def warm_up() -> None:
     """Build the catalog's backbone and load its search index in this process."""
     from gallery.catalog import pipeline

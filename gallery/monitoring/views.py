@@ -37,7 +37,11 @@ def readyz(request: HttpRequest) -> HttpResponse:
     body: dict[str, Any] = {"status": "ready" if result.ready else "not ready", "checks": result.checks}
     if not result.ready:
         body["failing"] = result.failing
-    return _no_store(JsonResponse(body, status=200 if result.ready else 503))
+    response = JsonResponse(body, status=200 if result.ready else 503)
+    # Not an error of this request: the failing check is logged once (gallery.monitoring.health)
+    # and the access line says 503; Django's own "Service Unavailable" line would repeat it.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return _no_store(response)
 
 
 class _WebRegistry:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from .preprocess import PreprocessOptions, prepare
+from .tfimport import import_tensorflow_quietly
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Backbone:
         classifier: object | None,
         normalise: Callable[[np.ndarray], np.ndarray],
     ):
+        import_tensorflow_quietly()
         import tensorflow as tf
 
         self.spec = spec
@@ -199,6 +201,7 @@ def _lite_blocks(state: dict[str, np.ndarray]) -> list[tuple[int, int, bool, int
 
 
 def _lite_networks(state: dict[str, np.ndarray], name: str) -> tuple[object, object]:
+    import_tensorflow_quietly()
     import keras
     from keras import layers
 
@@ -278,6 +281,7 @@ def _resnet50_normalise(x: np.ndarray) -> np.ndarray:
 
 def build_resnet50(weights_path: str | Path | None = None) -> Backbone:
     """ResNet50 with ImageNet weights from a local file, else Keras' cache or download."""
+    import_tensorflow_quietly()
     import keras
 
     if weights_path:
