@@ -65,7 +65,7 @@ def test_metrics_probes_and_request_ids_with_real_processes(tmp_path, butterflie
         "IMAGESEARCH_READY_CACHE_SECONDS": "0",
         "IMAGESEARCH_PCA_MIN_IMAGES": "1000",
     }
-    with live_stack(tmp_path / "var", **env) as stack:
+    with live_stack(tmp_path / "var", **env) as stack:  # type: ignore[arg-type]
         web_metrics = stack.url + "/metrics"
         worker_metrics = f"http://127.0.0.1:{stack.metrics_ports['e2e']}/metrics"
         # Refused without the token, in the web process and in the worker.
