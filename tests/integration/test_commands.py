@@ -133,6 +133,9 @@ def test_docker_compose_file_is_valid(tmp_path) -> None:  # type: ignore[no-unty
     assert {"web", "worker", "redis", "postgres"} <= set(services)
     assert "redis://redis:6379/0" in result.stdout and "pgvector" in result.stdout
     assert "-Q interactive,bulk" in result.stdout  # workers take uploads before bulk work
+    assert "/readyz" in result.stdout and "9101/metrics" in result.stdout  # health checks use the probes
+    assert "prometheus" in services and "- monitoring" in result.stdout  # optional: the monitoring profile
+    assert "deploy/prometheus.yml" in result.stdout
     (tmp_path / ".env").write_text("DJANGO_SECRET_KEY=x\n")  # no database password: refused
     missing = subprocess.run([exe, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
