@@ -12,7 +12,7 @@ Codes in use, by error:
 - DecisionRejected: unknown_action, note_required, hide_needs_confirm, gone, stale, not_allowed
 - BackupRejected: backup_dir_not_empty, no_manifest, bad_manifest, unsafe_path,
   missing_file, checksum_mismatch, wrong_database, unknown_migrations, target_not_empty,
-  tools_missing, dump_failed, restore_failed
+  tools_missing, dump_failed, restore_failed, in_transaction
 """
 
 from __future__ import annotations

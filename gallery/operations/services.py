@@ -216,6 +216,8 @@ def _run_pg(args: list[str], env: dict[str, str], *, code: str) -> None:
 
 def _snapshot_sqlite(target: Path) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
     connection.ensure_connection()
+    if connection.in_atomic_block:  # its own uncommitted writes would lock the copy out
+        raise BackupRejected("A backup cannot run inside a transaction.", code="in_transaction")
     dest = sqlite3.connect(target)
     try:
         connection.connection.backup(dest)  # a consistent copy while others keep writing
@@ -427,7 +429,7 @@ def _restore_sqlite(dump: Path) -> None:
     try:
         connection.ensure_connection()
         if connection.in_atomic_block:
-            raise BackupRejected("A restore cannot run inside a transaction.", code="restore_failed")
+            raise BackupRejected("A restore cannot run inside a transaction.", code="in_transaction")
         source.backup(connection.connection)
     except sqlite3.Error as exc:
         raise BackupRejected(f"The database could not be restored: {exc}", code="restore_failed") from exc
