@@ -294,7 +294,7 @@ def check_backup() -> Check:
     if last is None:
         return Check("backup", WARN, "no backup recorded", "Run: python manage.py backup DIR (see docs/operations.md).")
     age = timezone.now() - last.taken_at
-    text = f"last {_ago(age)} ago into {last.directory} ({last.size // MB} MB, {last.files} files)"
+    text = f"last {_ago(age)} ago into {last.directory} ({last.size / MB:.1f} MB, {last.files} files)"
     if age > timedelta(hours=_conf()["BACKUP_MAX_AGE_HOURS"]):
         return Check("backup", WARN, text, "Take a backup: python manage.py backup DIR")
     return Check("backup", OK, text)
