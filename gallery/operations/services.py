@@ -190,7 +190,7 @@ def pg_tool(name: str) -> str:
 
 
 def _pg_args_env() -> tuple[list[str], dict[str, str]]:
-    db = settings.DATABASES["default"]
+    db = connection.settings_dict
     args = ["--dbname", str(db["NAME"])]
     if db.get("HOST"):
         args += ["--host", str(db["HOST"])]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.db import connection
 from PIL import Image as PILImage
 from PIL import ImageOps
 
@@ -105,6 +106,19 @@ def catalog(butterflies):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_backup_wipe_restore_gives_the_same_searches_decisions_and_pictures(catalog, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _round_trip(catalog, settings, tmp_path)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_pg_dump_and_pg_restore_give_the_same_searches_and_decisions(catalog, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert connection.vendor == "postgresql", "run with DATABASE_URL naming a PostgreSQL database (scripts/test.sh does)"
+    _round_trip(catalog, settings, tmp_path)
+    manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
+    assert manifest["database"]["file"] == "database.pgdump"
+    assert (tmp_path / "b1" / "database.pgdump").read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
+
+
+def _round_trip(catalog, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert Reduction.objects.filter(is_active=True).exists()  # the PCA space is what gets restored
     assert Image.objects.get(pk=catalog["copy"].pk).visibility == Image.Visibility.HIDDEN
     before_search = _top10(catalog["queries"])
