@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import Storage, default_storage
 from django.db import DatabaseError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
@@ -50,7 +51,7 @@ FORMAT = 1
 FILES_DIR = "files"
 DUMP_NAMES = {"sqlite": "database.sqlite3", "postgresql": "database.pgdump"}
 # A manifest of a million files is ~150 MB of JSON; anything larger is not ours.
-MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 CHUNK = 1024 * 1024
 PG_TIMEOUT_SECONDS = 6 * 3600
 
@@ -336,8 +337,9 @@ def _open_either(stores: dict[str, Storage], root: str, name: str, other: str) -
         places.append((other_root, other_name))
     for place_root, place_name in places:
         try:
+            safe_relative_path(place_name)  # a row naming a path out of the store is not followed
             return place_root, place_name, stores[place_root].open(place_name, "rb")
-        except (FileNotFoundError, OSError):
+        except (OSError, BackupRejected, SuspiciousFileOperation):
             continue
     return None
 
@@ -368,9 +370,7 @@ def _manifest_read(directory: Path) -> dict[str, Any]:
             safe_relative_path(entry["path"])
             int(entry["size"]), str(entry["sha256"])
         [(str(app), str(name)) for app, name in manifest["migrations"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, BackupRejected):
-            raise
+    except (KeyError, TypeError, ValueError) as exc:  # BackupRejected (a RuntimeError) passes through
         raise BackupRejected(f"{MANIFEST} is incomplete or malformed ({exc!r}).", code="bad_manifest") from exc
     return manifest  # type: ignore[no-any-return]
 

@@ -276,6 +276,17 @@ def test_a_backup_copies_what_its_snapshot_names_and_reports_files_gone(settings
     assert sorted(Image.objects.values_list("original_name", flat=True)) == ["p0.jpg", "p1.jpg", "p2.jpg"]
 
 
+def test_a_row_naming_a_path_outside_the_stores_is_not_followed(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of the product")
+    image = _small_install()[0]
+    Image.objects.filter(pk=image.pk).update(thumbnail="../secret.txt")
+    call_command("backup", str(tmp_path / "b"), stdout=io.StringIO(), stderr=io.StringIO())
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["missing"] == ["media/../secret.txt"]
+    assert not any("secret" in p.name for p in (tmp_path / "b").rglob("*"))
+
+
 def test_backing_up_into_a_folder_that_holds_files_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
