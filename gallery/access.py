@@ -1,5 +1,6 @@
 """Who may do what: uploading needs an account (unless the site allows anonymous
-uploads), copyright review needs the copyright group, the admin needs staff."""
+uploads), copyright review needs the copyright group, the admin and the operations page
+need staff."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def user_is_copyright_reviewer(user: Any) -> bool:
     return bool(user.is_superuser or user.groups.filter(name=settings.IMAGESEARCH["COPYRIGHT_GROUP"]).exists())
 
 
+def user_is_staff(user: Any) -> bool:
+    return bool(user.is_authenticated and user.is_active and user.is_staff)
+
+
 def upload_permission_required(view: View) -> View:
     """Anonymous visitors are sent to the sign-in page unless anonymous uploads are allowed."""
 
@@ -47,6 +52,21 @@ def copyright_reviewer_required(view: View) -> View:
             return redirect_to_login(request.get_full_path())
         if not user_is_copyright_reviewer(request.user):
             raise PermissionDenied("Copyright review is for the copyright team.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def staff_required(view: View) -> View:
+    """For the staff pages outside the admin: sign in first, then staff only; anyone else
+    gets 403."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not user_is_staff(request.user):
+            raise PermissionDenied("The operations page is for staff.")
         return view(request, *args, **kwargs)
 
     return wrapped

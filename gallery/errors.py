@@ -10,6 +10,9 @@ Codes in use, by error:
   not_in_group, unknown_action
 - WorkRejected: missing_fields, not_an_image (and the decode codes), already_registered
 - DecisionRejected: unknown_action, note_required, hide_needs_confirm, gone, stale, not_allowed
+- BackupRejected: backup_dir_not_empty, no_manifest, bad_manifest, unsafe_path,
+  missing_file, checksum_mismatch, wrong_database, unknown_migrations, target_not_empty,
+  tools_missing, dump_failed, restore_failed, in_transaction
 """
 
 from __future__ import annotations
@@ -70,3 +73,10 @@ class WorkRejected(ApplicationError, ValueError):
 
 class DecisionRejected(ApplicationError, ValueError):
     """A review action that cannot be applied; the message is meant for the reviewer."""
+
+
+class BackupRejected(ApplicationError, RuntimeError):
+    """A backup that cannot be taken or a restore that cannot be carried out; nothing was
+    changed in the install. The message says what to do."""
+
+    default_code = "bad_manifest"

@@ -1,9 +1,10 @@
-"""The product's pages under one namespace, `gallery:`: the gallery's and the copyright
-reviewers'."""
+"""The product's pages under one namespace, `gallery:`: the gallery's, the copyright
+reviewers' and the staff operations page."""
 
 from .copyright import urls as copyright_urls
+from .operations import urls as operations_urls
 from .web import urls as web_urls
 
 app_name = "gallery"
 
-urlpatterns = [*web_urls.urlpatterns, *copyright_urls.urlpatterns]
+urlpatterns = [*web_urls.urlpatterns, *copyright_urls.urlpatterns, *operations_urls.urlpatterns]

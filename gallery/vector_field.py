@@ -32,8 +32,11 @@ def pgvector_literal(vector: np.ndarray) -> str:
 
 
 def pgvector_parse(value: Any) -> bytes:
-    """float32 bytes from what psycopg returns for a vector: a numpy array once pgvector's
-    adapter is registered, else the text form."""
+    """float32 bytes from what psycopg returns for a vector: pgvector's `Vector` (or a numpy
+    array, with older pgvector) once its adapter is registered, which a connection opened
+    after the extension exists does; else the text form."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
     if isinstance(value, np.ndarray):
         return np.asarray(value, dtype=np.float32).tobytes()
     text = bytes(value).decode() if isinstance(value, bytes | memoryview) else str(value)

@@ -388,6 +388,18 @@ IMAGESEARCH = {
     # With augmentation on, pgvector search re-ranks this many nearest candidates (by plain
     # cosine) with the same maths as the in-memory index (see docs/architecture.md).
     "PGVECTOR_RERANK_CANDIDATES": env_int("IMAGESEARCH_PGVECTOR_RERANK_CANDIDATES", 100),
+    # ---- operations (gallery/operations/): backups, `manage.py doctor`, the operations page
+    # Where pg_dump/pg_restore live; unset: the pgserver package's bundled ones, else the PATH.
+    "PG_BIN": env("IMAGESEARCH_PG_BIN", ""),
+    "OPERATIONS": {
+        # The broker and the workers must answer within this (the page stays fast without them).
+        "BROKER_TIMEOUT_SECONDS": float(env("IMAGESEARCH_OPS_BROKER_TIMEOUT", "1")),
+        # Images waiting and nothing embedded for this long: the workers are stuck or gone.
+        "STALL_MINUTES": env_int("IMAGESEARCH_OPS_STALL_MINUTES", 10),
+        "DISK_WARN_MB": env_int("IMAGESEARCH_OPS_DISK_WARN_MB", 2048),
+        "DISK_FAIL_MB": env_int("IMAGESEARCH_OPS_DISK_FAIL_MB", 200),
+        "BACKUP_MAX_AGE_HOURS": env_int("IMAGESEARCH_OPS_BACKUP_MAX_AGE_HOURS", 26),
+    },
 }
 
 # ---------------------------------------------------------------- Celery

@@ -41,6 +41,7 @@ PUBLIC = {
 # The metrics token, loopback clients and staff (tests/integration/test_monitoring.py).
 MONITORING = {"metrics"}
 SIGNED_IN = {"upload/", "uploads/", "my-uploads/"}  # any account (unless anonymous uploads are allowed)
+STAFF_PAGES = {"operations/"}  # staff outside the admin: other accounts get 403
 
 
 def _routes(patterns=None, prefix: str = "") -> list[str]:  # type: ignore[no-untyped-def]
@@ -77,6 +78,8 @@ def _kind(route: str) -> str:
         return "monitoring"
     if route.startswith("admin/"):
         return "staff"
+    if route in STAFF_PAGES:
+        return "staff-page"
     if route.startswith("copyright/"):
         return "copyright"
     return "unclassified"
@@ -128,6 +131,8 @@ def test_every_protected_route_refuses_who_may_not_open_it(roles, image) -> None
         elif kind == "staff":
             assert _to_login(user), (url, user.status_code)
             assert not _to_login(staff) and staff.status_code < 500, (url, staff.status_code)
+        elif kind == "staff-page":
+            assert user.status_code == 403 and staff.status_code == 200, (url, user.status_code, staff.status_code)
         elif kind == "copyright":
             assert user.status_code == 403 and staff.status_code == 403, url
             reviewer = roles["reviewer"].get(url)
