@@ -10,6 +10,8 @@ Codes in use, by error:
   not_in_group, unknown_action
 - WorkRejected: missing_fields, not_an_image (and the decode codes), already_registered
 - DecisionRejected: unknown_action, note_required, hide_needs_confirm, gone, stale, not_allowed
+- SearchRejected: empty_query, query_too_long, unknown_words (with `suggestions`),
+  labels_unavailable, invalid_box, box_outside_image, box_too_small, invalid_date
 """
 
 from __future__ import annotations
@@ -70,3 +72,10 @@ class WorkRejected(ApplicationError, ValueError):
 
 class DecisionRejected(ApplicationError, ValueError):
     """A review action that cannot be applied; the message is meant for the reviewer."""
+
+
+class SearchRejected(ApplicationError, ValueError):
+    """A search request that cannot be answered as asked (no words, unknown words, a bad
+    box); the message is meant for the user and nothing was searched."""
+
+    default_code = "invalid_search"

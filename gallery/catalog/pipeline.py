@@ -67,6 +67,15 @@ def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = No
     return backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
 
 
+def embed_and_label_images(
+    images: list[PILImage.Image], *, backbone: Backbone | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings and ImageNet class probabilities from one forward pass (no
+    probabilities when the backbone has no classifier)."""
+    backbone = backbone or current_backbone()
+    return backbone.embed_and_label(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
+
+
 # ---- catalog curation: the catalog's persisted backbone
 
 
