@@ -31,18 +31,11 @@ from gallery.search.selectors import (
     space_vectors,
 )
 from gallery.vision.index import Hit
-from gallery.vision.lexicon import WordsQuery, lexicon
+from gallery.vision.lexicon import PROTOTYPE_HITS, WordsQuery, blend, lexicon, prototype
 
 MAX_QUERY_CHARS = 200
-# How many of the best label hits make the visual prototype, and the least label
-# confidence one must have to count among them.
-PROTOTYPE_HITS = 8
-PROTOTYPE_MIN_CONFIDENCE = 0.2
 # Label candidates read per query: enough for the page and for the blend.
 LABEL_CANDIDATES = 500
-# A result must score at least this share of the best one: a photo that merely looks a
-# little like the words' photos, with no label for them, is not a result.
-MIN_RELATIVE_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,13 +90,12 @@ def _label_scores(*, backbone: str, classes: frozenset[int], allowed: set[int] |
 
 def _prototype(space: Space, labelled: dict[int, float]) -> np.ndarray | None:
     """The mean vector of the best label hits: what the words look like in this catalog."""
-    best = [i for i, s in labelled.items() if s >= PROTOTYPE_MIN_CONFIDENCE][:PROTOTYPE_HITS]
+    best = list(labelled)[:PROTOTYPE_HITS]
     vectors = space_vectors(space, best)
-    if not vectors:
+    ids = [i for i in best if i in vectors]
+    if not ids:
         return None
-    stacked = np.stack([v / max(float(np.linalg.norm(v)), 1e-12) for v in vectors.values()])
-    mean = stacked.mean(axis=0)
-    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), dtype=np.float32)
+    return prototype(np.stack([vectors[i] for i in ids]), np.array([labelled[i] for i in ids], dtype=np.float32))
 
 
 def search_by_words(*, text: str, limit: int = 20, filters: SearchFilters = NO_FILTERS) -> WordsResult:
@@ -119,21 +111,24 @@ def search_by_words(*, text: str, limit: int = 20, filters: SearchFilters = NO_F
     labelled = _label_scores(backbone=space.backbone, classes=query.classes, allowed=allowed)
     weight = float(settings.IMAGESEARCH["WORDS_LABEL_WEIGHT"])
     visual: dict[int, float] = {}
-    prototype = _prototype(space, labelled)
+    centre = _prototype(space, labelled)
     index = space_index(backbone=space.backbone, reduction=space.reduction)
-    if prototype is not None and index is not None and weight < 1:
+    if centre is not None and index is not None and weight < 1:
         k = max(3 * limit, 50)
-        for hit in _search_within(index, prototype, allowed=allowed, limit=k, metric="cosine", exclude=None):
+        for hit in _search_within(index, centre, allowed=allowed, limit=k, metric="cosine", exclude=None):
             visual[hit.id] = max(0.0, float(hit.score))
         # The label hits' own similarity, for those beyond the visual top-k.
         missing = [i for i in labelled if i not in visual]
         for image_id, v in space_vectors(space, missing).items():
-            visual[image_id] = max(0.0, float(v @ prototype / max(float(np.linalg.norm(v)), 1e-12)))
-    scores = {i: weight * labelled.get(i, 0.0) + (1 - weight) * visual.get(i, 0.0) for i in set(labelled) | set(visual)}
-    ranked = [Hit(i, s) for i, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
-    if ranked:
-        floor = MIN_RELATIVE_SCORE * ranked[0].score
-        ranked = [h for h in ranked if h.score >= floor]
+            visual[image_id] = max(0.0, float(v @ centre / max(float(np.linalg.norm(v)), 1e-12)))
+    ids = sorted(set(labelled) | set(visual))
+    blended = blend(
+        np.array([labelled.get(i, 0.0) for i in ids], dtype=np.float32),
+        np.array([visual.get(i, 0.0) for i in ids], dtype=np.float32),
+        weight=weight,
+    )
+    ranked = [Hit(i, float(s)) for i, s in zip(ids, blended, strict=True) if np.isfinite(s)]
+    ranked.sort(key=lambda h: (-h.score, h.id))
     if filters.one_per_group:
         ranked = one_per_group(ranked[: 3 * limit], space=space)
     return WordsResult(query=query, hits=_hydrate(ranked[:limit]))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 DATA_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.json"
 CLASS_COUNT = 1000
 # The longest phrase in the vocabulary has 7 words; a query is matched phrase by phrase.
@@ -170,3 +172,36 @@ def lexicon() -> Lexicon:
         if _lexicon is None:
             _lexicon = Lexicon.from_file()
         return _lexicon
+
+
+# ---- ranking by words: the maths search and the evaluation share
+
+# How many of the best label hits make the visual prototype, and the least label
+# confidence one must have to count among them.
+PROTOTYPE_HITS = 8
+PROTOTYPE_MIN_CONFIDENCE = 0.2
+# A result must score at least this share of the best one: a photo that merely looks a
+# little like the words' photos, with no label for them, is not a result.
+MIN_RELATIVE_SCORE = 0.5
+
+
+def prototype(vectors: np.ndarray, label_scores: np.ndarray) -> np.ndarray | None:
+    """The mean direction of the best label hits (rows of `vectors`, scored by their
+    labels): what the words look like in this catalog; None when nothing is labelled so."""
+    order = np.argsort(-label_scores, kind="stable")
+    best = [i for i in order[:PROTOTYPE_HITS] if label_scores[i] >= PROTOTYPE_MIN_CONFIDENCE]
+    if not best:
+        return None
+    x = np.asarray(vectors[best], dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    mean = x.mean(axis=0)
+    return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), dtype=np.float32)
+
+
+def blend(label_scores: np.ndarray, visual: np.ndarray, *, weight: float) -> np.ndarray:
+    """Each image's words score: `weight` of its label confidence (capped at 1) and the
+    rest its (non-negative) similarity to the prototype; below the floor → -inf (not a result)."""
+    scores = weight * np.minimum(label_scores, 1.0) + (1 - weight) * np.maximum(visual, 0.0)
+    if scores.size and scores.max() > 0:
+        scores = np.where(scores >= MIN_RELATIVE_SCORE * scores.max(), scores, -np.inf)
+    return scores
