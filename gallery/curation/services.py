@@ -77,6 +77,30 @@ def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
     return len({link.image_id for link in new})
 
 
+def images_promote_labels(*, image_ids: list[int], min_confidence: float) -> int:
+    """Tag each image with the names of its labels at least `min_confidence` sure (for the
+    catalog's backbone); returns how many images got a new tag."""
+    from gallery.catalog.models import ImageLabel
+    from gallery.vision.lexicon import lexicon
+
+    names = lexicon().classes
+    backbone = pipeline.catalog_state().backbone
+    wanted: dict[int, set[str]] = {}
+    rows = ImageLabel.objects.filter(image_id__in=image_ids, backbone=backbone, confidence__gte=min_confidence)
+    for image_id, index in rows.values_list("image_id", "class_index"):
+        wanted.setdefault(image_id, set()).add(names[index].name.lower()[:64])
+    changed = 0
+    with transaction.atomic():
+        tags = {name: Tag.objects.get_or_create(name=name)[0] for name in set().union(*wanted.values())} if wanted else {}
+        for image in Image.objects.filter(pk__in=list(wanted)).prefetch_related("tags"):
+            have = {t.name for t in image.tags.all()}
+            new = [tags[n] for n in sorted(wanted[image.pk] - have)]
+            if new:
+                image.tags.add(*new)
+                changed += 1
+    return changed
+
+
 def images_remove_tags(*, image_ids: list[int], names: list[str]) -> int:
     """Remove the tags from each image; returns how many images lost one."""
     if not names:

@@ -64,7 +64,7 @@ def normalise(text: str) -> str:
 
 
 def _singulars(word: str) -> list[str]:
-    """The word and what it might be the plural of, for the last word of a phrase."""
+    """The word, what it might be the plural of, and its plural, for the last word of a phrase."""
     out = [word]
     if word.endswith("ies") and len(word) > 4:
         out.append(word[:-3] + "y")
@@ -72,6 +72,8 @@ def _singulars(word: str) -> list[str]:
         out.append(word[:-2])
     if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
         out.append(word[:-1])
+    if not word.endswith("s"):  # things named in the plural: "binocular" → "binoculars"
+        out.append(word + "s")
     return out
 
 

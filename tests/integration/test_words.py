@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
@@ -320,3 +322,62 @@ def test_api_suggests_words_as_one_types() -> None:
     assert api.get("/api/v1/search/words/", {"prefix": "zzzq"}).json()["words"] == []
     assert api.get("/api/v1/search/words/", {"prefix": "b" * 101}).status_code == 400
     assert api.get("/api/v1/search/words/", {"prefix": "b", "limit": "50"}).status_code == 400
+
+
+# ---------------------------------------------------------------- curators
+
+
+@pytest.fixture
+def editor() -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user("editor", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="gallery"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_curators_promote_labels_to_tags_in_bulk(editor: Client, catalog: dict[str, list[Image]]) -> None:
+    chosen = catalog["accordion"] + catalog["strawberry"]
+    data = {"action": "promote_labels", "_selected_action": [im.pk for im in chosen]}
+    form = editor.post(reverse("admin:gallery_image_changelist"), data, follow=True).content.decode()
+    assert "Promote labels of 6 images to tags" in form
+    assert not Tag.objects.exists()  # nothing changes before the form is sent
+    refused = editor.post(reverse("admin:gallery_image_changelist"), {**data, "post": "yes", "min_confidence": "0"}, follow=True)
+    assert "Ensure this value is greater than or equal to 1" in refused.content.decode() and not Tag.objects.exists()
+    done = editor.post(reverse("admin:gallery_image_changelist"), {**data, "post": "yes", "min_confidence": "50"}, follow=True)
+    assert "6 images tagged with their labels at least 50% sure." in done.content.decode()
+    assert set(Image.objects.filter(tags__name="accordion").values_list("pk", flat=True)) == {
+        im.pk for im in catalog["accordion"]
+    }
+    assert set(Image.objects.filter(tags__name="strawberry").values_list("pk", flat=True)) == {
+        im.pk for im in catalog["strawberry"]
+    }
+    again = editor.post(reverse("admin:gallery_image_changelist"), {**data, "post": "yes", "min_confidence": "50"}, follow=True)
+    assert "0 images tagged" in again.content.decode()
+    # The new tags filter words search at once.
+    hits = search_words.search_by_words(text="fruit", filters=SearchFilters(tags=("strawberry",))).hits
+    assert {h.image.pk for h in hits} == {im.pk for im in catalog["strawberry"]}
+
+
+def test_the_catalog_page_starts_the_labels_job(
+    editor: Client, catalog: dict[str, list[Image]], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    ImageLabel.objects.filter(image__in=catalog["laptop"]).delete()
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "Label images" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        editor.post(reverse("admin:gallery_image_catalog"), {"kind": "labels"}, follow=True)
+    assert ImageLabel.objects.filter(image__in=catalog["laptop"]).count() == 30
+    assert search_words.search_by_words(text="laptop", limit=3).hits[0].image in catalog["laptop"]
+
+
+def test_the_detail_page_shows_labels_that_link_to_words_search(client: Client, catalog: dict[str, list[Image]]) -> None:
+    page = client.get(reverse("gallery:detail", args=[catalog["accordion"][0].pk])).content.decode()
+    assert "Looks like:" in page and f"{reverse('gallery:search_words')}?q=accordion" in page
+    words = client.get(reverse("gallery:search_words"), {"q": "accordion", "limit": 3})
+    assert words.status_code == 200
+    assert {h.image.pk for h in words.context["hits"]} == {im.pk for im in catalog["accordion"]}
+    region = client.get(reverse("gallery:search_region", args=[catalog["accordion"][0].pk]), {"box": "0,0,2,1"})
+    assert region.status_code == 400 and "outside the picture" in region.content.decode()

@@ -118,7 +118,14 @@ class Command(BaseCommand):
             help="words mode: search by each class name the lexicon knows (precision@10, mAP); lists those it does not",
         )
         parser.add_argument(
-            "--broader", type=_csv_list, default=["bird", "dog", "vehicle", "fruit"], help="words mode: broader words (P@20)"
+            "--broader-truth",
+            type=Path,
+            default=None,
+            help="words mode: JSON {words: {word: [folders]}} of broader words (default: the Caltech-101 one in "
+            "benchmarks/data when the folders match)",
+        )
+        parser.add_argument(
+            "--label-weights", type=_csv_list, default=[], help="words mode: also these label weights (default: the setting)"
         )
         parser.add_argument("--regions", type=int, default=0, help="words mode: also this many 2x2 collages for region search")
 
@@ -192,35 +199,61 @@ class Command(BaseCommand):
         catalog = build_catalog(decoded, backbone, options=options, pca_dims=pca, labels_per_image=conf["LABELS_PER_IMAGE"])
         embed_ms = 1000 * (time.perf_counter() - started) / max(1, len(decoded))
         weight = float(conf["WORDS_LABEL_WEIGHT"])
-        words = words_quality(catalog, lexicon(), weight=weight)
+        truth = self._broader_truth(opts["broader_truth"], set(catalog.labels.tolist()))
         report: dict[str, Any] = {
             "backbone": backbone.name,
             "images": len(decoded),
             "pca": pca or None,
-            "label_weight": weight,
             "embed_and_label_ms_per_image": embed_ms,
-            "words": words,
-            "broader": broader_quality(catalog, lexicon(), opts["broader"], weight=weight) if opts["broader"] else {},
+            "by_weight": {},
         }
+        for w in dict.fromkeys([weight, *(float(x) for x in opts["label_weights"])]):
+            report["by_weight"][w] = {
+                "words": words_quality(catalog, lexicon(), weight=w),
+                "broader": broader_quality(catalog, lexicon(), truth, weight=w) if truth else {},
+            }
         if opts["regions"]:
             report["regions"] = region_quality(catalog, backbone, options=options, collages=opts["regions"])
         if opts["json"]:
             self.stdout.write(json.dumps(report, indent=2, default=float))
             return
+        self._print_words(report, weight)
+
+    def _broader_truth(self, path: Path | None, folders: set[str]) -> dict[str, list[str]]:
+        default = Path(__file__).resolve().parents[2] / "data" / "caltech101_broader.json"
+        chosen = path or default
+        if not chosen.is_file():
+            return {}
+        truth = json.loads(chosen.read_text())["words"]
+        if path is None and not all(set(members) <= folders for members in truth.values()):
+            return {}  # the default belongs to another set
+        return {word: sorted(set(members) & folders) for word, members in truth.items()}
+
+    def _print_words(self, report: dict[str, Any], weight: float) -> None:
         out = self.stdout.write
-        out(f"{len(decoded)} images, backbone {backbone.name}, PCA-{pca or 'none'}, label weight {weight}")
-        out(f"{'class':20s} {'words':24s} {'P@10':>6} {'AP':>6}")
+        out(f"{report['images']} images, backbone {report['backbone']}, PCA-{report['pca'] or 'none'}, label weight {weight}")
+        words = report["by_weight"][weight]["words"]
+        out(f"{'class':18s} {'words':22s} {'map':>7} {'P@10':>6} {'AP':>6} {'P@10*':>6} {'AP*':>6}  (* = same meaning counts)")
         for name, row in words["classes"].items():
-            out(f"{name:20s} {', '.join(row['words'])[:24]:24s} {row['p@10']:6.3f} {row['ap']:6.3f}")
-        out(f"not in the lexicon ({len(words['unmapped'])}): {', '.join(words['unmapped']) or 'none'}")
-        out(f"words: precision@10 {words['mean_p@10']:.3f}, mAP {words['map']:.3f} over {len(words['classes'])} classes")
-        for word, row in report["broader"].items():
-            if "error" in row:
-                out(f"broader “{word}”: {row['error']}")
-                continue
             out(
-                f"broader “{word}”: precision@{row['k']} {row['p@k']:.3f} (relevant classes: {', '.join(row['relevant_classes'])})"
+                f"{name:18s} {', '.join(row['words'])[:22]:22s} {row['mapping']:>7} {row['strict_p@10']:6.3f} "
+                f"{row['strict_ap']:6.3f} {row['meaning_p@10']:6.3f} {row['meaning_ap']:6.3f}"
             )
+        out(f"not in the lexicon ({len(words['unmapped'])}): {', '.join(words['unmapped']) or 'none'}")
+        out(f"partly in the lexicon ({len(words['partial'])}): {', '.join(words['partial']) or 'none'}")
+        for w, result in report["by_weight"].items():
+            q = result["words"]
+            out(
+                f"label weight {w}: {len(q['full'])} classes named in the lexicon: precision@10 "
+                f"{q['meaning_full_p@10']:.3f} (strict {q['strict_full_p@10']:.3f}), mAP {q['meaning_full_ap']:.3f} "
+                f"(strict {q['strict_full_ap']:.3f}); {len(q['partial'])} partly named: precision@10 "
+                f"{q['meaning_partial_p@10']:.3f}, mAP {q['meaning_partial_ap']:.3f}"
+            )
+            for word, row in result["broader"].items():
+                if "error" in row:
+                    out(f"  broader “{word}”: {row['error']}")
+                    continue
+                out(f"  broader “{word}”: precision@{row['k']} {row['p@k']:.3f} ({', '.join(row['relevant_classes'])})")
         if "regions" in report:
             r = report["regions"]
             out(
