@@ -257,7 +257,7 @@ IMAGESEARCH = {
     # Words search: how many ImageNet labels are kept per image, and how much of a
     # result's score comes from them (the rest is visual similarity to the best label hits).
     "LABELS_PER_IMAGE": env_int("IMAGESEARCH_LABELS_PER_IMAGE", 10),
-    "WORDS_LABEL_WEIGHT": float(env("IMAGESEARCH_WORDS_LABEL_WEIGHT", "0.5")),
+    "WORDS_LABEL_WEIGHT": float(env("IMAGESEARCH_WORDS_LABEL_WEIGHT", "0.3")),
     # PCA is fitted once the catalog holds this many embeddings, and refitted whenever
     # the catalog has doubled since the last fit.
     "PCA_MIN_IMAGES": env_int("IMAGESEARCH_PCA_MIN_IMAGES", 200),
