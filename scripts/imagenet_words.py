@@ -9,7 +9,7 @@ Run once by a developer (the output is committed; the product never needs WordNe
 For each class: its WordNet id, a readable name and its synonyms. For each word that names
 a class or one of its ancestors: the classes it means. A word means the classes whose
 synset it names, plus every class under its most common noun sense that has ImageNet
-classes below it ("bird" → the 59 bird classes, "dog" → the dog breeds, "cat" → the
+classes below it (under both, when its two most common senses have) ("bird" → the 59 bird classes, "dog" → the dog breeds, "cat" → the
 domestic and wild cats but not the lions, which are "big cats").
 
 The WordNet files are read directly in their documented format (wndb(5)): data.noun
@@ -144,10 +144,12 @@ def main() -> None:
                 continue
             meant: set[int] = set()
             broad_taken = False
-            for sense in senses.get(word, []):
+            for rank, sense in enumerate(senses.get(word, [])):
                 if sense in class_of:  # every class the word names
                     meant.add(class_of[sense])
-                elif not broad_taken and below.get(sense):  # its most common broader sense
+                elif below.get(sense) and (not broad_taken or rank < 2):
+                    # its most common broader sense, and its two most common senses when both
+                    # hold classes ("lamp": a light source, and the furniture a table lamp is)
                     meant |= below[sense]
                     broad_taken = True
             if meant:
