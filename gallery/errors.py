@@ -13,6 +13,8 @@ Codes in use, by error:
 - BackupRejected: backup_dir_not_empty, no_manifest, bad_manifest, unsafe_path,
   missing_file, checksum_mismatch, wrong_database, unknown_migrations, target_not_empty,
   tools_missing, dump_failed, restore_failed, in_transaction
+- SearchRejected: empty_query, query_too_long, unknown_words (with `suggestions`),
+  labels_unavailable, invalid_box, box_outside_image, box_too_small, invalid_date
 """
 
 from __future__ import annotations
@@ -80,3 +82,10 @@ class BackupRejected(ApplicationError, RuntimeError):
     changed in the install. The message says what to do."""
 
     default_code = "bad_manifest"
+
+
+class SearchRejected(ApplicationError, ValueError):
+    """A search request that cannot be answered as asked (no words, unknown words, a bad
+    box); the message is meant for the user and nothing was searched."""
+
+    default_code = "invalid_search"

@@ -1,7 +1,7 @@
 """Every model of the product, by domain: Django registers an app's models from here.
 Code imports a model from its domain's module."""
 
-from .catalog.models import LANE_BULK, LANE_INTERACTIVE, CatalogChange, Embedding, Image, Tag
+from .catalog.models import LANE_BULK, LANE_INTERACTIVE, CatalogChange, Embedding, Image, ImageLabel, Tag
 from .copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
 from .curation.models import CatalogJob, DuplicateGroup
 from .operations.models import BackupRecord
@@ -18,6 +18,7 @@ __all__ = [
     "DuplicateGroup",
     "Embedding",
     "Image",
+    "ImageLabel",
     "MatchDecision",
     "ProtectedWork",
     "ReducedVector",

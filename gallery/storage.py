@@ -3,7 +3,7 @@ re-encoded, metadata-free display copies and thumbnails in the public media stor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from django.core.files.storage import FileSystemStorage, storages
 from django.core.signals import setting_changed
@@ -45,3 +45,16 @@ WITHHELD_PREFIX = "withheld/"
 
 def withheld_name(name: str) -> str:
     return WITHHELD_PREFIX + name
+
+
+def picture_open(field: Any) -> IO[bytes] | None:
+    """A display copy's or thumbnail's file, wherever it is now (withheld while its image
+    is hidden, in the public media otherwise); None when it has no file."""
+    if not (field and field.name):
+        return None
+    for storage, name in ((private_storage, withheld_name(field.name)), (field.storage, field.name)):
+        try:
+            return storage.open(name, "rb")  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            continue
+    return None

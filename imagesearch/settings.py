@@ -306,6 +306,10 @@ IMAGESEARCH = {
     "GRAYSCALE": env_bool("IMAGESEARCH_GRAYSCALE", False),
     "DENOISE": env_bool("IMAGESEARCH_DENOISE", False),
     "BATCH_SIZE": env_int("IMAGESEARCH_BATCH_SIZE", 32),
+    # Words search: how many ImageNet labels are kept per image, and how much of a
+    # result's score comes from them (the rest is visual similarity to the best label hits).
+    "LABELS_PER_IMAGE": env_int("IMAGESEARCH_LABELS_PER_IMAGE", 10),
+    "WORDS_LABEL_WEIGHT": float(env("IMAGESEARCH_WORDS_LABEL_WEIGHT", "0.3")),
     # PCA is fitted once the catalog holds this many embeddings, and refitted whenever
     # the catalog has doubled since the last fit.
     "PCA_MIN_IMAGES": env_int("IMAGESEARCH_PCA_MIN_IMAGES", 200),
@@ -342,6 +346,8 @@ IMAGESEARCH = {
     # address and per account tried.
     "RATE_LIMITS": {
         "search": env("IMAGESEARCH_RATE_SEARCH", "60/m"),
+        # Suggestions as one types: a request per keystroke, cheap (no photo, no database).
+        "suggest": env("IMAGESEARCH_RATE_SUGGEST", "300/m"),
         "upload": env("IMAGESEARCH_RATE_UPLOAD", "30/m"),
         "login": env("IMAGESEARCH_RATE_LOGIN", "10/m"),
     },

@@ -125,7 +125,27 @@ class SearchOptionsSerializer(serializers.Serializer):
         required=False, allow_null=True, default=None, min_value=0, help_text="euclidean: drop results farther than this"
     )
 
+    tags = serializers.CharField(
+        max_length=300, required=False, allow_blank=True, default="", help_text="only images with all these tags, comma-separated"
+    )
+    date_from = serializers.DateField(
+        required=False, allow_null=True, default=None, help_text="uploaded on or after (YYYY-MM-DD)"
+    )
+    date_to = serializers.DateField(required=False, allow_null=True, default=None, help_text="uploaded on or before (YYYY-MM-DD)")
+    mine = serializers.BooleanField(required=False, default=False, help_text="only images the signed-in user uploaded")
+    one_per_group = serializers.BooleanField(
+        required=False, default=False, help_text="at most one photo of each group of near-duplicates"
+    )
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("date_from") and attrs.get("date_to") and attrs["date_from"] > attrs["date_to"]:
+            raise serializers.ValidationError(
+                {"date_to": [serializers.ErrorDetail("date_to is before date_from.", code="invalid_date")]}
+            )
+        names = [t.strip().lower() for t in attrs.get("tags", "").split(",") if t.strip()]
+        if len(names) > 10:
+            raise serializers.ValidationError({"tags": [serializers.ErrorDetail("At most 10 tags.", code="invalid")]})
+        attrs["tags"] = list(dict.fromkeys(names))
         attrs.setdefault("metric", str(settings.IMAGESEARCH["DEFAULT_METRIC"]))
         attrs.setdefault("limit", int(settings.IMAGESEARCH["RESULTS"]))
         attrs["tag"] = attrs.get("tag", "").strip().lower()
@@ -141,36 +161,69 @@ class SearchOptionsSerializer(serializers.Serializer):
 
 
 class SearchRequestSerializer(SearchOptionsSerializer):
-    """Exactly one query: an uploaded photo, a catalog image id, or a catalog image's URL."""
+    """Exactly one query: an uploaded photo, a catalog image id, a catalog image's URL, or words."""
 
     file = serializers.FileField(required=False, allow_empty_file=True, help_text="a query photo; it is not added to the catalog")
     image_id = serializers.IntegerField(required=False, min_value=1, help_text='a catalog image: "more like this"')
     image_url = serializers.CharField(
         required=False, max_length=2000, help_text="the page, API or file URL of a catalog image (never fetched)"
     )
+    q = serializers.CharField(
+        required=False, allow_blank=True, max_length=1000, help_text="words, such as bird, espresso, monarch butterfly"
+    )
+    box = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=200,
+        help_text="search with a region of the photo or image only: left,top,right,bottom as fractions (0 to 1)",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        given = [k for k in ("file", "image_id", "image_url") if attrs.get(k)]
+        given = [k for k in ("file", "image_id", "image_url", "q") if attrs.get(k) or (k == "q" and k in attrs)]
         if not given:
             raise serializers.ValidationError(
                 {
                     "file": [
                         serializers.ErrorDetail(
-                            "Attach a query photo as `file`, or give `image_id` or `image_url`.", code="missing_file"
+                            "Attach a query photo as `file`, or give `image_id`, `image_url` or words as `q`.",
+                            code="missing_file",
                         )
                     ]
                 }
             )
         if len(given) > 1:
             raise serializers.ValidationError(
-                {given[1]: [serializers.ErrorDetail("Give only one of file, image_id and image_url.", code="invalid")]}
+                {given[1]: [serializers.ErrorDetail("Give only one of file, image_id, image_url and q.", code="invalid")]}
+            )
+        if given == ["q"] and attrs.get("box"):
+            raise serializers.ValidationError(
+                {"box": [serializers.ErrorDetail("A box needs a photo or a catalog image, not words.", code="invalid")]}
             )
         return super().validate(attrs)
+
+
+class WordsSearchSerializer(SearchOptionsSerializer):
+    """Search by words (GET): `q` and the usual options and filters."""
+
+    q = serializers.CharField(allow_blank=True, max_length=1000, help_text="words, such as bird, espresso, monarch butterfly")
+
+
+class WordSuggestionsSerializer(serializers.Serializer):
+    words = serializers.ListField(child=serializers.CharField(), help_text="words the search knows, best first")
 
 
 class SearchQuerySerializer(serializers.Serializer):
     name = serializers.CharField(allow_blank=True, help_text="the uploaded file's name")
     image = ImageSerializer(allow_null=True, help_text="the catalog image, for more like this")
+    box = serializers.CharField(required=False, help_text="the region searched, as fractions left,top,right,bottom")
+    words = serializers.CharField(required=False, help_text="the words searched for")
+    understood = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="the words the search knows, each searched with its narrower kinds",
+    )
+    ignored = serializers.ListField(child=serializers.CharField(), required=False, help_text="words it does not know")
 
 
 class SearchHitSerializer(serializers.Serializer):

@@ -15,6 +15,7 @@ from .views import (
     SearchView,
     SimilarView,
     TokenView,
+    WordSuggestionsView,
     api_not_found,
 )
 
@@ -24,6 +25,7 @@ urlpatterns = [
     path("images/<id:pk>/status/", ImageStatusView.as_view(), name="image-status"),
     path("images/<id:pk>/similar/", SimilarView.as_view(), name="image-similar"),
     path("search/", SearchView.as_view(), name="search"),
+    path("search/words/", WordSuggestionsView.as_view(), name="search-words"),
     path("auth/token/", TokenView.as_view(), name="token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves its script as a file: the page works under the site's CSP.

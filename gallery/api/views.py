@@ -32,13 +32,16 @@ from gallery.api.serializers import (
     SearchOptionsSerializer,
     SearchRequestSerializer,
     SearchResultSerializer,
+    WordsSearchSerializer,
+    WordSuggestionsSerializer,
 )
 from gallery.catalog import selectors as catalog_selectors
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
-from gallery.errors import DuplicateImage, ImageRejected
+from gallery.errors import DuplicateImage, ImageRejected, SearchRejected
 from gallery.search import selectors as search_selectors
-from gallery.search.selectors import SearchHit
+from gallery.search import words as search_words
+from gallery.search.selectors import Box, SearchFilters, SearchHit
 
 # ---------------------------------------------------------------- errors
 
@@ -122,7 +125,7 @@ def rejection_error(exc: ImageRejected, request: HttpRequest) -> ApiError:
     )
 
 
-_VALIDATION_CODES = {"missing_file", "unknown_metric"}
+_VALIDATION_CODES = {"missing_file", "unknown_metric", "invalid_date"}
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -313,6 +316,36 @@ def _hits_within(hits: list[SearchHit], options: dict[str, Any]) -> list[SearchH
     return hits
 
 
+def search_error(exc: SearchRejected) -> ApiError:
+    return ApiError(status_code=status.HTTP_400_BAD_REQUEST, code=exc.code, message=str(exc), **exc.fields)
+
+
+def _filters(request: Request, options: dict[str, Any]) -> SearchFilters:
+    """The filters of a search request; "mine" needs a signed-in user."""
+    mine = None
+    if options.get("mine"):
+        if not request.user.is_authenticated:
+            raise exceptions.NotAuthenticated("Sign in (or send a token) to search only your own uploads.")
+        mine = request.user.pk
+    tags = tuple(options.get("tags") or ())
+    if options.get("tag"):
+        tags = (*tags, options["tag"])
+    return SearchFilters(
+        tags=tuple(dict.fromkeys(tags)),
+        date_from=options.get("date_from"),
+        date_to=options.get("date_to"),
+        uploaded_by=mine,
+        one_per_group=bool(options.get("one_per_group")),
+    )
+
+
+def _box(options: dict[str, Any]) -> Box | None:
+    try:
+        return Box.parse(options["box"]) if options.get("box") else None
+    except SearchRejected as exc:
+        raise search_error(exc) from None
+
+
 def _similar(request: Request, image: Image, options: dict[str, Any]) -> list[SearchHit]:
     if image.status != Image.Status.READY:
         raise ApiError(
@@ -320,20 +353,48 @@ def _similar(request: Request, image: Image, options: dict[str, Any]) -> list[Se
             code="image_not_ready",
             message=f"Image {image.pk} is {image.status}; similar images are available once it is ready.",
         )
-    return search_selectors.similar_to_image(image=image, limit=options["limit"], metric=options["metric"], tag=options["tag"])
+    filters = _filters(request, options)
+    box = _box(options)
+    if box is not None:
+        try:
+            picture = search_selectors.image_picture(image=image)
+            return search_selectors.search_by_region(
+                picture=picture, box=box, limit=options["limit"], metric=options["metric"], filters=filters
+            )
+        except SearchRejected as exc:
+            raise search_error(exc) from None
+    return search_selectors.similar_to_image(image=image, limit=options["limit"], metric=options["metric"], filters=filters)
+
+
+def _words(request: Request, options: dict[str, Any]) -> Response:
+    try:
+        found = search_words.search_by_words(text=options["q"], limit=options["limit"], filters=_filters(request, options))
+    except SearchRejected as exc:
+        raise search_error(exc) from None
+    words = {"words": options["q"], "understood": found.understood, "ignored": list(found.query.unknown)}
+    return _results(request, found.hits, {**options, "metric": "cosine"}, extra=words)
 
 
 def _results(
-    request: Request, hits: list[SearchHit], options: dict[str, Any], *, name: str = "", image: Image | None = None
+    request: Request,
+    hits: list[SearchHit],
+    options: dict[str, Any],
+    *,
+    name: str = "",
+    image: Image | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
     context = {"request": request}
     hits = _hits_within(hits, options)
+    query = {"name": name, "image": ImageSerializer(image, context=context).data if image is not None else None}
+    if options.get("box"):
+        query["box"] = str(Box.parse(options["box"]))
     return Response(
         {
             "metric": options["metric"],
             "higher_is_better": options["metric"] != "euclidean",
             "space": search_selectors.active_space().label,
-            "query": {"name": name, "image": ImageSerializer(image, context=context).data if image is not None else None},
+            "query": {**query, **(extra or {})},
             "count": len(hits),
             "results": [
                 {"rank": h.rank, "score": h.score, "image": ImageSerializer(h.image, context=context).data} for h in hits
@@ -344,28 +405,53 @@ def _results(
 
 class SearchView(LimitedView):
     serializer_class = SearchResultSerializer
-    limits = {"POST": "search"}
+    limits = {"POST": "search", "GET": "search"}
 
     @extend_schema(
-        summary="Search by photo or by catalog image",
+        summary="Search by words",
+        description="Catalog images for words such as `bird`, `espresso` or `monarch butterfly`: the names of the "
+        "1,000 ImageNet classes and broader words for them (`dog` finds every breed). Ranked by the images' labels "
+        "and their likeness to the best labelled hits. Unknown words answer `unknown_words` with suggestions.",
+        parameters=[WordsSearchSerializer],
+        responses={200: SearchResultSerializer, **_errors(400, 401, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        form = WordsSearchSerializer(data=request.query_params)
+        form.is_valid(raise_exception=True)
+        return _words(request, form.validated_data)
+
+    @extend_schema(
+        summary="Search by photo, by a region of it, by catalog image or by words",
         description="Give exactly one query: `file` (a photo, embedded for this search and never stored), `image_id` "
-        'or `image_url` (a catalog image: "more like this"). Cosine and inner product rank by similarity (higher is '
-        "closer), euclidean by distance (lower is closer).",
+        'or `image_url` (a catalog image: "more like this"), or `q` (words). With a photo or catalog image, `box` '
+        "searches with that region only. Filters: `tags`, `date_from`, `date_to`, `mine`, `one_per_group`. Cosine "
+        "and inner product rank by similarity (higher is closer), euclidean by distance (lower is closer).",
         request={"multipart/form-data": SearchRequestSerializer, "application/json": SearchRequestSerializer},
-        responses={200: SearchResultSerializer, **_errors(400, 404, 409, 413, 415, 429)},
+        responses={200: SearchResultSerializer, **_errors(400, 401, 404, 409, 413, 415, 429)},
     )
     def post(self, request: Request) -> Response:
         form = SearchRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         options = form.validated_data
+        if "q" in options:
+            return _words(request, options)
         upload = options.get("file")
         if upload is not None:
+            filters, box = _filters(request, options), _box(options)
             try:
-                hits = search_selectors.search_by_image(
-                    file=upload, limit=options["limit"], metric=options["metric"], tag=options["tag"]
-                )
+                picture = search_selectors.query_decode(file=upload)
+                if box is not None:
+                    hits = search_selectors.search_by_region(
+                        picture=picture, box=box, limit=options["limit"], metric=options["metric"], filters=filters
+                    )
+                else:
+                    hits = search_selectors.search_by_picture(
+                        picture=picture, limit=options["limit"], metric=options["metric"], filters=filters
+                    )
             except ImageRejected as exc:
                 raise rejection_error(exc, request) from None
+            except SearchRejected as exc:
+                raise search_error(exc) from None
             return _results(request, hits, options, name=upload.name)
         pk = options.get("image_id") or _catalog_image_from_url(options["image_url"])
         image = _visible_image(request, pk)
@@ -386,6 +472,31 @@ class SimilarView(APIView):
         form.is_valid(raise_exception=True)
         image = _visible_image(request, pk)
         return _results(request, _similar(request, image, form.validated_data), form.validated_data, image=image)
+
+
+class WordSuggestionsView(LimitedView):
+    serializer_class = WordSuggestionsSerializer
+    limits = {"GET": "suggest"}
+
+    @extend_schema(
+        summary="Words the search knows",
+        description="Up to `limit` (default 8, at most 20) words starting like `prefix`, for suggestions as one types.",
+        parameters=[
+            OpenApiParameter("prefix", str, description="what has been typed so far (at most 100 characters)"),
+            OpenApiParameter("limit", int, description="how many words (1 to 20)"),
+        ],
+        responses={200: WordSuggestionsSerializer, **_errors(400, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        prefix = request.query_params.get("prefix", "")
+        raw_limit = request.query_params.get("limit", "8")
+        if len(prefix) > 100 or not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= 20):
+            raise ApiError(
+                status_code=status.HTTP_400_BAD_REQUEST,
+                code="invalid_parameter",
+                message="prefix is at most 100 characters and limit a number from 1 to 20.",
+            )
+        return Response({"words": search_words.words_suggest(prefix=prefix, limit=int(raw_limit))})
 
 
 @extend_schema(

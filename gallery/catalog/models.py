@@ -151,3 +151,23 @@ class CatalogChange(models.Model):
 
     def __str__(self) -> str:
         return f"change {self.pk} of image {self.image_id}"
+
+
+class ImageLabel(models.Model):
+    """One of an image's top ImageNet classes by the backbone's own classifier, with its
+    confidence (softmax probability); written in the same forward pass as the embedding.
+    Words search sums these over the classes a word means."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="labels")
+    backbone = models.CharField(max_length=40)
+    rank = models.PositiveSmallIntegerField()
+    class_index = models.PositiveSmallIntegerField()
+    confidence = models.FloatField()
+
+    class Meta:
+        ordering = ["image", "backbone", "rank"]
+        constraints = [models.UniqueConstraint(fields=["image", "backbone", "rank"], name="one_label_per_rank")]
+        indexes = [models.Index(fields=["backbone", "class_index"])]
+
+    def __str__(self) -> str:
+        return f"label {self.class_index} ({self.confidence:.2f}) of image {self.image_id}"

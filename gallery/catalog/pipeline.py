@@ -70,6 +70,17 @@ def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = No
     return vectors
 
 
+def embed_and_label_images(
+    images: list[PILImage.Image], *, backbone: Backbone | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings and ImageNet class probabilities from one forward pass (no
+    probabilities when the backbone has no classifier)."""
+    backbone = backbone or current_backbone()
+    result = backbone.embed_and_label(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
+    metrics.embeddings.labels(backbone=backbone.name).inc(len(images))
+    return result
+
+
 # ---- catalog curation: the catalog's persisted backbone
 
 

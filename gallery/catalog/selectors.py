@@ -93,14 +93,6 @@ def image_picture_visible(*, user, image: Image) -> bool:  # type: ignore[no-unt
 def image_picture_open(*, image: Image, kind: str) -> IO[bytes] | None:
     """The display copy or thumbnail of an image, wherever it is now (withheld while the
     image is hidden, in the public media otherwise); None when neither has it."""
-    from gallery.storage import private_storage, withheld_name
+    from gallery.storage import picture_open
 
-    f = image.display if kind == "display" else image.thumbnail
-    if not (f and f.name):
-        return None
-    for storage, name in ((private_storage, withheld_name(f.name)), (f.storage, f.name)):
-        try:
-            return storage.open(name, "rb")
-        except FileNotFoundError:
-            continue
-    return None
+    return picture_open(image.display if kind == "display" else image.thumbnail)

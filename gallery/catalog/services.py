@@ -24,7 +24,7 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from gallery.catalog import pipeline
-from gallery.catalog.models import LANE_INTERACTIVE, CatalogChange, Embedding, Image
+from gallery.catalog.models import LANE_INTERACTIVE, CatalogChange, Embedding, Image, ImageLabel
 from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected
 from gallery.search.models import ReducedVector, Reduction
 from gallery.search.services import reduction_load
@@ -394,15 +394,23 @@ def embedding_store(*, image: Image, backbone: str, vector: np.ndarray) -> Embed
     return stored[0] if stored else None
 
 
-def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) -> list[Embedding]:
-    """Store a batch's embeddings in one transaction: upsert the vectors, project them with
-    the active reduction, mark the images ready. Safe to repeat."""
+def embeddings_store(
+    *, items: list[tuple[Image, np.ndarray]], backbone: str, probabilities: np.ndarray | None = None
+) -> list[Embedding]:
+    """Store a batch's embeddings in one transaction: upsert the vectors (and the labels,
+    given the class probabilities of the same forward pass), project them with the active
+    reduction, mark the images ready. Safe to repeat."""
     if not items:
         return []
     with transaction.atomic():
         # An image deleted while its batch was being embedded is left out; the rest of the
         # batch is stored (the lock keeps a delete from racing the inserts).
         alive = set(Image.objects.select_for_update().filter(pk__in=[im.pk for im, _ in items]).values_list("pk", flat=True))
+        if probabilities is not None:
+            labels_store(
+                items=[(image.pk, p) for (image, _), p in zip(items, probabilities, strict=True) if image.pk in alive],
+                backbone=backbone,
+            )
         items = [(image, v) for image, v in items if image.pk in alive]
         if not items:
             return []
@@ -443,6 +451,27 @@ def embeddings_store(*, items: list[tuple[Image, np.ndarray]], backbone: str) ->
     return [by_image[pk] for pk in ids]
 
 
+def labels_store(*, items: list[tuple[int, np.ndarray]], backbone: str) -> int:
+    """Replace the images' labels by their top IMAGESEARCH_LABELS_PER_IMAGE classes from
+    class probabilities; returns how many images were labelled. Safe to repeat."""
+    if not items:
+        return 0
+    top = int(settings.IMAGESEARCH["LABELS_PER_IMAGE"])
+    rows = []
+    for image_id, probs in items:
+        probs = np.asarray(probs, dtype=np.float32)
+        for rank, index in enumerate(np.argsort(-probs, kind="stable")[:top]):
+            rows.append(
+                ImageLabel(
+                    image_id=image_id, backbone=backbone, rank=rank, class_index=int(index), confidence=float(probs[index])
+                )
+            )
+    with transaction.atomic():
+        ImageLabel.objects.filter(image_id__in=[pk for pk, _ in items], backbone=backbone).delete()
+        ImageLabel.objects.bulk_create(rows)
+    return len(items)
+
+
 def catalog_changes_prune(*, older_than_seconds: int) -> int:
     """Delete change-log entries older than the retention; returns how many went.
 
@@ -464,9 +493,12 @@ def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image
     for the target backbone too, so the switch finds nothing missing."""
     state = pipeline.catalog_state()
     pictures = [im for _, im in decoded]
-    vectors = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(state.backbone))
+    # Labels come from the same forward pass as the vectors.
+    vectors, probabilities = pipeline.embed_and_label_images(pictures, backbone=pipeline.backbone_named(state.backbone))
     stored = embeddings_store(
-        items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)], backbone=state.backbone
+        items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)],
+        backbone=state.backbone,
+        probabilities=probabilities,
     )
     # Images deleted while they were embedded are gone; the rest of the batch goes on.
     alive = {e.image_id for e in stored}

@@ -88,6 +88,16 @@ class BulkTagsForm(forms.Form):
         return names
 
 
+class PromoteLabelsForm(forms.Form):
+    min_confidence = forms.IntegerField(
+        label="At least (%)",
+        min_value=1,
+        max_value=100,
+        initial=50,
+        help_text="Labels the classifier is at least this sure of become tags (the label's name).",
+    )
+
+
 def _local_url(request: HttpRequest, url: str) -> str:
     """`url` when it stays on this site (a form's "next"), else "": no open redirects."""
     allowed = url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure())
@@ -129,7 +139,7 @@ class ImageAdmin(admin.ModelAdmin):
     list_select_related = ("uploaded_by",)
     list_per_page = 50
     date_hierarchy = "created_at"
-    actions = ("publish", "hide", "add_tags", "remove_tags", "delete_images", "reembed", "retry_failed")
+    actions = ("publish", "hide", "add_tags", "remove_tags", "promote_labels", "delete_images", "reembed", "retry_failed")
     fieldsets = (
         (None, {"fields": ("preview", "title", "tags_text", "visibility")}),
         ("Most similar", {"fields": ("similar",)}),
@@ -304,6 +314,24 @@ class ImageAdmin(admin.ModelAdmin):
     @admin.action(description="Remove tags from selected images", permissions=["change"])
     def remove_tags(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
         return self._tags_action(request, queryset, adding=False)
+
+    @admin.action(description="Promote labels of selected images to tags", permissions=["change"])
+    def promote_labels(self, request: HttpRequest, queryset: QuerySet[Image]) -> HttpResponse | None:
+        form = PromoteLabelsForm(request.POST if request.POST.get("post") == "yes" else None)
+        if form.is_valid():
+            percent = form.cleaned_data["min_confidence"]
+            count = curation_services.images_promote_labels(image_ids=_ids(queryset), min_confidence=percent / 100)
+            self._report(request, count, f"tagged with their labels at least {percent}% sure")
+            return None
+        count = queryset.count()
+        return self._intermediate(
+            request,
+            queryset,
+            action="promote_labels",
+            template="admin/gallery/image/promote_labels_form.html",
+            title=f"Promote labels of {count} image{'s' if count != 1 else ''} to tags",
+            form=form,
+        )
 
     @admin.action(description="Re-embed selected images", permissions=["change"])
     def reembed(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:

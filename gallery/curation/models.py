@@ -14,6 +14,7 @@ class CatalogJob(models.Model):
         REEMBED = "reembed", "Re-embed with another backbone"
         REFIT = "refit", "Refit PCA"
         NEAR_DUPLICATES = "neardup", "Find near-duplicates"
+        LABELS = "labels", "Label images for words search"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -13,7 +13,14 @@ from PIL import Image as PILImage
 
 from gallery.catalog import pipeline
 from gallery.catalog.models import LANE_BULK, Embedding, Image, Tag
-from gallery.catalog.services import embedding_add, image_fail, image_queue_embedding, images_delete, images_set_visibility
+from gallery.catalog.services import (
+    embedding_add,
+    image_fail,
+    image_queue_embedding,
+    images_delete,
+    images_set_visibility,
+    labels_store,
+)
 from gallery.curation.models import CatalogJob, DuplicateGroup
 from gallery.errors import CurationError
 from gallery.search.models import CatalogState, ReducedVector, Reduction
@@ -70,6 +77,30 @@ def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
     return len({link.image_id for link in new})
 
 
+def images_promote_labels(*, image_ids: list[int], min_confidence: float) -> int:
+    """Tag each image with the names of its labels at least `min_confidence` sure (for the
+    catalog's backbone); returns how many images got a new tag."""
+    from gallery.catalog.models import ImageLabel
+    from gallery.vision.lexicon import lexicon
+
+    names = lexicon().classes
+    backbone = pipeline.catalog_state().backbone
+    wanted: dict[int, set[str]] = {}
+    rows = ImageLabel.objects.filter(image_id__in=image_ids, backbone=backbone, confidence__gte=min_confidence)
+    for image_id, index in rows.values_list("image_id", "class_index"):
+        wanted.setdefault(image_id, set()).add(names[index].name.lower()[:64])
+    changed = 0
+    with transaction.atomic():
+        tags = {name: Tag.objects.get_or_create(name=name)[0] for name in set().union(*wanted.values())} if wanted else {}
+        for image in Image.objects.filter(pk__in=list(wanted)).prefetch_related("tags"):
+            have = {t.name for t in image.tags.all()}
+            new = [tags[n] for n in sorted(wanted[image.pk] - have)]
+            if new:
+                image.tags.add(*new)
+                changed += 1
+    return changed
+
+
 def images_remove_tags(*, image_ids: list[int], names: list[str]) -> int:
     """Remove the tags from each image; returns how many images lost one."""
     if not names:
@@ -120,6 +151,8 @@ def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> C
     open_jobs = CatalogJob.objects.filter(kind=kind, status__in=[CatalogJob.Status.QUEUED, CatalogJob.Status.RUNNING])
     if kind == CatalogJob.Kind.REFIT:
         _refit_check(backbone=pipeline.catalog_state().backbone)
+    if kind == CatalogJob.Kind.LABELS:
+        _labels_check()
     if kind == CatalogJob.Kind.REEMBED:
         if backbone not in BACKBONES:
             raise CurationError(
@@ -197,6 +230,8 @@ def catalog_job_run(*, job_id: int, batch_size: int | None = None) -> CatalogJob
             message = _reembed(job, batch_size=batch_size or settings.IMAGESEARCH["BATCH_SIZE"])
         elif job.kind == CatalogJob.Kind.REFIT:
             message = _refit(job)
+        elif job.kind == CatalogJob.Kind.LABELS:
+            message = _labels(job, batch_size=batch_size or settings.IMAGESEARCH["BATCH_SIZE"])
         else:
             message = _near_duplicates(job)
     except (CurationError, BackboneUnavailable) as exc:
@@ -280,6 +315,51 @@ def _remove_other_spaces(*, keep: str) -> int:
         removed += Embedding.objects.filter(pk__in=ids).delete()[1].get("gallery.Embedding", 0)
     Reduction.objects.exclude(backbone=keep).delete()
     return removed
+
+
+def _labels_check() -> str:
+    """Refuse labelling when the catalog's backbone has no ImageNet classifier here."""
+    name = pipeline.catalog_state().backbone
+    if not pipeline.backbone_named(name).labels_available:
+        raise CurationError(
+            f"{name} was loaded without its ImageNet classifier, so images cannot be labelled; "
+            "words search needs a backbone with its classifier (EfficientNet-Lite0, 1 or 2).",
+            code="labels_unavailable",
+        )
+    return name
+
+
+def _labels(job: CatalogJob, *, batch_size: int) -> str:
+    """Label every ready image that has no labels for the catalog's backbone, batch by
+    batch (the progress is which images still lack labels, so a crash loses at most one
+    batch). The stored vectors are left as they are."""
+    name = _labels_check()
+    backbone = pipeline.backbone_named(name)
+    started = timezone.now()
+    labelled, skipped = 0, set[int]()
+    while True:
+        waiting = _ready_images().exclude(labels__backbone=name).exclude(pk__in=skipped)
+        total = _ready_images().count()
+        _job_update(job, backbone=name, total=total, done=total - waiting.count())
+        batch = list(waiting.order_by("pk")[:batch_size])
+        if not batch:
+            break
+        pictures, kept = [], []
+        for image in batch:
+            try:
+                with image.file.open("rb") as f:
+                    pictures.append(pipeline.decode(f.read()).image)
+                kept.append(image.pk)
+            except (FileNotFoundError, ImageDecodeError):
+                skipped.add(image.pk)  # searchable as before; its file cannot be read again
+        if pictures:
+            _, probabilities = pipeline.embed_and_label_images(pictures, backbone=backbone)
+            if probabilities is None:
+                raise CurationError(f"{name} returned no class probabilities.", code="labels_unavailable")
+            labelled += labels_store(items=list(zip(kept, probabilities, strict=True)), backbone=name)
+    seconds = (timezone.now() - started).total_seconds()
+    unreadable = f"; {len(skipped)} could not be read" if skipped else ""
+    return f"Labelled {labelled} images with {name} in {seconds:.1f} s{unreadable}."
 
 
 def _refit(job: CatalogJob) -> str:

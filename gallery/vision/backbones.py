@@ -134,6 +134,63 @@ class Backbone:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
 
+    @property
+    def labels_available(self) -> bool:
+        """Whether this backbone carries its ImageNet classifier (labels for words search)."""
+        return self._classifier_head() is not None
+
+    def _classifier_head(self) -> object | None:
+        """The classifier's last layer, applied to the average-pooled feature map: the
+        logits come from the same forward pass as the descriptor."""
+        if self._classifier is None:
+            return None
+        try:
+            return self._classifier.get_layer("fc")  # type: ignore[attr-defined]
+        except ValueError:
+            return None
+
+    def embed_and_label_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, h, w, 3) uint8 → the descriptors of `embed_arrays` and ImageNet class
+        probabilities (n, 1000), both from one forward pass; None for the probabilities
+        when the backbone has no classifier."""
+        head = self._classifier_head()
+        if head is None:
+            return self.embed_arrays(batch), None
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, 1000), dtype=np.float32)
+        if getattr(self, "_pooled_and_labelled", None) is None:
+            import tensorflow as tf
+
+            spatial, size = self._spatial, self.spec.input_size
+
+            def both(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                fmap = spatial(x, training=False)  # type: ignore[operator]
+                clipped = tf.maximum(fmap, 1e-6)
+                pooled = tf.reduce_mean(clipped**GEM_P, axis=[1, 2]) ** (1.0 / GEM_P)
+                logits = head(tf.reduce_mean(fmap, axis=[1, 2]))  # type: ignore[operator]
+                return pooled, tf.nn.softmax(logits, axis=-1)
+
+            self._pooled_and_labelled = tf.function(both, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        x = self._normalise(batch.astype(np.float32))
+        with self._lock:
+            feats, probs = self._pooled_and_labelled(x)
+        return l2_normalise(np.asarray(feats, dtype=np.float32)), np.asarray(probs, dtype=np.float32)
+
+    def embed_and_label(
+        self, images: Sequence[PILImage.Image], *, batch_size: int = 32, options: PreprocessOptions | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`embed` and, where the backbone has its classifier, class probabilities, in one pass."""
+        feats, probs = [], []
+        for start in range(0, len(images), batch_size):
+            chunk = np.stack([self.preprocess(im, options) for im in images[start : start + batch_size]])
+            f, p = self.embed_and_label_arrays(chunk)
+            feats.append(f)
+            if p is not None:
+                probs.append(p)
+        if not feats:
+            return np.zeros((0, self.dim), dtype=np.float32), None
+        return np.concatenate(feats), (np.concatenate(probs) if probs else None)
+
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """ImageNet logits, where the backbone carries its classifier (for checking a port)."""
         if self._classifier is None:

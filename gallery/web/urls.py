@@ -15,4 +15,6 @@ urlpatterns = [
     path("images/<id:pk>/", views.image_detail, name="detail"),
     path("images/<id:pk>/picture/<str:kind>/", views.image_picture, name="picture"),
     path("search/", views.search, name="search"),
+    path("search/words/", views.search_words, name="search_words"),
+    path("images/<id:pk>/region/", views.search_region, name="search_region"),
 ]

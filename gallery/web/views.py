@@ -19,10 +19,12 @@ from gallery.api.views import rejection_code
 from gallery.catalog import selectors as catalog_selectors
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
-from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected
+from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected, SearchRejected
 from gallery.ratelimit import rate_limited
 from gallery.search import selectors as search_selectors
-from gallery.web.forms import MetricForm, SearchForm, UploadForm
+from gallery.search import words as words_selectors
+from gallery.search.selectors import Box, SearchFilters
+from gallery.web.forms import FiltersForm, MetricForm, SearchForm, UploadForm, WordsForm
 
 MAX_ROW_ID = 2**63 - 1
 
@@ -173,6 +175,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "tags": catalog_selectors.tags_in_use(),
             "form": MetricForm(initial={"metric": metric}),
             "empty": empty,
+            "labels": words_selectors.image_labels(image=image) if image.status == Image.Status.READY else [],
         },
     )
 
@@ -186,40 +189,124 @@ def _inline_preview(picture: PILImage.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
+def _filters(request: HttpRequest, data: object) -> tuple[FiltersForm, SearchFilters | None]:
+    """The page's filters form and, when valid, the filters it asks for ("mine" needs a
+    signed-in user)."""
+    form = FiltersForm(data or None, tags=catalog_selectors.tags_in_use())
+    if data and not form.is_valid():
+        return form, None
+    cleaned = form.cleaned_data if data else {}
+    mine = None
+    if cleaned.get("mine"):
+        if not request.user.is_authenticated:
+            form.add_error("mine", "Sign in to search only your own uploads.")
+            return form, None
+        mine = request.user.pk
+    filters = SearchFilters(
+        tags=tuple(cleaned.get("tags") or ()),
+        date_from=cleaned.get("date_from"),
+        date_to=cleaned.get("date_to"),
+        uploaded_by=mine,
+        one_per_group=bool(cleaned.get("one_per_group")),
+    )
+    return form, filters
+
+
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited("search")
 def search(request: HttpRequest) -> HttpResponse:
     if request.method in ("GET", "HEAD"):
         form = SearchForm(initial={"metric": search_selectors.default_metric()})
-        return render(request, "gallery/search.html", {"form": form, "tags": catalog_selectors.tags_in_use()})
+        return render(
+            request,
+            "gallery/search.html",
+            {"form": form, "tags": catalog_selectors.tags_in_use(), "filters": FiltersForm(tags=catalog_selectors.tags_in_use())},
+        )
     form = SearchForm(request.POST, request.FILES)
-    if not form.is_valid():
-        return render(request, "gallery/search.html", {"form": form}, status=400)
+    filters_form, filters = _filters(request, request.POST)
+    context = {"form": form, "filters": filters_form, "tags": catalog_selectors.tags_in_use()}
+    if not form.is_valid() or filters is None:
+        return render(request, "gallery/search.html", context, status=400)
     upload = form.cleaned_data["file"]
     metric = form.cleaned_data["metric"]
     try:
+        box = Box.parse(form.cleaned_data["box"]) if form.cleaned_data["box"] else None
         picture = search_selectors.query_decode(file=upload)
+        query = box.crop(picture) if box is not None else picture
+    except SearchRejected as exc:
+        form.add_error("box", str(exc))
+        return render(request, "gallery/search.html", context, status=400)
     except ImageRejected as exc:
         form.add_error("file", str(exc))
-        return render(request, "gallery/search.html", {"form": form}, status=400)
+        return render(request, "gallery/search.html", context, status=400)
     tag = request.POST.get("tag", "").strip().lower()
-    hits = search_selectors.search_by_picture(picture=picture, limit=form.cleaned_data["limit"], metric=metric, tag=tag)
+    hits = search_selectors.search_by_picture(
+        picture=query, limit=form.cleaned_data["limit"], metric=metric, tag=tag, filters=filters
+    )
     return render(
         request,
         "gallery/search.html",
         {
-            "form": form,
+            **context,
             "hits": hits,
             "searched": True,
             "metric": metric,
             "query_name": upload.name,
-            "query_preview": _inline_preview(picture),
+            "query_preview": _inline_preview(query),
+            "region": box is not None,
             "space": search_selectors.active_space().label,
             "tag": tag,
-            "tags": catalog_selectors.tags_in_use(),
             "empty": "" if hits else catalog_selectors.empty_reason(tag=tag, searchable=True),
         },
     )
+
+
+@require_safe
+@rate_limited("search", methods=("GET",))
+def search_words(request: HttpRequest) -> HttpResponse:
+    """Search by words: ?q=bird, with the filters; suggestions come from the API as one types."""
+    searched = "q" in request.GET
+    form = WordsForm(request.GET if searched else None)
+    filters_form, filters = _filters(request, request.GET if searched else None)
+    context: dict[str, object] = {"form": form, "filters": filters_form, "searched": searched}
+    if not searched:
+        return render(request, "gallery/search_words.html", context)
+    if not form.is_valid() or filters is None:
+        return render(request, "gallery/search_words.html", context, status=400)
+    try:
+        found = words_selectors.search_by_words(
+            text=form.cleaned_data["q"], limit=form.cleaned_data["limit"] or 20, filters=filters
+        )
+    except SearchRejected as exc:
+        context.update(problem=str(exc), suggestions=exc.fields.get("suggestions", []))
+        return render(request, "gallery/search_words.html", context, status=400)
+    context.update(
+        hits=found.hits, understood=found.understood, ignored=found.query.unknown, space=search_selectors.active_space().label
+    )
+    return render(request, "gallery/search_words.html", context)
+
+
+@require_safe
+@rate_limited("search", methods=("GET",))
+def search_region(request: HttpRequest, pk: int) -> HttpResponse:
+    """Search with a region of a catalog image (?box=left,top,right,bottom as fractions)."""
+    image = get_object_or_404(catalog_selectors.images_visible_to(user=request.user), pk=pk)
+    if image.status != Image.Status.READY:
+        raise Http404
+    narrowed = bool(set(request.GET) - {"box"})
+    filters_form, filters = _filters(request, request.GET if narrowed else None)
+    context: dict[str, object] = {"image": image, "filters": filters_form, "box": request.GET.get("box", "")[:200]}
+    if filters is None:
+        return render(request, "gallery/search_region.html", context, status=400)
+    try:
+        box = Box.parse(request.GET.get("box", ""))
+        region = box.crop(search_selectors.image_picture(image=image))
+    except SearchRejected as exc:
+        context["problem"] = str(exc)
+        return render(request, "gallery/search_region.html", context, status=400)
+    hits = search_selectors.search_by_picture(picture=region, limit=20, metric=search_selectors.default_metric(), filters=filters)
+    context.update(hits=hits, box=str(box), query_preview=_inline_preview(region), space=search_selectors.active_space().label)
+    return render(request, "gallery/search_region.html", context)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

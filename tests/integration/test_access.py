@@ -27,7 +27,9 @@ pytestmark = pytest.mark.django_db
 PUBLIC = {
     "",
     "search/",
+    "search/words/",
     "images/<id:pk>/",
+    "images/<id:pk>/region/",  # answers 404 to whoever may not see the image
     "images/<id:pk>/picture/<str:kind>/",  # answers 404 to whoever may not see the picture
     "images/status/",
     "accounts/login/",

@@ -306,7 +306,9 @@ def test_schema_describes_every_endpoint(api: APIClient) -> None:
         "/api/v1/images/{id}/similar/",
         "/api/v1/images/{id}/status/",
         "/api/v1/search/",
+        "/api/v1/search/words/",
     }
+    assert {"get", "post"} <= set(schema["paths"]["/api/v1/search/"])
     upload = schema["paths"]["/api/v1/images/"]["post"]
     assert {"202", "400", "401", "409", "413"} <= set(upload["responses"])
     assert {"tokenAuth", "cookieAuth"} <= set(schema["components"]["securitySchemes"])

@@ -134,7 +134,7 @@ def _round_trip(catalog, settings, tmp_path) -> None:  # type: ignore[no-untyped
     manifest = json.loads((tmp_path / "b1" / "manifest.json").read_text())
     assert manifest["search_space"]["backbone"] == "efficientnet_lite0"
     assert manifest["search_space"]["reductions"][0]["dims"] == 8
-    assert ["gallery", "0012_backup_record"] in manifest["migrations"]
+    assert ["gallery", "0011_backup_record"] in manifest["migrations"]
     assert manifest["missing"] == [] and len(manifest["files"]) == len(before_files)
 
     _wipe(settings)

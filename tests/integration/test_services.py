@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from gallery.catalog import services as catalog_services
 from gallery.catalog import tasks as catalog_tasks
-from gallery.catalog.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image
+from gallery.catalog.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image, ImageLabel
 from gallery.curation import services as curation_services
 from gallery.errors import DuplicateImage, ImageRejected
 from gallery.search import selectors as search_selectors
@@ -237,10 +237,13 @@ def test_an_image_deleted_while_its_batch_is_embedded_does_not_fail_the_batch(ma
     def embed_while_deleting(pictures, *, backbone):  # type: ignore[no-untyped-def]
         catalog_services.images_delete(image_ids=[second.pk])  # an editor deletes it mid-batch
         vectors = np.random.default_rng(0).normal(size=(len(pictures), backbone.dim)).astype(np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        probabilities = np.full((len(pictures), 1000), 1e-3, dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), probabilities
 
-    monkeypatch.setattr(pipeline, "embed_images", embed_while_deleting)
+    monkeypatch.setattr(pipeline, "embed_and_label_images", embed_while_deleting)
     outcome = catalog_services.images_embed_batch(image_id=first.pk, worker="test")
     assert sorted(outcome.ready) == sorted([first.pk, third.pk])
     assert list(Image.objects.order_by("pk").values_list("pk", "status")) == [(first.pk, "ready"), (third.pk, "ready")]
     assert not Embedding.objects.filter(image_id=second.pk).exists()
+    assert not ImageLabel.objects.filter(image_id=second.pk).exists()
+    assert ImageLabel.objects.filter(image_id=third.pk).count() == 10

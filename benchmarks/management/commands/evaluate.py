@@ -112,6 +112,22 @@ class Command(BaseCommand):
         parser.add_argument("--timing-queries", type=int, default=30, help="queries timed end to end (embed + search)")
         parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--words",
+            action="store_true",
+            help="words mode: search by each class name the lexicon knows (precision@10, mAP); lists those it does not",
+        )
+        parser.add_argument(
+            "--broader-truth",
+            type=Path,
+            default=None,
+            help="words mode: JSON {words: {word: [folders]}} of broader words (default: the Caltech-101 one in "
+            "benchmarks/data when the folders match)",
+        )
+        parser.add_argument(
+            "--label-weights", type=_csv_list, default=[], help="words mode: also these label weights (default: the setting)"
+        )
+        parser.add_argument("--regions", type=int, default=0, help="words mode: also this many 2x2 collages for region search")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         quiet = opts["no_progress"] or opts["json"]
@@ -124,6 +140,9 @@ class Command(BaseCommand):
             raise CommandError(f"--pca takes sizes or 'none': {exc}") from exc
 
         directories: list[Path] = opts["directories"]
+        if opts["words"]:
+            self._words(directories, opts, quiet)
+            return
         names = opts["backbones"] or [pipeline.current_backbone().name]
         unknown = [n for n in names if n not in BACKBONES]
         if unknown:
@@ -153,6 +172,94 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=2, default=float))
             return
         self._print_summary(summary, names, [d.name for d in directories])
+
+    def _words(self, directories: list[Path], opts: dict[str, Any], quiet: bool) -> None:
+        """Words mode over one or more labelled folders pooled into one catalog (a mixed
+        catalog makes broader words meaningful)."""
+        from benchmarks.words import broader_quality, build_catalog, region_quality, words_quality
+        from gallery.vision.lexicon import lexicon
+
+        conf = settings.IMAGESEARCH
+        backbone = pipeline.backbone_named(opts["backbones"][0] if opts["backbones"] else pipeline.current_backbone().name)
+        if not backbone.labels_available:
+            raise CommandError(f"{backbone.name} has no ImageNet classifier here: words search needs labels")
+        decoded = []
+        for directory in directories:
+            labels = opts["labels"] if len(directories) == 1 else None
+            if labels is None and (directory / "labels.csv").is_file():
+                labels = directory / "labels.csv"
+            for path, label in tqdm(self._pairs(directory, labels), desc=f"decode {directory.name}", disable=quiet):
+                try:
+                    decoded.append((path, pipeline.decode(path.read_bytes()).image, label))
+                except ImageDecodeError as exc:
+                    self.stderr.write(f"skipping {path}: {exc}")
+        options = pipeline.preprocess_options()
+        started = time.perf_counter()
+        pca = conf["PCA_DIMS"] if len(decoded) >= conf["PCA_MIN_IMAGES"] else 0
+        catalog = build_catalog(decoded, backbone, options=options, pca_dims=pca, labels_per_image=conf["LABELS_PER_IMAGE"])
+        embed_ms = 1000 * (time.perf_counter() - started) / max(1, len(decoded))
+        weight = float(conf["WORDS_LABEL_WEIGHT"])
+        truth = self._broader_truth(opts["broader_truth"], set(catalog.labels.tolist()))
+        report: dict[str, Any] = {
+            "backbone": backbone.name,
+            "images": len(decoded),
+            "pca": pca or None,
+            "embed_and_label_ms_per_image": embed_ms,
+            "by_weight": {},
+        }
+        for w in dict.fromkeys([weight, *(float(x) for x in opts["label_weights"])]):
+            report["by_weight"][w] = {
+                "words": words_quality(catalog, lexicon(), weight=w),
+                "broader": broader_quality(catalog, lexicon(), truth, weight=w) if truth else {},
+            }
+        if opts["regions"]:
+            report["regions"] = region_quality(catalog, backbone, options=options, collages=opts["regions"])
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2, default=float))
+            return
+        self._print_words(report, weight)
+
+    def _broader_truth(self, path: Path | None, folders: set[str]) -> dict[str, list[str]]:
+        default = Path(__file__).resolve().parents[2] / "data" / "caltech101_broader.json"
+        chosen = path or default
+        if not chosen.is_file():
+            return {}
+        truth = json.loads(chosen.read_text())["words"]
+        if path is None and not all(set(members) <= folders for members in truth.values()):
+            return {}  # the default belongs to another set
+        return {word: sorted(set(members) & folders) for word, members in truth.items()}
+
+    def _print_words(self, report: dict[str, Any], weight: float) -> None:
+        out = self.stdout.write
+        out(f"{report['images']} images, backbone {report['backbone']}, PCA-{report['pca'] or 'none'}, label weight {weight}")
+        words = report["by_weight"][weight]["words"]
+        out(f"{'class':18s} {'words':22s} {'map':>7} {'P@10':>6} {'AP':>6} {'P@10*':>6} {'AP*':>6}  (* = same meaning counts)")
+        for name, row in words["classes"].items():
+            out(
+                f"{name:18s} {', '.join(row['words'])[:22]:22s} {row['mapping']:>7} {row['strict_p@10']:6.3f} "
+                f"{row['strict_ap']:6.3f} {row['meaning_p@10']:6.3f} {row['meaning_ap']:6.3f}"
+            )
+        out(f"not in the lexicon ({len(words['unmapped'])}): {', '.join(words['unmapped']) or 'none'}")
+        out(f"partly in the lexicon ({len(words['partial'])}): {', '.join(words['partial']) or 'none'}")
+        for w, result in report["by_weight"].items():
+            q = result["words"]
+            out(
+                f"label weight {w}: {len(q['full'])} classes named in the lexicon: precision@10 "
+                f"{q['meaning_full_p@10']:.3f} (strict {q['strict_full_p@10']:.3f}), mAP {q['meaning_full_ap']:.3f} "
+                f"(strict {q['strict_full_ap']:.3f}); {len(q['partial'])} partly named: precision@10 "
+                f"{q['meaning_partial_p@10']:.3f}, mAP {q['meaning_partial_ap']:.3f}"
+            )
+            for word, row in result["broader"].items():
+                if "error" in row:
+                    out(f"  broader “{word}”: {row['error']}")
+                    continue
+                out(f"  broader “{word}”: precision@{row['k']} {row['p@k']:.3f} ({', '.join(row['relevant_classes'])})")
+        if "regions" in report:
+            r = report["regions"]
+            out(
+                f"regions ({r['collages']} collages): precision@10 {r['region_p@10']:.3f} by quadrant vs "
+                f"{r['photo_p@10']:.3f} by the photo alone (ratio {r['ratio']:.3f})"
+            )
 
     @staticmethod
     def _pairs(directory: Path, labels: Path | None) -> list[tuple[Path, str]]:

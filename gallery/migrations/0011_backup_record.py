@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("gallery", "0009_audit_trail_and_visibility_reason"),
+        ("gallery", "0010_image_labels"),
     ]
 
     operations = [
