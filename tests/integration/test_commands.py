@@ -185,9 +185,12 @@ def test_evaluate_copies_finds_every_family_of_copy_and_beats_the_hash_baseline(
 def test_benchmark_copies_reports_the_cost_and_finds_the_copies_in_a_larger_register(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
     folder = _photo_folder(tmp_path, butterflies, 2)
     call_command("benchmark_copies", str(folder), "--sizes", "60", "--real-works", "4", "--queries", "6", "--pool", "6", "--json")
-    row = json.loads(capsys.readouterr().out)["sizes"]["60"]
-    assert row["copies_recall_at_1"] == 1.0
+    report = json.loads(capsys.readouterr().out)
+    row = report["sizes"]["60"]
+    assert row["copies_recall_at_1"] == 1.0 and report["reference_recall_at_1"] == 1.0
     assert 0 < row["p50_ms"] <= row["p95_ms"]
+    # The register was saved, loaded back (full signatures left in the store) and searched.
+    assert row["saved_bytes"] > 0 and 0 < row["memory_bytes"] and row["ready_s"] > 0
 
 
 def test_benchmark_index_simulates_a_compressed_index_in_chunks_and_states_each_target(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
