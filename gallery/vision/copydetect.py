@@ -750,7 +750,10 @@ class CopyIndex:
         self._known: set[int] = set()
         self._signatures: dict[int, WorkSignature] = {}  # all of them without a loader
         self._loader = lru_cache(maxsize=256)(loader) if loader is not None else None
-        self._vectors: np.ndarray | None = None  # (works * per_work, dim) float16
+        # (works * per_work, dim) float16: the rows mapped from a saved folder, then the
+        # rows added since in memory.
+        self._mapped: np.ndarray | None = None
+        self._vectors: np.ndarray | None = None
         self._hashes = np.zeros((0, 2), dtype=np.uint64)
         self._pending: list[tuple[int, WorkSignature]] = []
         self._projection: _Projection | None = None
@@ -776,7 +779,7 @@ class CopyIndex:
     def nbytes(self) -> int:
         """Bytes held in memory: CNN vectors (unless mapped from a saved folder), their
         projection, hashes, the keypoint index and the signatures kept whole."""
-        vectors = 0 if self._vectors is None or isinstance(self._vectors, np.memmap) else int(self._vectors.nbytes)
+        vectors = 0 if self._vectors is None else int(self._vectors.nbytes)
         kept = sum(
             s.keypoints.desc.nbytes + s.keypoints.xy.nbytes + s.mirrored_keypoints.desc.nbytes
             + s.mirrored_keypoints.xy.nbytes + s.globals.nbytes + s.regions.nbytes
@@ -794,7 +797,14 @@ class CopyIndex:
         partial.mkdir(parents=True)
         np.save(partial / "ids.npy", np.array(self.ids, dtype=np.int64))
         np.save(partial / "hashes.npy", self._hashes)
-        np.save(partial / "vectors.npy", self._vectors if self._vectors is not None else np.zeros((0, 0), np.float16))
+        with open(partial / "vectors.npy", "wb") as out:  # the mapped rows, then the rest, never all in memory
+            parts = [p for p in (self._mapped, self._vectors) if p is not None]
+            dim = parts[0].shape[1] if parts else 0
+            rows = sum(len(p) for p in parts)
+            np.lib.format.write_array_header_1_0(out, {"descr": "<f2", "fortran_order": False, "shape": (rows, dim)})
+            for part in parts:
+                for start in range(0, len(part), 65536):
+                    out.write(np.ascontiguousarray(part[start : start + 65536], dtype="<f2").tobytes())
         np.save(partial / "low.npy", self._low)
         np.save(partial / "offset.npy", self._offset)
         if self._projection is not None:
@@ -822,7 +832,7 @@ class CopyIndex:
         index._known = set(index.ids)
         index._hashes = np.load(directory / "hashes.npy")
         vectors = np.load(directory / "vectors.npy", mmap_mode="r")
-        index._vectors = vectors if vectors.size else None
+        index._mapped = vectors if vectors.size else None
         index._low, index._offset = np.load(directory / "low.npy"), np.load(directory / "offset.npy")
         if (directory / "projection_mean.npy").exists():
             projection = _Projection.__new__(_Projection)
@@ -841,7 +851,7 @@ class CopyIndex:
         if not self._pending:
             return
         new = np.concatenate([s.vectors() for _, s in self._pending]).astype(np.float16)
-        self._vectors = new if self._vectors is None else np.concatenate([np.asarray(self._vectors), new])
+        self._vectors = new if self._vectors is None else np.concatenate([self._vectors, new])
         self._hashes = np.concatenate([self._hashes, np.stack([s.hashes for _, s in self._pending])])
         first = len(self.ids)
         self.ids += [i for i, _ in self._pending]
@@ -854,22 +864,43 @@ class CopyIndex:
         if n < SHORTLIST_ABOVE:
             return
         if self._projection is None or n >= 2 * self._fitted_on:
-            step = max(1, len(self._vectors) // PROJECTION_SAMPLE)
-            self._projection = _Projection(self._vectors[::step].astype(np.float32), PROJECTED_DIMS)
+            mapped = self._mapped if self._mapped is not None else np.zeros((0, self._vectors.shape[1]), np.float16)
+            step = max(1, (len(mapped) + len(self._vectors)) // PROJECTION_SAMPLE)
+            sample = np.concatenate([mapped[::step], self._vectors[::step]]).astype(np.float32)
+            self._projection = _Projection(sample, PROJECTED_DIMS)
             self._fitted_on = n
-            self._low, self._offset = self._project(self._vectors)
+            low, offset = self._project(mapped)
+            tail_low, tail_offset = self._project(self._vectors)
+            self._low, self._offset = np.concatenate([low, tail_low]), np.concatenate([offset, tail_offset])
         else:
-            low, offset = self._project(self._vectors[len(self._low) :])
+            low, offset = self._project(self._vectors[len(self._low) - self._mapped_rows :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._projection is not None
-        lows, offsets = [], []
+        lows, offsets = [np.zeros((0, self._projection.components.shape[1]), np.float32)], [np.zeros(0, np.float32)]
         for start in range(0, len(vectors), 65536):
             low, offset = self._projection.project(vectors[start : start + 65536].astype(np.float32))
             lows.append(low)
             offsets.append(offset)
         return np.concatenate(lows), np.concatenate(offsets)
+
+    @property
+    def _mapped_rows(self) -> int:
+        return 0 if self._mapped is None else len(self._mapped)
+
+    def _rows(self, works: np.ndarray) -> np.ndarray:
+        """(len(works) * per_work, dim) float32 CNN vectors of the works at these positions
+        (sorted), read from the mapped rows (only those pages) or the ones in memory."""
+        per_work, mapped_works = self.per_work, self._mapped_rows // self.per_work
+        parts = []
+        for source, chosen in (
+            (self._mapped, works[works < mapped_works]),
+            (self._vectors, works[works >= mapped_works] - mapped_works),
+        ):
+            if source is not None and len(chosen):
+                parts.append(source.reshape(-1, per_work, source.shape[1])[chosen].reshape(-1, source.shape[1]))
+        return np.concatenate(parts).astype(np.float32)
 
     def signature(self, work_id: int) -> WorkSignature:
         kept = self._signatures.get(work_id)
@@ -890,14 +921,12 @@ class CopyIndex:
         """Per work: the best CNN similarity and which comparison gave it. Past
         SHORTLIST_ABOVE works only a shortlist is scored exactly; the rest get -1."""
         self._flush()
-        assert self._vectors is not None
-        n, per_work, dim = len(self.ids), self.per_work, self._vectors.shape[1]
+        n, per_work = len(self.ids), self.per_work
         if self._projection is None:
-            return self._scores(self._vectors.astype(np.float32), query)
+            return self._scores(self._rows(np.arange(n)), query)
         rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
         shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
-        rows = self._vectors.reshape(n, per_work, dim)[shortlist].reshape(-1, dim).astype(np.float32)
-        exact, how = self._scores(rows, query)
+        exact, how = self._scores(self._rows(shortlist), query)
         best = np.full(n, -1.0, dtype=np.float32)
         which = np.zeros(n, dtype=np.int64)
         best[shortlist], which[shortlist] = exact, how

@@ -190,7 +190,7 @@ def test_benchmark_copies_reports_the_cost_and_finds_the_copies_in_a_larger_regi
     assert row["copies_recall_at_1"] == 1.0 and report["reference_recall_at_1"] == 1.0
     assert 0 < row["p50_ms"] <= row["p95_ms"]
     # The register was saved, loaded back (full signatures left in the store) and searched.
-    assert row["saved_bytes"] > 0 and 0 < row["memory_bytes"] and row["ready_s"] > 0
+    assert row["saved_bytes"] > 0 and row["memory_bytes"] > 0 and row["ready_s"] > 0
 
 
 def test_benchmark_index_simulates_a_compressed_index_in_chunks_and_states_each_target(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]

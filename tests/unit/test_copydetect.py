@@ -297,6 +297,9 @@ def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(bu
     # Small thresholds so that eight works already get the product-quantised keypoint index.
     monkeypatch.setattr(copydetect, "VOTE_EXACT_BELOW", 500)
     monkeypatch.setattr(copydetect, "VOTE_PQ_ABOVE", 500)
+    # ... and a CNN shortlist, whose rows are read from the saved vectors once loaded.
+    monkeypatch.setattr(copydetect, "SHORTLIST_ABOVE", 4)
+    monkeypatch.setattr(copydetect, "SHORTLIST", 3)
     rng = np.random.default_rng(5)
     photos = [_photo(p) for species in ("001", "002", "003", "004") for p in butterflies[species][:2]]
     stored = {100 + i: _light_signature(photo, rng) for i, photo in enumerate(photos)}
@@ -327,5 +330,6 @@ def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(bu
     again.add(107, stored[107])
     pasted = attacks.paste_into(photos[7], _photo(butterflies["005"][0]), np.random.default_rng(3))
     assert again.match(_query(pasted))[0].work_id == 107
+    assert again.cnn_scores(_query(pasted))[0].shape == (8,)  # mapped rows and the new one
     with pytest.raises(KeyError):
         again.signature(999)
