@@ -468,6 +468,11 @@ COPYRIGHT = {
     # the nearest by their stored embeddings.
     "SCAN_CANDIDATES": env_int("IMAGESEARCH_COPY_SCAN_CANDIDATES", 40),
     "PAGE_SIZE": env_int("IMAGESEARCH_COPY_PAGE_SIZE", 25),
+    # Where each process saves the register's searchable parts (CNN vectors, hashes, the
+    # compressed keypoint index) so that the next one maps them instead of rebuilding
+    # them; saved again once this many works were added since. Empty: never saved.
+    "INDEX_DIR": env("IMAGESEARCH_COPY_INDEX_DIR", str(VAR_DIR / "copy-index")),
+    "INDEX_SAVE_EVERY": env_int("IMAGESEARCH_COPY_INDEX_SAVE_EVERY", 200),
 }
 
 # ---------------------------------------------------------------- JSON API

@@ -3,15 +3,21 @@ its navigation, the audit trail."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from gallery.catalog import pipeline
 from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
 from gallery.vision import copydetect
 from gallery.vision.backbones import Backbone
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,15 +26,64 @@ class LoadedCopyIndex:
     works: copydetect.CopyIndex
 
 
+def _stored_signature(backbone: str, work_id: int) -> copydetect.WorkSignature:
+    data = WorkSignature.objects.filter(work_id=work_id, backbone=backbone, version=copydetect.DESCRIPTOR_VERSION).values_list(
+        "data", flat=True
+    )[:1]
+    return copydetect.WorkSignature.from_bytes(bytes(data[0]))
+
+
 class _CopyIndexCache:
     """The protected works' signatures, loaded once per process and appended to as works
-    are registered (new rows by primary key); a removed work triggers a reload."""
+    are registered (new rows by primary key); a removed work triggers a reload.
+
+    The searchable parts are saved under COPYRIGHT["INDEX_DIR"] (one folder per backbone
+    and descriptor version, with the last row it holds): a new process maps them and
+    reads only the rows added since. A candidate's full signature is read from the
+    database when it is verified.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._key: str | None = None
         self._index = copydetect.CopyIndex()
         self._last_row = 0
+        self._saved_works = 0
+
+    def _folder(self, backbone: str) -> Path | None:
+        root = settings.COPYRIGHT.get("INDEX_DIR") or ""
+        return Path(root) / f"{backbone}-v{copydetect.DESCRIPTOR_VERSION}" if root else None
+
+    def _fresh(self, backbone: str, rows: QuerySet[WorkSignature]) -> None:
+        self._index = copydetect.CopyIndex(functools.partial(_stored_signature, backbone))
+        self._last_row, self._saved_works = 0, 0
+        folder = self._folder(backbone)
+        if folder is None or not (folder / "last_row").exists():
+            return
+        try:
+            last_row = int((folder / "last_row").read_text())
+            index = copydetect.CopyIndex.load(folder, functools.partial(_stored_signature, backbone))
+        except (OSError, ValueError) as exc:
+            log.warning("could not load the saved copy index (%s); rebuilding it", exc)
+            return
+        # Saved from this database? Every work it holds is still registered, up to its last row.
+        registered = set(rows.filter(pk__lte=last_row).values_list("work_id", flat=True))
+        if set(index.ids) != registered:
+            log.info("the saved copy index is out of date; rebuilding it")
+            return
+        self._index, self._last_row, self._saved_works = index, last_row, len(index)
+
+    def _save(self, backbone: str) -> None:
+        folder = self._folder(backbone)
+        if folder is None or len(self._index) - self._saved_works < settings.COPYRIGHT["INDEX_SAVE_EVERY"]:
+            return
+        try:
+            self._index.save(folder)
+            (folder / "last_row").write_text(str(self._last_row))
+        except OSError as exc:
+            log.warning("could not save the copy index (%s)", exc)
+            return
+        self._saved_works = len(self._index)
 
     def get(self) -> LoadedCopyIndex:
         backbone = pipeline.current_backbone()
@@ -37,20 +92,23 @@ class _CopyIndexCache:
         )
         with self._lock:
             if self._key != backbone.name:
-                self._key, self._index, self._last_row = backbone.name, copydetect.CopyIndex(), 0
+                self._key = backbone.name
+                self._fresh(backbone.name, rows)
             for pk, work_id, data in rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data"):
                 self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
                 self._last_row = pk
             if len(self._index) != rows.count():
-                self._index, self._last_row = copydetect.CopyIndex(), 0
+                self._index = copydetect.CopyIndex(functools.partial(_stored_signature, backbone.name))
+                self._last_row, self._saved_works = 0, 0
                 for pk, work_id, data in rows.order_by("pk").values_list("pk", "work_id", "data"):
                     self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
                     self._last_row = pk
+            self._save(backbone.name)
             return LoadedCopyIndex(backbone, self._index)
 
     def clear(self) -> None:
         with self._lock:
-            self._key, self._index, self._last_row = None, copydetect.CopyIndex(), 0
+            self._key, self._index, self._last_row, self._saved_works = None, copydetect.CopyIndex(), 0, 0
 
 
 copy_index = _CopyIndexCache()

@@ -23,11 +23,15 @@ No Django here: signatures are plain arrays, serialised to bytes for storage.
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import faiss
@@ -80,6 +84,15 @@ MIN_VOTES = 3
 VOTE_EXACT_BELOW = 4096
 VOTE_LISTS_PER_ROOT = 2
 VOTE_PROBES = 4
+# Past this many descriptors (~3k works) the inverted file keeps product-quantised codes
+# (VOTE_PQ_BYTES a descriptor, plus its 8-byte id) instead of 8-bit ones (128 bytes): a
+# register of 100k works (~25M descriptors) then fits in ~1 GB.
+VOTE_PQ_ABOVE = 1_000_000
+VOTE_PQ_BYTES = 32
+# The quantisers are retrained when the count has doubled, until they were trained on this
+# many descriptors (about 10k works); past it new works are only added, so a large
+# register never re-reads every signature.
+VOTE_RETRAIN_UNTIL = 2_000_000
 # Past this many works a PCA projection (this many dimensions, fitted on at most this many
 # vectors) shortlists works for exact scoring.
 SHORTLIST_ABOVE = 512
@@ -660,7 +673,8 @@ class KeypointVotes:
         """Add the keypoints of works at positions first, first + 1, …"""
         desc, owner = self._stack(keypoints, first)
         n = len(self._owner) + len(owner)
-        if n >= VOTE_EXACT_BELOW and (not isinstance(self._index, faiss.IndexIVF) or n >= 2 * self._trained_on):
+        trained = isinstance(self._index, faiss.IndexIVF)
+        if n >= VOTE_EXACT_BELOW and (not trained or (n >= 2 * self._trained_on and self._trained_on < VOTE_RETRAIN_UNTIL)):
             self._train(*self._stack(self._everything(), 0))
             return
         if self._index is None:
@@ -670,12 +684,42 @@ class KeypointVotes:
 
     def _train(self, desc: np.ndarray, owner: np.ndarray) -> None:
         lists = max(16, min(int(VOTE_LISTS_PER_ROOT * np.sqrt(len(desc))), len(desc) // 40))
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(128), 128, lists, faiss.ScalarQuantizer.QT_8bit)
+        index: faiss.IndexIVF
+        if len(desc) >= VOTE_PQ_ABOVE:
+            index = faiss.IndexIVFPQ(faiss.IndexFlatL2(128), 128, lists, VOTE_PQ_BYTES, 8)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(128), 128, lists, faiss.ScalarQuantizer.QT_8bit)
         index.cp.niter = 10
         index.train(desc[np.random.default_rng(0).permutation(len(desc))[: 40 * lists]])
         index.add(desc)
         index.nprobe = VOTE_PROBES
         self._index, self._owner, self._trained_on = index, owner, len(desc)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the index holds: codes and ids of every list (or the flat vectors), the
+        coarse centroids and each descriptor's work."""
+        if self._index is None:
+            return 0
+        if isinstance(self._index, faiss.IndexIVF):
+            ivf = self._index
+            codes = int(ivf.ntotal) * (int(ivf.code_size) + 8) + int(ivf.nlist) * 128 * 4
+        else:
+            codes = int(self._index.ntotal) * 128 * 4
+        return codes + int(self._owner.nbytes)
+
+    def save(self, directory: Path) -> None:
+        if self._index is not None:
+            faiss.write_index(self._index, str(directory / "votes.faiss"))
+        np.save(directory / "owners.npy", self._owner)
+
+    def load(self, directory: Path, trained_on: int) -> None:
+        self._owner = np.load(directory / "owners.npy")
+        path = directory / "votes.faiss"
+        self._index = faiss.read_index(str(path)) if path.exists() else None
+        if isinstance(self._index, faiss.IndexIVF):
+            self._index.nprobe = VOTE_PROBES
+        self._trained_on = trained_on
 
     def vote(self, keypoints: Keypoints, works: int) -> np.ndarray:
         """(works,) how many of the upload's keypoints vote for each work."""
@@ -688,37 +732,116 @@ class KeypointVotes:
 
 
 class CopyIndex:
-    """Protected works' signatures in memory, appended to as works are registered.
+    """Protected works' signatures, appended to as works are registered.
 
     Every work contributes the same number of CNN vectors (its views, then its windows),
     so per-work maxima are reshapes. Past SHORTLIST_ABOVE works, a PCA projection of the
     vectors picks a shortlist that is then scored exactly; the projection is refitted
     whenever the register has doubled since the last fit, so nothing is rebuilt per upload.
+
+    Given a `loader` (work id → its stored signature), the index keeps only what search
+    needs in memory (CNN vectors, hashes, the keypoint index) and reads a candidate's full
+    signature (its keypoints, for verification) when it is needed. `save` writes those
+    parts to a folder and `load` maps them back, so a new process does not rebuild them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loader: Callable[[int], WorkSignature] | None = None) -> None:
         self.ids: list[int] = []
-        self._signatures: dict[int, WorkSignature] = {}
-        self._vectors: np.ndarray | None = None  # (works * per_work, dim) float16
+        self._known: set[int] = set()
+        self._signatures: dict[int, WorkSignature] = {}  # all of them without a loader
+        self._loader = lru_cache(maxsize=256)(loader) if loader is not None else None
+        # (works * per_work, dim) float16: the rows mapped from a saved folder, then the
+        # rows added since in memory.
+        self._mapped: np.ndarray | None = None
+        self._vectors: np.ndarray | None = None
         self._hashes = np.zeros((0, 2), dtype=np.uint64)
         self._pending: list[tuple[int, WorkSignature]] = []
         self._projection: _Projection | None = None
         self._fitted_on = 0
         self._low = np.zeros((0, PROJECTED_DIMS), dtype=np.float32)
         self._offset = np.zeros(0, dtype=np.float32)
-        self._votes = KeypointVotes(lambda: [self._signatures[i].keypoints for i in self.ids])
+        self._votes = KeypointVotes(lambda: [self.signature(i).keypoints for i in self.ids])
 
     def __len__(self) -> int:
         return len(self.ids) + len(self._pending)
 
     def __contains__(self, work_id: int) -> bool:
-        return work_id in self._signatures
+        return work_id in self._known
 
     def add(self, work_id: int, signature: WorkSignature) -> None:
-        if work_id in self._signatures:
+        if work_id in self._known:
             return
+        self._known.add(work_id)
         self._signatures[work_id] = signature
         self._pending.append((work_id, signature))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: CNN vectors (unless mapped from a saved folder), their
+        projection, hashes, the keypoint index and the signatures kept whole."""
+        vectors = 0 if self._vectors is None else int(self._vectors.nbytes)
+        kept = sum(
+            s.keypoints.desc.nbytes + s.keypoints.xy.nbytes + s.mirrored_keypoints.desc.nbytes
+            + s.mirrored_keypoints.xy.nbytes + s.globals.nbytes + s.regions.nbytes
+            + (0 if s.keypoints._root is None else s.keypoints._root.nbytes)
+            for s in self._signatures.values()
+        )  # fmt: skip
+        return vectors + int(self._low.nbytes + self._offset.nbytes + self._hashes.nbytes) + self._votes.nbytes + kept
+
+    def save(self, directory: Path) -> None:
+        """Write the searchable parts to `directory` (replaced whole, atomically)."""
+        self._flush()
+        directory = Path(directory)
+        partial = directory.with_name(f".{directory.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        np.save(partial / "ids.npy", np.array(self.ids, dtype=np.int64))
+        np.save(partial / "hashes.npy", self._hashes)
+        with open(partial / "vectors.npy", "wb") as out:  # the mapped rows, then the rest, never all in memory
+            parts = [p for p in (self._mapped, self._vectors) if p is not None]
+            dim = parts[0].shape[1] if parts else 0
+            rows = sum(len(p) for p in parts)
+            np.lib.format.write_array_header_1_0(out, {"descr": "<f2", "fortran_order": False, "shape": (rows, dim)})
+            for part in parts:
+                for start in range(0, len(part), 65536):
+                    out.write(np.ascontiguousarray(part[start : start + 65536], dtype="<f2").tobytes())
+        np.save(partial / "low.npy", self._low)
+        np.save(partial / "offset.npy", self._offset)
+        if self._projection is not None:
+            np.save(partial / "projection_mean.npy", self._projection.mean)
+            np.save(partial / "projection_components.npy", self._projection.components)
+        self._votes.save(partial)
+        meta = {"version": DESCRIPTOR_VERSION, "fitted_on": self._fitted_on, "trained_on": self._votes._trained_on}
+        (partial / "meta.json").write_text(json.dumps(meta))
+        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+        if directory.exists():
+            directory.rename(previous)
+        partial.rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: Path, loader: Callable[[int], WorkSignature]) -> CopyIndex:
+        """A saved index: its CNN vectors mapped from disk (only a shortlist's rows are
+        read), the rest read into memory. Signatures come from `loader`."""
+        directory = Path(directory)
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("version") != DESCRIPTOR_VERSION:
+            raise ValueError("the saved copy index was made with other descriptors")
+        index = cls(loader)
+        index.ids = np.load(directory / "ids.npy").tolist()
+        index._known = set(index.ids)
+        index._hashes = np.load(directory / "hashes.npy")
+        vectors = np.load(directory / "vectors.npy", mmap_mode="r")
+        index._mapped = vectors if vectors.size else None
+        index._low, index._offset = np.load(directory / "low.npy"), np.load(directory / "offset.npy")
+        if (directory / "projection_mean.npy").exists():
+            projection = _Projection.__new__(_Projection)
+            projection.mean = np.load(directory / "projection_mean.npy")
+            projection.components = np.load(directory / "projection_components.npy")
+            index._projection = projection
+        index._fitted_on = int(meta["fitted_on"])
+        index._votes.load(directory, int(meta["trained_on"]))
+        return index
 
     @property
     def per_work(self) -> int:
@@ -733,30 +856,59 @@ class CopyIndex:
         first = len(self.ids)
         self.ids += [i for i, _ in self._pending]
         self._votes.extend([s.keypoints for _, s in self._pending], first)
+        if self._loader is not None:  # the store has them; keep only what search needs
+            for work_id, _ in self._pending:
+                self._signatures.pop(work_id, None)
         self._pending = []
         n = len(self.ids)
         if n < SHORTLIST_ABOVE:
             return
         if self._projection is None or n >= 2 * self._fitted_on:
-            step = max(1, len(self._vectors) // PROJECTION_SAMPLE)
-            self._projection = _Projection(self._vectors[::step].astype(np.float32), PROJECTED_DIMS)
+            mapped = self._mapped if self._mapped is not None else np.zeros((0, self._vectors.shape[1]), np.float16)
+            step = max(1, (len(mapped) + len(self._vectors)) // PROJECTION_SAMPLE)
+            sample = np.concatenate([mapped[::step], self._vectors[::step]]).astype(np.float32)
+            self._projection = _Projection(sample, PROJECTED_DIMS)
             self._fitted_on = n
-            self._low, self._offset = self._project(self._vectors)
+            low, offset = self._project(mapped)
+            tail_low, tail_offset = self._project(self._vectors)
+            self._low, self._offset = np.concatenate([low, tail_low]), np.concatenate([offset, tail_offset])
         else:
-            low, offset = self._project(self._vectors[len(self._low) :])
+            low, offset = self._project(self._vectors[len(self._low) - self._mapped_rows :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._projection is not None
-        lows, offsets = [], []
+        lows, offsets = [np.zeros((0, self._projection.components.shape[1]), np.float32)], [np.zeros(0, np.float32)]
         for start in range(0, len(vectors), 65536):
             low, offset = self._projection.project(vectors[start : start + 65536].astype(np.float32))
             lows.append(low)
             offsets.append(offset)
         return np.concatenate(lows), np.concatenate(offsets)
 
+    @property
+    def _mapped_rows(self) -> int:
+        return 0 if self._mapped is None else len(self._mapped)
+
+    def _rows(self, works: np.ndarray) -> np.ndarray:
+        """(len(works) * per_work, dim) float32 CNN vectors of the works at these positions
+        (sorted), read from the mapped rows (only those pages) or the ones in memory."""
+        per_work, mapped_works = self.per_work, self._mapped_rows // self.per_work
+        parts = []
+        for source, chosen in (
+            (self._mapped, works[works < mapped_works]),
+            (self._vectors, works[works >= mapped_works] - mapped_works),
+        ):
+            if source is not None and len(chosen):
+                parts.append(source.reshape(-1, per_work, source.shape[1])[chosen].reshape(-1, source.shape[1]))
+        return np.concatenate(parts).astype(np.float32)
+
     def signature(self, work_id: int) -> WorkSignature:
-        return self._signatures[work_id]
+        kept = self._signatures.get(work_id)
+        if kept is not None:
+            return kept
+        if self._loader is None or work_id not in self._known:
+            raise KeyError(work_id)
+        return self._loader(work_id)
 
     def _scores(self, vectors: np.ndarray, query: QuerySignature) -> tuple[np.ndarray, np.ndarray]:
         """Per work in `vectors` ((works * per_work, dim)): the best CNN similarity of the
@@ -769,14 +921,12 @@ class CopyIndex:
         """Per work: the best CNN similarity and which comparison gave it. Past
         SHORTLIST_ABOVE works only a shortlist is scored exactly; the rest get -1."""
         self._flush()
-        assert self._vectors is not None
-        n, per_work, dim = len(self.ids), self.per_work, self._vectors.shape[1]
+        n, per_work = len(self.ids), self.per_work
         if self._projection is None:
-            return self._scores(self._vectors.astype(np.float32), query)
+            return self._scores(self._rows(np.arange(n)), query)
         rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
         shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
-        rows = self._vectors.reshape(n, per_work, dim)[shortlist].reshape(-1, dim).astype(np.float32)
-        exact, how = self._scores(rows, query)
+        exact, how = self._scores(self._rows(shortlist), query)
         best = np.full(n, -1.0, dtype=np.float32)
         which = np.zeros(n, dtype=np.int64)
         best[shortlist], which[shortlist] = exact, how
@@ -814,7 +964,7 @@ class CopyIndex:
         out = []
         settled = False
         for i in chosen:
-            signature = self._signatures[self.ids[i]]
+            signature = self.signature(self.ids[i])
             inliers, mirrored = -1, bool(flipped_hash[i] < as_is[i])
             geometry: Geometry | None = None
             # An almost identical hash needs no keypoints; a settled query needs no more.
@@ -830,7 +980,7 @@ class CopyIndex:
     def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
         """The candidate's evidence with the geometry a reviewer is shown, found now when an
         almost identical hash settled it without keypoints (the score stays as it was)."""
-        if candidate.evidence.geometry is not None or candidate.work_id not in self._signatures:
+        if candidate.evidence.geometry is not None or candidate.work_id not in self._known:
             return candidate.evidence
-        geometry, _ = locate(query.ensure_keypoints(), self._signatures[candidate.work_id])
+        geometry, _ = locate(query.ensure_keypoints(), self.signature(candidate.work_id))
         return replace(candidate.evidence, geometry=geometry)

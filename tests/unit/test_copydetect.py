@@ -268,3 +268,68 @@ def test_another_photo_of_the_species_falls_below_the_threshold_and_a_cropped_pa
     assert copy.evidence.geometry is not None
     assert 0.3 < copy.evidence.geometry.work_found < 0.7  # half the work was kept
     assert 0.1 < copy.evidence.geometry.upload_covered < 0.6  # pasted into part of the upload
+
+
+def _light_signature(photo: PILImage.Image, rng: np.random.Generator) -> copydetect.WorkSignature:
+    """A work's signature with real keypoints and hashes but made-up CNN vectors (no backbone)."""
+    per_work = copydetect.CopyIndex().per_work
+    vectors = rng.normal(size=(per_work, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return copydetect.WorkSignature(
+        globals=vectors[:5],
+        regions=vectors[6:],
+        small=vectors[5],
+        hashes=phash_variants(photo),
+        keypoints=copydetect.sift_keypoints(photo),
+        mirrored_keypoints=copydetect.sift_keypoints(ImageOps.mirror(photo)),
+    )
+
+
+def _query(photo: PILImage.Image) -> copydetect.QuerySignature:
+    keypoints = copydetect.sift_keypoints(
+        photo, long_side=copydetect.QUERY_SIFT_LONG_SIDE, features=copydetect.QUERY_SIFT_FEATURES
+    )
+    vector = np.random.default_rng(0).normal(size=(1, 32)).astype(np.float32)
+    return copydetect.QuerySignature(vectors=vector / np.linalg.norm(vector), hash=phash(photo), keypoints=keypoints)
+
+
+def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(butterflies, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Small thresholds so that eight works already get the product-quantised keypoint index.
+    monkeypatch.setattr(copydetect, "VOTE_EXACT_BELOW", 500)
+    monkeypatch.setattr(copydetect, "VOTE_PQ_ABOVE", 500)
+    # ... and a CNN shortlist, whose rows are read from the saved vectors once loaded.
+    monkeypatch.setattr(copydetect, "SHORTLIST_ABOVE", 4)
+    monkeypatch.setattr(copydetect, "SHORTLIST", 3)
+    rng = np.random.default_rng(5)
+    photos = [_photo(p) for species in ("001", "002", "003", "004") for p in butterflies[species][:2]]
+    stored = {100 + i: _light_signature(photo, rng) for i, photo in enumerate(photos)}
+    read: list[int] = []
+
+    def loader(work_id: int) -> copydetect.WorkSignature:
+        read.append(work_id)
+        return stored[work_id]
+
+    index = copydetect.CopyIndex(loader)
+    for work_id, signature in list(stored.items())[:7]:
+        index.add(work_id, signature)
+    crop = attacks.crop(photos[3], np.random.default_rng(2))
+    before = index.match(_query(crop))[0]
+    assert before.work_id == 103 and before.score >= THRESHOLD
+    assert isinstance(index._votes._index, copydetect.faiss.IndexIVFPQ)
+
+    index.save(tmp_path / "register")
+    read.clear()
+    again = copydetect.CopyIndex.load(tmp_path / "register", loader)
+    assert again.ids == index.ids and 103 in again and len(again) == 7
+    after = again.match(_query(crop))[0]
+    assert after.work_id == 103 and after.score == pytest.approx(before.score)
+    assert 0 < len(set(read)) <= 5  # only the candidates' signatures were read
+    assert again.nbytes < index.nbytes + sum(s.keypoints.desc.nbytes for s in stored.values())
+
+    # A work registered after the restart is found as well.
+    again.add(107, stored[107])
+    pasted = attacks.paste_into(photos[7], _photo(butterflies["005"][0]), np.random.default_rng(3))
+    assert again.match(_query(pasted))[0].work_id == 107
+    assert again.cnn_scores(_query(pasted))[0].shape == (8,)  # mapped rows and the new one
+    with pytest.raises(KeyError):
+        again.signature(999)
