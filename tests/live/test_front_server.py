@@ -76,7 +76,12 @@ def test_compose_publishes_only_the_proxy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
     published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"proxy"}
+    # Only the proxy faces the network; an operator tool (the optional Prometheus of the
+    # monitoring profile) may publish on the host's loopback alone.
+    outside = {name for name in published if any(not str(port).startswith("127.0.0.1:") for port in services[name]["ports"])}
+    assert outside == {"proxy"}
+    assert published <= {"proxy", "prometheus"}
+    assert services.get("prometheus", {}).get("profiles", ["monitoring"]) == ["monitoring"]
     proxy = services["proxy"]
     assert any("deploy/nginx.conf:/etc/nginx/conf.d/default.conf" in str(v) for v in proxy["volumes"])
     address = proxy["networks"]["default"]["ipv4_address"]
