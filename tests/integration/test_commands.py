@@ -111,6 +111,36 @@ def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, but
         call_command("evaluate", *folders, "--backbones", "vgg16")
 
 
+def test_evaluate_variants_table_covers_every_set_with_means(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--variants`: every pooling, PCA size and re-ranking variant, on the whole set and
+    on a few photos per class, per set and as a mean; the product default marked."""
+    folders = []
+    for name, species in (("set-a", ("001", "003", "006")), ("set-b", ("009", "010", "004"))):
+        folder = tmp_path / name
+        (folder / "images").mkdir(parents=True)
+        rows = ["filename,label"]
+        for s in species:
+            for photo in butterflies[s][:5]:
+                (folder / "images" / photo.name).write_bytes(photo.read_bytes())
+                rows.append(f"images/{photo.name},{s}")
+        (folder / "labels.csv").write_text("\n".join(rows))
+        folders.append(str(folder))
+    call_command("evaluate", *folders, "--variants", "--few-per-class", "3", "--json", "--no-progress")
+    report = json.loads(capsys.readouterr().out)
+    assert {r["set"] for r in report} == {"set-a", "set-b"}
+    assert {r["images"] for r in report} == {15}
+    defaults = [r for r in report if r["is_default"]]
+    assert len(defaults) == 2 and all(0.5 < r["map"] <= 1.0 and 0.3 < r["map_few"] <= 1.0 for r in report)
+    assert {"avg", "gem2", "gem3", "max"} <= {r["variant"].split(",")[0] for r in report}
+    call_command("evaluate", *folders, "--variants", "--few-per-class", "3", "--no-progress")
+    table = capsys.readouterr().out.splitlines()
+    marked = next(line for line in table if line.startswith("*gem3"))
+    mean = sum(r["map"] for r in defaults) / 2
+    assert f"{mean:.3f}" in marked
+    with pytest.raises(CommandError, match="at least 2"):
+        call_command("evaluate", *folders, "--variants", "--few-per-class", "1")
+
+
 @pytest.mark.slow
 def test_evaluate_on_the_whole_development_set_reaches_the_quality_bar(capsys) -> None:  # type: ignore[no-untyped-def]
     """Every image a query: the product default must reach mAP 0.97 and beat the seed's pipeline."""

@@ -21,7 +21,9 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import Image as PILImage
 from tqdm import tqdm
 
+from benchmarks import variants
 from benchmarks.metrics import KS, RECALL_LEVELS, RetrievalScores, evaluate_rankings
+from benchmarks.variants import Variant
 from gallery.catalog import pipeline
 from gallery.vision.backbones import BACKBONES, gem_pool, l2_normalise
 from gallery.vision.datasets import read_labels
@@ -128,6 +130,13 @@ class Command(BaseCommand):
             "--label-weights", type=_csv_list, default=[], help="words mode: also these label weights (default: the setting)"
         )
         parser.add_argument("--regions", type=int, default=0, help="words mode: also this many 2x2 collages for region search")
+        parser.add_argument(
+            "--variants",
+            action="store_true",
+            help="compare pooling, PCA size and re-ranking variants on every set and backbone (mAP on the whole "
+            "set and on --few-per-class photos per class)",
+        )
+        parser.add_argument("--few-per-class", type=int, default=4, help="variants mode: photos per class of the small catalog")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         quiet = opts["no_progress"] or opts["json"]
@@ -147,6 +156,11 @@ class Command(BaseCommand):
         unknown = [n for n in names if n not in BACKBONES]
         if unknown:
             raise CommandError(f"unknown backbone {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
+        if opts["variants"]:
+            if opts["few_per_class"] < 2:
+                raise CommandError("--few-per-class must be at least 2 (a query needs another photo of its class)")
+            self._variants(directories, names, opts, quiet)
+            return
         if len(directories) == 1 and len(names) == 1:
             pairs = self._pairs(directories[0], opts["labels"])
             backbone = pipeline.backbone_named(names[0])
@@ -172,6 +186,58 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=2, default=float))
             return
         self._print_summary(summary, names, [d.name for d in directories])
+
+    def _variants(self, directories: list[Path], names: list[str], opts: dict[str, Any], quiet: bool) -> None:
+        """Every standard variant on every set and backbone: one table per backbone."""
+        conf = settings.IMAGESEARCH
+        default = Variant(variants.DEFAULT_POOLING, conf["PCA_DIMS"], conf["DBA_K"], conf["QE_K"], float(conf["QE_ALPHA"]))
+        candidates = variants.standard_variants(default)
+        report: list[dict[str, Any]] = []
+        for name in names:
+            backbone = pipeline.backbone_named(name)
+            for directory in directories:
+                labels = opts["labels"] if len(directories) == 1 else None
+                if labels is None and (directory / "labels.csv").is_file():
+                    labels = directory / "labels.csv"
+                pairs = self._pairs(directory, labels)
+                _, y, _, fmap, embed_ms = self._feature_maps(pairs, backbone, quiet)
+                rows = variants.measure(
+                    fmap, np.asarray(y), candidates, per_class=opts["few_per_class"], pca_min_images=conf["PCA_MIN_IMAGES"]
+                )
+                del fmap
+                for variant, row in zip(candidates, rows, strict=True):
+                    report.append(
+                        {
+                            "backbone": name,
+                            "set": directory.name,
+                            "images": len(y),
+                            "variant": variant.label,
+                            "is_default": variant == default,
+                            "embed_ms_per_image_batched": embed_ms,
+                            **row,
+                        }
+                    )
+        if opts["json"]:
+            self.stdout.write(json.dumps(report, indent=2, default=float))
+            return
+        sets = [d.name for d in directories]
+        few = opts["few_per_class"]
+        for name in names:
+            mine = [r for r in report if r["backbone"] == name]
+            cost = float(np.mean([r["embed_ms_per_image_batched"] for r in mine if r["is_default"]]))
+            self.stdout.write(
+                f"\n{name}: leave-one-out mAP on each set, whole (and {few} photos per class); embedding {cost:.1f} ms per photo"
+            )
+            width = max(12, *(len(s) for s in sets)) + 2
+            self.stdout.write(f"{'variant':58s}" + "".join(f"{s:>{width + 8}s}" for s in sets) + f"{'mean':>10s}{'few':>8s}")
+            for variant in candidates:
+                cells = [next(r for r in mine if r["set"] == s and r["variant"] == variant.label) for s in sets]
+                text = "".join(f"{c['map']:>{width}.3f} ({c['map_few']:.3f})" for c in cells)
+                mean = float(np.mean([c["map"] for c in cells]))
+                mean_few = float(np.mean([c["map_few"] for c in cells]))
+                marker = "*" if variant == default else " "
+                self.stdout.write(f"{marker}{variant.label:57s}{text}{mean:>10.3f}{mean_few:>8.3f}")
+        self.stdout.write("* the product default")
 
     def _words(self, directories: list[Path], opts: dict[str, Any], quiet: bool) -> None:
         """Words mode over one or more labelled folders pooled into one catalog (a mixed
@@ -277,7 +343,9 @@ class Command(BaseCommand):
         width = max(len(s) for s in sets) + 2
         self.stdout.write("leave-one-out mAP of the product default (seed pipeline in brackets)")
         self.stdout.write(
-            f"{'backbone':20s}" + "".join(f"{s:>{width + 9}s}" for s in sets) + f"{'mean':>16s}{'ms/image':>10s}{'ms/query':>10s}"
+            f"{'backbone':20s}"
+            + "".join(f"{s:>{width + 9}s}" for s in sets)
+            + f"{'mean':>16s}{'ms/image':>10s}{'ms/query':>10s}{'mAP/ms':>9s}"
         )
         for name in names:
             mine = [r for r in summary if r["backbone"] == name]
@@ -286,12 +354,26 @@ class Command(BaseCommand):
             seed_mean = float(np.mean([r["seed"]["map"] for r in mine]))
             embed = float(np.mean([r["embed_ms_per_image_batched"] for r in mine]))
             query = float(np.mean([r["query_timing_ms"].get("total_p50", 0.0) for r in mine]))
-            self.stdout.write(f"{name:20s}{cells}{mean:>8.3f} ({seed_mean:.3f}){embed:>10.1f}{query:>10.1f}")
+            per_ms = mean / embed if embed > 0 else 0.0
+            self.stdout.write(f"{name:20s}{cells}{mean:>8.3f} ({seed_mean:.3f}){embed:>10.1f}{query:>10.1f}{per_ms:>9.4f}")
+        self.stdout.write("mAP/ms: the mean mAP per millisecond of embedding a photo (quality per unit of cost)")
 
     def _evaluate(
         self, pairs: list[tuple[Path, str]], backbone: Any, pcas: list[int], opts: dict[str, Any], quiet: bool
     ) -> tuple[Any, ...]:
         """Every configuration on one labelled set with one backbone."""
+        images, labels, paths, fmap, embed_ms = self._feature_maps(pairs, backbone, quiet)
+        y = np.asarray(labels)
+        descriptors = {"gem": gem_pool(fmap), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
+        descriptors["gem"] = l2_normalise(descriptors["gem"])
+        del fmap
+        return self._configurations(images, y, paths, descriptors, embed_ms, backbone, pcas, opts, quiet)
+
+    def _feature_maps(
+        self, pairs: list[tuple[Path, str]], backbone: Any, quiet: bool
+    ) -> tuple[list[PILImage.Image], list[str], list[Path], np.ndarray, float]:
+        """Decoded photos, their labels and paths, the backbone's feature maps,
+        and the batched embedding cost in ms per photo."""
         options = pipeline.preprocess_options()
         images, labels, paths = [], [], []
         for path, label in tqdm(pairs, desc="decode", disable=quiet):
@@ -302,7 +384,8 @@ class Command(BaseCommand):
                 continue
             labels.append(label)
             paths.append(path)
-        y = np.asarray(labels)
+        if not images:
+            raise CommandError("no photo of the set could be read")
         started = time.perf_counter()
         maps = []
         for i in tqdm(range(0, len(images), 32), desc="embed", disable=quiet):
@@ -310,10 +393,21 @@ class Command(BaseCommand):
             maps.append(backbone.feature_maps(batch))
         fmap = np.concatenate(maps)
         embed_ms = 1000 * (time.perf_counter() - started) / len(images)
-        descriptors = {"gem": gem_pool(fmap), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
-        descriptors["gem"] = l2_normalise(descriptors["gem"])
-        del fmap
+        return images, labels, paths, fmap, embed_ms
 
+    def _configurations(
+        self,
+        images: list[PILImage.Image],
+        y: np.ndarray,
+        paths: list[Path],
+        descriptors: dict[str, np.ndarray],
+        embed_ms: float,
+        backbone: Any,
+        pcas: list[int],
+        opts: dict[str, Any],
+        quiet: bool,
+    ) -> tuple[Any, ...]:
+        labels = y.tolist()
         conf = settings.IMAGESEARCH
         pca_default = conf["PCA_DIMS"] if len(images) >= conf["PCA_MIN_IMAGES"] else 0
         default = Config("gem", pca_default, conf["PCA_WHITEN"], conf["DEFAULT_METRIC"], self._default_rerank())
