@@ -27,6 +27,8 @@ class LoadReport:
     ready: int = 0
     failed: int = 0
     drain_s: float = 0.0
+    # The bare backbone's batched forward rate over the same query photos, photos/s.
+    forward_ips: float = 0.0
 
     def requests(self, kind: str) -> int:
         return len(self.latencies[kind])
@@ -45,12 +47,45 @@ class LoadReport:
                 f"  {kind:6s}: {n} requests ({n / self.duration_s:.1f}/s), p50 {self.percentile(kind, 50) * 1000:.0f} ms, "
                 f"p95 {self.percentile(kind, 95) * 1000:.0f} ms, p99 {self.percentile(kind, 99) * 1000:.0f} ms"
             )
+        if self.forward_ips and self.requests("search"):
+            rate = self.requests("search") / self.duration_s
+            ratio = rate / self.forward_ips
+            p99 = self.percentile("search", 99)
+            alone = "" if not self.upload_clients else " (the targets are for searching clients alone)"
+            lines.append(
+                f"  capacity: {rate:.1f} searches/s vs the bare batched forward pass {self.forward_ips:.1f} photos/s "
+                f"→ ratio {ratio:.2f} (target ≥ 0.8: {'met' if ratio >= 0.8 else 'MISSED'}); "
+                f"p99 {p99:.2f} s (target ≤ 1 s: {'met' if p99 <= 1.0 else 'MISSED'}){alone}"
+            )
         lines.append(f"  errors: {len(self.errors)}" + (f" (first: {self.errors[0]})" if self.errors else ""))
         lines.append(
             f"  uploads: {len(self.uploaded_ids)} accepted, {self.ready} ready, {self.failed} failed, "
             f"all embedded {self.drain_s:.0f} s after the load stopped"
         )
         return "\n".join(lines)
+
+
+def forward_rate(photos: list[Path], *, seconds: float = 5.0) -> float:
+    """Photos per second of the configured backbone's forward pass alone, in batches of
+    the web process's largest query batch, over these photos (decoded and preprocessed
+    beforehand), on every core of this machine."""
+    from django.conf import settings
+
+    from gallery.catalog import pipeline
+
+    backbone = pipeline.current_backbone()
+    options = pipeline.preprocess_options()
+    size = max(1, int(settings.IMAGESEARCH["QUERY_BATCH_MAX"]))
+    arrays = [backbone.preprocess(pipeline.decode(p.read_bytes()).image, options) for p in photos[:size]]
+    while len(arrays) < size:
+        arrays += arrays[: size - len(arrays)]
+    batch = np.stack(arrays)
+    backbone.embed_arrays(batch)  # warm-up: the traced graph
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        backbone.embed_arrays(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - began)
 
 
 def run_load(
@@ -62,15 +97,20 @@ def run_load(
     seed_catalog: int = 40,
     var: Path | None = None,
     drain_timeout: float = 600.0,
+    measure_forward: bool = False,
 ) -> LoadReport:
     """Start a throw-away stack (rate limiter off: this measures capacity), seed a
-    catalog, run the clients for `duration` seconds, wait for the uploads to be ready."""
+    catalog, run the clients for `duration` seconds, wait for the uploads to be ready.
+    `measure_forward` first times the bare forward pass on the query photos (the reference
+    of search capacity), before the stack starts."""
     var = var or Path(tempfile.mkdtemp(prefix="imagesearch-load-"))
     seed, queries, pool = photos[:seed_catalog], photos[seed_catalog : seed_catalog + 50], photos[seed_catalog + 50 :]
     if not queries or not pool:
         raise ValueError(f"need more than {seed_catalog + 50} photos, got {len(photos)}")
     query_bytes = [(p.name, p.read_bytes()) for p in queries]
     report = LoadReport(search_clients, upload_clients, duration)
+    if measure_forward:
+        report.forward_ips = forward_rate(queries)
     lock = threading.Lock()
     with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8") as stack:
         admin = stack.browser("seeder")

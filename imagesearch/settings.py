@@ -306,6 +306,10 @@ IMAGESEARCH = {
     "GRAYSCALE": env_bool("IMAGESEARCH_GRAYSCALE", False),
     "DENOISE": env_bool("IMAGESEARCH_DENOISE", False),
     "BATCH_SIZE": env_int("IMAGESEARCH_BATCH_SIZE", 32),
+    # Query photos searched at the same moment share one forward pass: at most this many,
+    # and under load a pass waits this long for more to arrive (an idle process never waits).
+    "QUERY_BATCH_MAX": env_int("IMAGESEARCH_QUERY_BATCH_MAX", 16),
+    "QUERY_BATCH_WINDOW_MS": float(env("IMAGESEARCH_QUERY_BATCH_WINDOW_MS", "4")),
     # Words search: how many ImageNet labels are kept per image, and how much of a
     # result's score comes from them (the rest is visual similarity to the best label hits).
     "LABELS_PER_IMAGE": env_int("IMAGESEARCH_LABELS_PER_IMAGE", 10),

@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 from gallery.monitoring import metrics
 from gallery.search.models import CatalogState
 from gallery.vision.backbones import Backbone, load_backbone
+from gallery.vision.batching import MicroBatcher
 from gallery.vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
 
 
@@ -68,6 +69,36 @@ def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = No
     vectors = backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
     metrics.embeddings.labels(backbone=backbone.name).inc(len(images))
     return vectors
+
+
+_query_batchers: dict[str, MicroBatcher] = {}
+_query_batchers_lock = threading.Lock()
+
+
+def _query_batcher(backbone: Backbone) -> MicroBatcher:
+    with _query_batchers_lock:
+        batcher = _query_batchers.get(backbone.name)
+        if batcher is None or getattr(batcher, "backbone", None) is not backbone:
+            conf = settings.IMAGESEARCH
+            batcher = MicroBatcher(
+                backbone.embed_arrays,
+                max_batch=max(1, int(conf["QUERY_BATCH_MAX"])),
+                window=max(0.0, float(conf["QUERY_BATCH_WINDOW_MS"])) / 1000.0,
+            )
+            batcher.backbone = backbone  # type: ignore[attr-defined]
+            _query_batchers[backbone.name] = batcher
+        return batcher
+
+
+def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> np.ndarray:
+    """One query photo's embedding. Photos searched at the same moment by other requests
+    of this process share one forward pass (`gallery.vision.batching`); the vector is
+    the one `embed_images` gives the same photo."""
+    backbone = backbone or current_backbone()
+    photo = backbone.preprocess(image, preprocess_options())
+    vector = _query_batcher(backbone)(photo)
+    metrics.embeddings.labels(backbone=backbone.name).inc()
+    return vector
 
 
 def embed_and_label_images(

@@ -181,7 +181,7 @@ def search_by_picture(
     check_metric(metric)
     space = active_space()
     with stage("embed"):
-        embedding = pipeline.embed_images([picture], backbone=pipeline.backbone_named(space.backbone))[0]
+        embedding = pipeline.embed_query(picture, backbone=pipeline.backbone_named(space.backbone))
     return search_by_vector(embedding=embedding, space=space, limit=limit, metric=metric, tag=tag, filters=filters)
 
 

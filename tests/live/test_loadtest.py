@@ -12,9 +12,13 @@ pytestmark = pytest.mark.slow
 
 def test_concurrent_searches_and_uploads_without_errors(tmp_path, butterflies) -> None:  # type: ignore[no-untyped-def]
     photos = [p for group in butterflies.values() for p in group[:8]]
-    report = run_load(photos=photos, search_clients=8, upload_clients=2, duration=10, seed_catalog=10, var=tmp_path)
-    print(report.summary())
+    report = run_load(
+        photos=photos, search_clients=8, upload_clients=2, duration=10, seed_catalog=10, var=tmp_path, measure_forward=True
+    )
+    summary = report.summary()
+    print(summary)
     assert report.requests("search") > 0 and report.uploaded_ids
+    assert report.forward_ips > 0 and "capacity:" in summary and "target ≥ 0.8" in summary
     assert report.errors == []
     assert report.ready == len(report.uploaded_ids)
 

@@ -42,6 +42,7 @@ class Command(BaseCommand):
             upload_clients=opts["upload_clients"],
             duration=opts["duration"],
             seed_catalog=opts["seed_catalog"],
+            measure_forward=True,
         )
         self.stdout.write(report.summary())
         if report.errors or report.ready != len(report.uploaded_ids):
