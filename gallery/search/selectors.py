@@ -107,13 +107,17 @@ class Space:
 
 def active_space() -> Space:
     backbone = pipeline.catalog_state().backbone
-    return Space(backbone, Reduction.objects.filter(backbone=backbone, is_active=True).first())
+    # The PCA's arrays (half a megabyte) are read only when this process first loads them.
+    reduction = (
+        Reduction.objects.filter(backbone=backbone, is_active=True).defer("mean", "components", "explained_variance").first()
+    )
+    return Space(backbone, reduction)
 
 
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
     hits = list(hits)
     with stage("hydrate"):
-        images = Image.objects.in_bulk([h.id for h in hits])
+        images = Image.objects.prefetch_related("tags").in_bulk([h.id for h in hits])
     return [SearchHit(images[h.id], h.score, rank) for rank, h in enumerate((h for h in hits if h.id in images), 1)]
 
 

@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from gallery.catalog import services as catalog_services
-from gallery.catalog.models import Image
+from gallery.catalog.models import Image, Tag
 from gallery.curation import services as curation_services
 from tests.conftest import photo_bytes
 
@@ -272,3 +272,22 @@ def test_search_while_photos_are_still_analysed_says_nothing_is_searchable_yet(c
         reverse("gallery:search"), {"file": _file(photo_bytes(), "q.jpg"), "metric": "cosine", "limit": 5, "tag": "x"}
     )
     assert "The catalog has no searchable images yet." in response.content.decode()
+
+
+def test_search_page_reads_the_database_a_fixed_number_of_times(client, butterflies) -> None:  # type: ignore[no-untyped-def]
+    """Tags of every hit come in one query: twelve results cost what three do."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    images = _catalog(butterflies["001"][:6] + butterflies["005"][:6])
+    tag = Tag.objects.create(name="wings")
+    for image in images:
+        image.tags.add(tag)
+    counts = []
+    for limit in (3, 12, 3):
+        with open(butterflies["005"][10], "rb") as f, CaptureQueriesContext(connection) as ctx:
+            response = client.post(reverse("gallery:search"), {"file": f, "metric": "cosine", "limit": limit})
+        assert response.status_code == 200 and len(response.context["hits"]) == limit
+        assert response.content.decode().count(">wings</a>") == limit
+        counts.append(len(ctx.captured_queries))
+    assert counts[1] == counts[2]
