@@ -169,3 +169,16 @@ def test_the_same_photo_twice_in_a_folder_is_imported_once(tmp_path, butterflies
     call_command("import_images", str(root), "--no-progress")
     assert "imported 3, skipped 2 already in the catalog, rejected 0" in capsys.readouterr().out
     assert Image.objects.filter(status=Image.Status.READY).count() == 3 and len(media_files()) == 3 * 3
+
+
+def test_an_import_left_to_the_workers_stores_every_photo_pending_and_queues_it_on_commit(  # type: ignore[no-untyped-def]
+    photos, small_batches, capsys, media_files, django_capture_on_commit_callbacks
+) -> None:
+    with django_capture_on_commit_callbacks() as queued:
+        call_command("import_images", str(photos), "--queue", "--no-progress")
+    assert "imported 12, skipped 0 already in the catalog, rejected 1" in capsys.readouterr().out
+    assert len(queued) == 12
+    images = Image.objects.all()
+    assert {(im.status, im.lane) for im in images} == {(Image.Status.PENDING, "bulk")}
+    assert all(im.queued_at is not None for im in images) and not Embedding.objects.exists()
+    assert len(media_files()) == 3 * 12
