@@ -181,9 +181,11 @@ class Command(BaseCommand):
         stages: dict[str, float] = r["ingest_stage_ms"]
         wall, forward = 1000 / r["ingest_import_ips"], 1000 / r["ingest_forward_ips"]
         self.stdout.write(f"  ms per photo: end to end {wall:.1f}, bare batched forward {forward:.1f}")
+        import_cpu, forward_cpu = wall * r["ingest_import_cores"], forward * r["ingest_forward_cores"]
         self.stdout.write(
             f"  CPU cores busy (CPU s per wall s, of {os.cpu_count()}): import {r['ingest_import_cores']:.2f}, "
-            f"bare forward {r['ingest_forward_cores']:.2f}"
+            f"bare forward {r['ingest_forward_cores']:.2f}; CPU ms per photo: import {import_cpu:.1f}, bare forward "
+            f"{forward_cpu:.1f} (their ratio, {forward_cpu / import_cpu:.2f}, is the ceiling once the cores are full)"
         )
         ahead = [s for s in INGEST_PREFETCH_STAGES if s in stages]
         main = [s for s in stages if s not in INGEST_PREFETCH_STAGES]
