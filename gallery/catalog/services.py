@@ -164,7 +164,9 @@ class PreparedUpload:
     """An upload checked, decoded and pictured, its files written, its row not saved yet."""
 
     image: Image
-    picture: PILImage.Image
+    # The decoded picture, kept only when no network input was made from it (memory: a
+    # picture is up to 2048² pixels, its network input 224²).
+    picture: PILImage.Image | None
     queue: bool = False
     # (backbone name, its input for the picture), made ahead of the forward pass.
     network_input: tuple[str, np.ndarray] | None = None
@@ -222,7 +224,8 @@ def upload_prepare(
         except BaseException:
             _delete_files(image)
             raise
-    return PreparedUpload(image=image, picture=decoded.image, queue=queue, network_input=network_input)
+    picture = decoded.image if network_input is None else None
+    return PreparedUpload(image=image, picture=picture, queue=queue, network_input=network_input)
 
 
 def upload_discard(*, upload: PreparedUpload) -> None:
@@ -481,7 +484,8 @@ def images_embed_batch(
     Safe to run twice: a finished image is skipped, and vectors are upserted on the
     (image, backbone) unique constraint. `predecoded` holds pictures the caller has
     just decoded (a bulk import), which are not read back from storage, and
-    `network_inputs` their backbone inputs, made ahead (used when the backbone matches).
+    `network_inputs` backbone inputs it made ahead (used when the backbone matches; the
+    picture is read back only when it does not).
     """
     conf = settings.IMAGESEARCH
     with pipeline.clock_stage(clock, "database writes"):
@@ -491,10 +495,13 @@ def images_embed_batch(
         return outcome
     pending_ids = [im.pk for im in images]
     try:
-        decoded: list[tuple[Image, PILImage.Image]] = []
+        decoded: list[tuple[Image, PILImage.Image | None]] = []
         for image in images:
             if predecoded is not None and image.pk in predecoded:
                 decoded.append((image, predecoded.pop(image.pk)))
+                continue
+            if network_inputs is not None and image.pk in network_inputs:
+                decoded.append((image, None))
                 continue
             try:
                 with image.file.open("rb") as f:
@@ -622,16 +629,27 @@ def catalog_changes_prune(*, older_than_seconds: int) -> int:
     return deleted
 
 
+def _pictures(decoded: list[tuple[Image, PILImage.Image | None]]) -> list[tuple[Image, PILImage.Image | None]]:
+    """The batch with every picture, reading back from storage those the caller did not
+    keep (it had made their network inputs)."""
+    out: list[tuple[Image, PILImage.Image | None]] = []
+    for image, picture in decoded:
+        if picture is None:
+            with image.file.open("rb") as f:
+                picture = pipeline.decode(f.read()).image
+        out.append((image, picture))
+    return out
+
+
 def _catalog_embed(
     *,
-    decoded: list[tuple[Image, PILImage.Image]],
+    decoded: list[tuple[Image, PILImage.Image | None]],
     network_inputs: dict[int, tuple[str, np.ndarray]] | None = None,
     clock: pipeline.StageClock | None = None,
 ) -> list[Image]:
     """Embed freshly claimed images for the catalog's backbone and, during a migration,
     for the target backbone too, so the switch finds nothing missing."""
     state = pipeline.catalog_state()
-    pictures = [im for _, im in decoded]
     backbone = pipeline.backbone_named(state.backbone)
     made = [(network_inputs or {}).get(image.pk) for image, _ in decoded]
     # Labels come from the same forward pass as the vectors.
@@ -640,6 +658,8 @@ def _catalog_embed(
             vectors, probabilities = pipeline.embed_and_label_inputs(np.stack([m[1] for m in made if m]), backbone=backbone)
     else:  # inputs not made ahead (a worker's batch), or for a backbone the catalog left meanwhile
         with pipeline.clock_stage(clock, "network input and forward pass"):
+            decoded = _pictures(decoded)
+            pictures = [p for _, p in decoded if p is not None]
             vectors, probabilities = pipeline.embed_and_label_images(pictures, backbone=backbone)
     with pipeline.clock_stage(clock, "database writes"):
         stored = embeddings_store(
@@ -650,7 +670,7 @@ def _catalog_embed(
     # Images deleted while they were embedded are gone; the rest of the batch goes on.
     alive = {e.image_id for e in stored}
     kept = [i for i, (image, _) in enumerate(decoded) if image.pk in alive]
-    decoded, pictures = [decoded[i] for i in kept], [pictures[i] for i in kept]
+    decoded = [decoded[i] for i in kept]
     done = {state.backbone}
     while True:
         # A switch may happen while this batch was embedded: catch up with the new space.
@@ -658,6 +678,8 @@ def _catalog_embed(
         missing = [b for b in (fresh.backbone, fresh.target_backbone) if b and b not in done]
         if not missing:
             break
+        decoded = _pictures(decoded)
+        pictures = [p for _, p in decoded if p is not None]
         for name in missing:
             extra = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(name))
             for (image, _), vector in zip(decoded, extra, strict=True):

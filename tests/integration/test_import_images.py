@@ -182,3 +182,20 @@ def test_an_import_left_to_the_workers_stores_every_photo_pending_and_queues_it_
     assert {(im.status, im.lane) for im in images} == {(Image.Status.PENDING, "bulk")}
     assert all(im.queued_at is not None for im in images) and not Embedding.objects.exists()
     assert len(media_files()) == 3 * 12
+
+
+def test_inputs_made_for_another_backbone_are_not_used_and_the_pictures_are_read_back(butterflies, media_files) -> None:  # type: ignore[no-untyped-def]
+    backbone = pipeline.catalog_backbone()
+    paths = next(iter(butterflies.values()))[:3]
+    uploads = [
+        catalog_services.upload_prepare(data=p.read_bytes(), original_name=p.name, queue=False, backbone=backbone) for p in paths
+    ]
+    assert all(u.picture is None and u.network_input is not None for u in uploads)  # only the small input is kept
+    images = [im for im in catalog_services.uploads_store(uploads=uploads) if isinstance(im, Image)]
+    assert len(images) == 3 and len(media_files()) == 3 * 3
+    stale = {im.pk: ("a backbone the catalog left", u.network_input[1]) for im, u in zip(images, uploads, strict=True)}  # type: ignore[index]
+    outcome = catalog_services.images_embed_batch(image_id=images[0].pk, network_inputs=stale)
+    assert sorted(outcome.ready) == sorted(im.pk for im in images) and not stale
+    expected = pipeline.embed_images([pipeline.decode(p.read_bytes()).image for p in paths], backbone=backbone)
+    for image, vector in zip(images, expected, strict=True):
+        np.testing.assert_allclose(Embedding.objects.get(image=image).as_array(), vector, atol=1e-5)

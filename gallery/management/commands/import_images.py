@@ -205,7 +205,8 @@ class Command(BaseCommand):
             self._summary["imported"] += 1
             stored.append(result.pk)
             if prepared.upload is not None and not self._opts["queue"]:
-                self._decoded[result.pk] = prepared.upload.picture
+                if prepared.upload.picture is not None:
+                    self._decoded[result.pk] = prepared.upload.picture
                 if prepared.upload.network_input is not None:
                     self._inputs[result.pk] = prepared.upload.network_input
         return stored
