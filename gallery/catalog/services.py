@@ -82,7 +82,6 @@ def image_create(
     original_name: str = "",
     queue: bool = True,
     lane: str = LANE_INTERACTIVE,
-    decoded_sink: dict[int, PILImage.Image] | None = None,
 ) -> Image:
     """Validate and store an upload as a pending Image; its embedding is queued on commit,
     on the lane's queue (uploads from people: interactive; imports: bulk).
@@ -144,8 +143,6 @@ def image_create(
     except BaseException:
         _delete_files(image)
         raise
-    if decoded_sink is not None:  # a bulk import embeds it next without decoding it again
-        decoded_sink[image.pk] = decoded.image
     return image
 
 
