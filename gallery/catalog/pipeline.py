@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -99,6 +100,52 @@ def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> n
     vector = _query_batcher(backbone)(photo)
     metrics.embeddings.labels(backbone=backbone.name).inc()
     return vector
+
+
+def network_input(image: PILImage.Image, *, backbone: Backbone) -> np.ndarray:
+    """The backbone's input for a decoded picture (resized, cropped, uint8), made ahead of
+    the forward pass, possibly in another thread."""
+    return backbone.preprocess(image, preprocess_options())
+
+
+def embed_and_label_inputs(inputs: np.ndarray, *, backbone: Backbone) -> tuple[np.ndarray, np.ndarray | None]:
+    """`embed_and_label_images` for network inputs made by `network_input`, in the same
+    batches, so the vectors are the same."""
+    batch_size = settings.IMAGESEARCH["BATCH_SIZE"]
+    feats, probs = [], []
+    for start in range(0, len(inputs), batch_size):
+        f, p = backbone.embed_and_label_arrays(inputs[start : start + batch_size])
+        feats.append(f)
+        if p is not None:
+            probs.append(p)
+    metrics.embeddings.labels(backbone=backbone.name).inc(len(inputs))
+    if not feats:
+        return np.zeros((0, backbone.dim), dtype=np.float32), None
+    return np.concatenate(feats), (np.concatenate(probs) if probs else None)
+
+
+class StageClock:
+    """Seconds spent in each stage of an import, summed over the threads that ran it (stages
+    that overlap add up to more than the wall time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+
+
+def clock_stage(clock: StageClock | None, name: str) -> contextlib.AbstractContextManager[None]:
+    """`clock.stage(name)`, or nothing when no one is timing."""
+    return clock.stage(name) if clock is not None else contextlib.nullcontext()
 
 
 def embed_and_label_images(

@@ -31,6 +31,7 @@ from gallery.search.services import reduction_load
 from gallery.storage import private_storage, withheld_name
 from gallery.tasking import task_named
 from gallery.vector_field import vector_bytes
+from gallery.vision.backbones import Backbone
 from gallery.vision.preprocess import ImageDecodeError, display_copy_bytes
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ def image_create(
     original_name: str = "",
     queue: bool = True,
     lane: str = LANE_INTERACTIVE,
-    decoded_sink: dict[int, PILImage.Image] | None = None,
 ) -> Image:
     """Validate and store an upload as a pending Image; its embedding is queued on commit,
     on the lane's queue (uploads from people: interactive; imports: bulk).
@@ -139,19 +139,145 @@ def image_create(
         raise CatalogUnavailable(_BUSY) from exc
     except OSError as exc:
         _delete_files(image)
-        log.error("upload not stored, storage failed: %s", exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CatalogUnavailable("The server has no room for new photos right now; nothing was stored.") from exc
-        raise CatalogUnavailable("The server could not store the photo; nothing was stored. Please try again.") from exc
+        raise _storage_failed(exc) from exc
     except BaseException:
         _delete_files(image)
         raise
-    if decoded_sink is not None:  # a bulk import embeds it next without decoding it again
-        decoded_sink[image.pk] = decoded.image
     return image
 
 
 _BUSY = "The catalog is busy right now; nothing was stored. Please try again in a moment."
+
+
+def _storage_failed(exc: OSError) -> CatalogUnavailable:
+    log.error("upload not stored, storage failed: %s", exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return CatalogUnavailable("The server has no room for new photos right now; nothing was stored.")
+    return CatalogUnavailable("The server could not store the photo; nothing was stored. Please try again.")
+
+
+@dataclass
+class PreparedUpload:
+    """An upload checked, decoded and pictured, its files written, its row not saved yet."""
+
+    image: Image
+    # The decoded picture, kept only when no network input was made from it (memory: a
+    # picture is up to 2048² pixels, its network input 224²).
+    picture: PILImage.Image | None
+    queue: bool = False
+    # (backbone name, its input for the picture), made ahead of the forward pass.
+    network_input: tuple[str, np.ndarray] | None = None
+
+
+def upload_prepare(
+    *,
+    data: bytes,
+    original_name: str = "",
+    title: str = "",
+    lane: str = LANE_INTERACTIVE,
+    queue: bool = True,
+    backbone: Backbone | None = None,
+    clock: pipeline.StageClock | None = None,
+) -> PreparedUpload:
+    """The part of `image_create` that needs no database: check and decode the upload, make
+    its display copy, thumbnail and (given a backbone) network input, write its files.
+    Safe in a worker thread; `uploads_store` saves the rows. Raises ImageRejected, or
+    CatalogUnavailable when the disk cannot take it; no file is left behind then."""
+    read_upload(io.BytesIO(data))
+    checksum = hashlib.sha256(data).hexdigest()
+    with pipeline.clock_stage(clock, "decode"):
+        try:
+            decoded = pipeline.decode(data)
+        except ImageDecodeError as exc:
+            raise ImageRejected(str(exc), code=exc.code) from None
+    with pipeline.clock_stage(clock, "display copy"):
+        display = display_copy_bytes(decoded.image)
+    with pipeline.clock_stage(clock, "thumbnail"):
+        thumb = _thumbnail_bytes(decoded.image)
+    network_input = None
+    if backbone is not None:
+        with pipeline.clock_stage(clock, "network input"):
+            network_input = (backbone.name, pipeline.network_input(decoded.image, backbone=backbone))
+    image = Image(
+        title=title[:200],
+        original_name=original_name_clean(original_name),
+        checksum=checksum,
+        size=len(data),
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        lane=lane,
+        queued_at=timezone.now() if queue else None,
+    )
+    stem = f"{checksum[:2]}/{checksum}"
+    with pipeline.clock_stage(clock, "file writes"):
+        try:
+            image.file.save(f"{stem}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
+            image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
+            image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
+        except OSError as exc:
+            _delete_files(image)
+            raise _storage_failed(exc) from exc
+        except BaseException:
+            _delete_files(image)
+            raise
+    picture = decoded.image if network_input is None else None
+    return PreparedUpload(image=image, picture=picture, queue=queue, network_input=network_input)
+
+
+def upload_discard(*, upload: PreparedUpload) -> None:
+    """Delete the files of a prepared upload whose row will not be saved."""
+    _delete_files(upload.image)
+
+
+def uploads_store(*, uploads: list[PreparedUpload], clock: pipeline.StageClock | None = None) -> list[Image | DuplicateImage]:
+    """Save the rows of prepared uploads in one transaction (a bulk import's batch), each
+    pending and, when asked, queued on commit. One whose bytes are already in the catalog
+    gets a DuplicateImage in its place and its files go. Raises CatalogUnavailable when the
+    database cannot take them; none is stored and no file is left behind then."""
+    if not uploads:
+        return []
+    saved: set[int] = set()
+    try:
+        with pipeline.clock_stage(clock, "database writes"):
+            try:
+                with transaction.atomic():
+                    Image.objects.bulk_create([u.image for u in uploads])
+                    _queue_on_commit([u for u in uploads if u.queue])
+                saved = {id(u) for u in uploads}
+                return [u.image for u in uploads]
+            except IntegrityError:
+                for u in uploads:
+                    u.image.pk, u.image._state.adding = None, True
+            # A duplicate in the batch: store them one at a time to tell which.
+            results: list[Image | DuplicateImage] = []
+            for u in uploads:
+                try:
+                    with transaction.atomic():
+                        u.image.save()
+                        _queue_on_commit([u] if u.queue else [])
+                    saved.add(id(u))
+                    results.append(u.image)
+                except IntegrityError:
+                    _delete_files(u.image)
+                    saved.add(id(u))  # its files are gone already
+                    existing = Image.objects.filter(checksum=u.image.checksum).first()
+                    if existing is None:
+                        raise
+                    results.append(DuplicateImage(existing))
+            return results
+    except OperationalError as exc:
+        log.warning("uploads not stored, database unavailable: %s", exc)
+        raise CatalogUnavailable(_BUSY) from exc
+    finally:
+        for u in uploads:
+            if id(u) not in saved:
+                _delete_files(u.image)
+
+
+def _queue_on_commit(uploads: list[PreparedUpload]) -> None:
+    for u in uploads:
+        transaction.on_commit(lambda image=u.image: image_queue_embedding(image_id=image.pk, lane=image.lane))  # type: ignore[misc]
 
 
 def _delete_files(image: Image) -> None:
@@ -343,25 +469,36 @@ def image_fail(*, image: Image, reason: str) -> None:
 
 
 def images_embed_batch(
-    *, image_id: int, worker: str | None = None, predecoded: dict[int, PILImage.Image] | None = None
+    *,
+    image_id: int,
+    worker: str | None = None,
+    predecoded: dict[int, PILImage.Image] | None = None,
+    network_inputs: dict[int, tuple[str, np.ndarray]] | None = None,
+    clock: pipeline.StageClock | None = None,
 ) -> BatchOutcome:
     """Embed `image_id` together with other waiting images in one batch.
 
     Safe to run twice: a finished image is skipped, and vectors are upserted on the
     (image, backbone) unique constraint. `predecoded` holds pictures the caller has
-    just decoded (a bulk import), which are not read back from storage.
+    just decoded (a bulk import), which are not read back from storage, and
+    `network_inputs` backbone inputs it made ahead (used when the backbone matches; the
+    picture is read back only when it does not).
     """
     conf = settings.IMAGESEARCH
-    state, images = images_claim(image_id=image_id, batch_size=conf["BATCH_SIZE"], worker=worker or worker_name())
+    with pipeline.clock_stage(clock, "database writes"):
+        state, images = images_claim(image_id=image_id, batch_size=conf["BATCH_SIZE"], worker=worker or worker_name())
     outcome = BatchOutcome(state=state, lane=str(images[0].lane) if images else LANE_INTERACTIVE)
     if state != "claimed":
         return outcome
     pending_ids = [im.pk for im in images]
     try:
-        decoded: list[tuple[Image, PILImage.Image]] = []
+        decoded: list[tuple[Image, PILImage.Image | None]] = []
         for image in images:
             if predecoded is not None and image.pk in predecoded:
                 decoded.append((image, predecoded.pop(image.pk)))
+                continue
+            if network_inputs is not None and image.pk in network_inputs:
+                decoded.append((image, None))
                 continue
             try:
                 with image.file.open("rb") as f:
@@ -378,7 +515,8 @@ def images_embed_batch(
                 outcome.failed.append(image.pk)
                 pending_ids.remove(image.pk)
         if decoded:
-            for image in _catalog_embed(decoded=decoded):
+            inputs = {im.pk: network_inputs.pop(im.pk) for im, _ in decoded if network_inputs and im.pk in network_inputs}
+            for image in _catalog_embed(decoded=decoded, network_inputs=inputs, clock=clock):
                 outcome.ready.append(image.pk)
                 pending_ids.remove(image.pk)
     except BaseException:
@@ -488,22 +626,48 @@ def catalog_changes_prune(*, older_than_seconds: int) -> int:
     return deleted
 
 
-def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image]:
+def _pictures(decoded: list[tuple[Image, PILImage.Image | None]]) -> list[tuple[Image, PILImage.Image | None]]:
+    """The batch with every picture, reading back from storage those the caller did not
+    keep (it had made their network inputs)."""
+    out: list[tuple[Image, PILImage.Image | None]] = []
+    for image, picture in decoded:
+        if picture is None:
+            with image.file.open("rb") as f:
+                picture = pipeline.decode(f.read()).image
+        out.append((image, picture))
+    return out
+
+
+def _catalog_embed(
+    *,
+    decoded: list[tuple[Image, PILImage.Image | None]],
+    network_inputs: dict[int, tuple[str, np.ndarray]] | None = None,
+    clock: pipeline.StageClock | None = None,
+) -> list[Image]:
     """Embed freshly claimed images for the catalog's backbone and, during a migration,
     for the target backbone too, so the switch finds nothing missing."""
     state = pipeline.catalog_state()
-    pictures = [im for _, im in decoded]
+    backbone = pipeline.backbone_named(state.backbone)
+    made = [(network_inputs or {}).get(image.pk) for image, _ in decoded]
     # Labels come from the same forward pass as the vectors.
-    vectors, probabilities = pipeline.embed_and_label_images(pictures, backbone=pipeline.backbone_named(state.backbone))
-    stored = embeddings_store(
-        items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)],
-        backbone=state.backbone,
-        probabilities=probabilities,
-    )
+    if all(m is not None and m[0] == backbone.name for m in made):
+        with pipeline.clock_stage(clock, "forward pass"):
+            vectors, probabilities = pipeline.embed_and_label_inputs(np.stack([m[1] for m in made if m]), backbone=backbone)
+    else:  # inputs not made ahead (a worker's batch), or for a backbone the catalog left meanwhile
+        with pipeline.clock_stage(clock, "network input and forward pass"):
+            decoded = _pictures(decoded)
+            pictures = [p for _, p in decoded if p is not None]
+            vectors, probabilities = pipeline.embed_and_label_images(pictures, backbone=backbone)
+    with pipeline.clock_stage(clock, "database writes"):
+        stored = embeddings_store(
+            items=[(image, vector) for (image, _), vector in zip(decoded, vectors, strict=True)],
+            backbone=state.backbone,
+            probabilities=probabilities,
+        )
     # Images deleted while they were embedded are gone; the rest of the batch goes on.
     alive = {e.image_id for e in stored}
     kept = [i for i, (image, _) in enumerate(decoded) if image.pk in alive]
-    decoded, pictures = [decoded[i] for i in kept], [pictures[i] for i in kept]
+    decoded = [decoded[i] for i in kept]
     done = {state.backbone}
     while True:
         # A switch may happen while this batch was embedded: catch up with the new space.
@@ -511,6 +675,8 @@ def _catalog_embed(*, decoded: list[tuple[Image, PILImage.Image]]) -> list[Image
         missing = [b for b in (fresh.backbone, fresh.target_backbone) if b and b not in done]
         if not missing:
             break
+        decoded = _pictures(decoded)
+        pictures = [p for _, p in decoded if p is not None]
         for name in missing:
             extra = pipeline.embed_images(pictures, backbone=pipeline.backbone_named(name))
             for (image, _), vector in zip(decoded, extra, strict=True):

@@ -240,3 +240,15 @@ def test_benchmark_index_simulates_a_compressed_index_in_chunks_and_states_each_
     # Every list probed: only the quantisation loses neighbours.
     assert recall is not None and float(recall.group(1)) >= 0.8
     assert re.search(r"p50 <= 10 ms at recall@10 >= 0.90: (met|MISSED)", out)
+
+
+def test_benchmark_ingest_tells_where_each_millisecond_of_an_import_goes_and_states_its_target(
+    tmp_path, butterflies, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    folder = _photo_folder(tmp_path, butterflies, 2)
+    call_command("benchmark", "--sections", "ingest", "--quick", "--dataset", str(folder))
+    out = capsys.readouterr().out
+    assert re.search(r"ingest: 20 photos; .* ratio [\d.]+ +\(target ≥ 0.85: (met|MISSED)\)", out)
+    assert re.search(r"ms per photo: end to end [\d.]+, bare batched forward [\d.]+", out)
+    for stage in ("decode", "display copy", "thumbnail", "network input", "file writes", "forward pass", "database writes"):
+        assert re.search(rf"\n +{stage} +[\d.]+\n", out), stage

@@ -51,6 +51,9 @@ TARGETS = {
     ),
 }
 
+# The import's stages run by its prefetch threads, while the main thread embeds.
+INGEST_PREFETCH_STAGES = ("read", "decode", "display copy", "thumbnail", "network input", "file writes")
+
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
@@ -136,6 +139,8 @@ class Command(BaseCommand):
         if "ingest_ratio" in r:
             out(f"ingest: {r['ingest_images']} photos; import {r['ingest_import_ips']:.1f} img/s end to end vs bare backbone "
                 f"{r['ingest_forward_ips']:.1f} img/s batched forward → ratio {r['ingest_ratio']:.2f}{target('ingest_ratio')}")  # fmt: skip
+        if "ingest_stage_ms" in r:
+            self._print_ingest_stages(r)
         if "search_sizes" in r:
             out(f"search ({r['search_dim']}-d vectors from a Gaussian mixture fitted to real PCA vectors, top-10):")
             for n in r["search_sizes"]:
@@ -170,11 +175,34 @@ class Command(BaseCommand):
                 f"{target('labels_throughput_ratio')} (round-to-round spread {r['labels_noise']:.3f})")  # fmt: skip
         out(f"total {r['total_seconds']:.0f} s")
 
+    def _print_ingest_stages(self, r: dict[str, Any]) -> None:
+        """Where each millisecond of the import goes, per photo: the prefetch threads' stages
+        overlap the main thread's forward pass, so only the main thread's add up to the wall time."""
+        stages: dict[str, float] = r["ingest_stage_ms"]
+        wall, forward = 1000 / r["ingest_import_ips"], 1000 / r["ingest_forward_ips"]
+        self.stdout.write(f"  ms per photo: end to end {wall:.1f}, bare batched forward {forward:.1f}")
+        import_cpu, forward_cpu = wall * r["ingest_import_cores"], forward * r["ingest_forward_cores"]
+        self.stdout.write(
+            f"  CPU cores busy (CPU s per wall s, of {os.cpu_count()}): import {r['ingest_import_cores']:.2f}, "
+            f"bare forward {r['ingest_forward_cores']:.2f}; CPU ms per photo: import {import_cpu:.1f}, bare forward "
+            f"{forward_cpu:.1f} (their ratio, {forward_cpu / import_cpu:.2f}, is the ceiling once the cores are full)"
+        )
+        ahead = [s for s in INGEST_PREFETCH_STAGES if s in stages]
+        main = [s for s in stages if s not in INGEST_PREFETCH_STAGES]
+        self.stdout.write(f"  prefetch threads (overlapping the main thread), {sum(stages[s] for s in ahead):.1f} ms in all:")
+        for name in ahead:
+            self.stdout.write(f"    {name:<40} {stages[name]:6.1f}")
+        self.stdout.write("  main thread:")
+        for name in sorted(main, key=lambda s: -stages[s]):
+            self.stdout.write(f"    {name:<40} {stages[name]:6.1f}")
+        self.stdout.write(f"    {'the rest (checksums, bookkeeping)':<40} {wall - sum(stages[s] for s in main):6.1f}")
+
     # ------------------------------------------------------------ sections
 
     def _bench_ingest(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
         """Import throughput through the real services vs the network alone on the same photos."""
         from gallery.catalog import pipeline
+        from gallery.management.commands.import_images import Command as ImportCommand
         from gallery.vision.datasets import IMAGE_SUFFIXES
 
         n = 96 if quick else 320
@@ -184,10 +212,12 @@ class Command(BaseCommand):
         batch = settings.IMAGESEARCH["BATCH_SIZE"]
         arrays = np.stack([backbone.preprocess(pipeline.decode(p.read_bytes()).image, options) for p in chosen])
         backbone.embed_arrays(arrays[:batch])  # warm
-        t0 = time.perf_counter()
+        backbone.embed_and_label_arrays(arrays[:batch])  # and the import's graph (vectors and labels in one pass)
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(0, len(arrays), batch):
             backbone.embed_arrays(arrays[i : i + batch])
         forward_ips = len(arrays) / (time.perf_counter() - t0)
+        forward_cores = (time.process_time() - c0) * forward_ips / len(arrays)
         folder = Path(tempfile.mkdtemp(prefix="ingest-"))
         try:
             for p in chosen:
@@ -197,9 +227,12 @@ class Command(BaseCommand):
             conf_before = dict(conf)
             conf["PCA_MIN_IMAGES"] = 10**9  # steady-state ingest; a PCA refit is a separate, rare job
             try:
-                t0 = time.perf_counter()
-                call_command("import_images", str(folder), "--no-progress", stdout=open(os.devnull, "w"))  # noqa: SIM115
-                import_ips = len(chosen) / (time.perf_counter() - t0)
+                with open(os.devnull, "w") as devnull:
+                    importer = ImportCommand(stdout=devnull, stderr=devnull)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    call_command(importer, str(folder), "--no-progress")
+                    import_ips = len(chosen) / (time.perf_counter() - t0)
+                    import_cores = (time.process_time() - c0) * import_ips / len(chosen)
             finally:
                 conf.clear()
                 conf.update(conf_before)
@@ -215,6 +248,10 @@ class Command(BaseCommand):
             "ingest_forward_ips": forward_ips,
             "ingest_import_ips": import_ips,
             "ingest_ratio": import_ips / forward_ips,
+            # CPU seconds per second of wall time, all threads: how many cores each one got.
+            "ingest_forward_cores": forward_cores,
+            "ingest_import_cores": import_cores,
+            "ingest_stage_ms": {name: 1000 * s / len(chosen) for name, s in importer.clock.seconds.items()},
         }
 
     def _bench_labels(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:

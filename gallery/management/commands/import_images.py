@@ -9,9 +9,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from PIL import Image as PILImage
@@ -20,6 +22,7 @@ from tqdm import tqdm
 from gallery.catalog import pipeline
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import LANE_BULK, Image
+from gallery.catalog.prefetch import Prefetch
 from gallery.copyright import services as copyright_services
 from gallery.copyright.models import ProtectedWork
 from gallery.curation import services as curation_services
@@ -78,19 +81,41 @@ class Command(BaseCommand):
         self._metadata_by_name = self._metadata(opts)
         self._known = set(Image.objects.values_list("checksum", flat=True))
         self._decoded: dict[int, PILImage.Image] = {}
+        self._inputs: dict[int, tuple[str, np.ndarray]] = {}
         self._monitoring = ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists()
         self._summary = {"imported": 0, "skipped": 0}
         self._rejected: list[tuple[Path, str]] = []
+        self.clock = pipeline.StageClock()
         paths = find_images(root)
-        batch_size = settings.IMAGESEARCH["BATCH_SIZE"]
-        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        conf = settings.IMAGESEARCH
+        batch_size = conf["BATCH_SIZE"]
         embed = not opts["queue"] and not opts["dry_run"]
+        # The network inputs are made ahead with the catalog's backbone (a batch embedded
+        # after a switch of backbone makes them again).
+        self._backbone = pipeline.catalog_backbone() if embed else None
         bar = tqdm(total=len(paths), unit="img", disable=opts["no_progress"], desc="import")
-        for chunk in chunks:
-            stored = self._store_chunk(chunk)
-            if embed and stored:
-                self._embed(stored)
-            bar.update(len(chunk))
+        if opts["dry_run"]:
+            for start in range(0, len(paths), batch_size):
+                self._check_chunk(paths[start : start + batch_size])
+                bar.update(min(batch_size, len(paths) - start))
+        else:
+            # While one batch is embedded, threads prepare the next (decode, display copy,
+            # thumbnail, network input, file writes): one batch ahead at most.
+            threads = max(1, int(conf["DECODE_CONCURRENCY"]))
+            prefetch = Prefetch(
+                paths,
+                self._prepare,
+                threads=threads,
+                depth=batch_size + threads,
+                discard=self._discard,
+                clock=self.clock,
+            )
+            with prefetch:
+                for batch in prefetch.batches(batch_size, first=max(2 * threads, batch_size // 4)):
+                    stored = self._store_batch(batch)
+                    if embed and stored:
+                        self._embed(stored)
+                    bar.update(len(batch))
         bar.close()
         imported, dry = self._summary["imported"], opts["dry_run"]
         backbone = pipeline.catalog_state().backbone if imported and embed else None
@@ -108,56 +133,106 @@ class Command(BaseCommand):
             + (" (dry run: nothing was stored)" if dry else "")
         )
 
-    def _store_chunk(self, paths: list[Path]) -> list[int]:
-        """Store (or, in a dry run, only check) each photo; returns the new images' ids."""
-        opts, stored = self._opts, []
+    def _check_chunk(self, paths: list[Path]) -> None:
+        """A dry run: check each photo, store nothing."""
         for path in paths:
             data = path.read_bytes()
             checksum = hashlib.sha256(data).hexdigest()
             if checksum in self._known:
                 self._summary["skipped"] += 1
                 continue
-            relative = path.relative_to(self._root).as_posix()
-            title, tags = self._metadata_by_name.get(relative) or self._metadata_by_name.get(path.name) or ("", [])
-            if opts["dry_run"]:
-                try:
-                    catalog_services.read_upload(io.BytesIO(data))
-                    pipeline.decode(data)
-                except (ImageRejected, ImageDecodeError) as exc:
-                    self._rejected.append((path, str(exc)))
-                    continue
-                self._known.add(checksum)
-                self._summary["imported"] += 1
-                continue
-            upload = io.BytesIO(data)
-            upload.name = path.name
             try:
-                image = catalog_services.image_create(
-                    file=upload,
-                    original_name=path.name,
-                    title=title,
-                    queue=opts["queue"],
-                    lane=LANE_BULK,
-                    decoded_sink=None if opts["queue"] else self._decoded,
-                )
-            except DuplicateImage:
-                self._summary["skipped"] += 1
-                continue
-            except ImageRejected as exc:
+                catalog_services.read_upload(io.BytesIO(data))
+                pipeline.decode(data)
+            except (ImageRejected, ImageDecodeError) as exc:
                 self._rejected.append((path, str(exc)))
                 continue
-            if tags:
-                curation_services.image_set_tags(image=image, names=tags)
-            self._known.add(image.checksum)
+            self._known.add(checksum)
             self._summary["imported"] += 1
-            stored.append(image.pk)
+
+    def _prepare(self, path: Path) -> _Prepared:
+        """Read, check, decode and picture one photo and write its files (in a prefetch
+        thread: no database here)."""
+        with self.clock.stage("read"):
+            data = path.read_bytes()
+            checksum = hashlib.sha256(data).hexdigest()
+        if checksum in self._known:
+            return _Prepared(path, checksum)
+        try:
+            upload = catalog_services.upload_prepare(
+                data=data,
+                original_name=path.name,
+                title=self._title_and_tags(path)[0],
+                lane=LANE_BULK,
+                queue=self._opts["queue"],
+                backbone=self._backbone,
+                clock=self.clock,
+            )
+        except ImageRejected as exc:
+            return _Prepared(path, checksum, rejected=str(exc))
+        return _Prepared(path, checksum, upload=upload)
+
+    def _discard(self, prepared: _Prepared) -> None:
+        if prepared.upload is not None:
+            catalog_services.upload_discard(upload=prepared.upload)
+
+    def _title_and_tags(self, path: Path) -> tuple[str, list[str]]:
+        relative = path.relative_to(self._root).as_posix()
+        return self._metadata_by_name.get(relative) or self._metadata_by_name.get(path.name) or ("", [])
+
+    def _store_batch(self, batch: list[_Prepared]) -> list[int]:
+        """Save the rows of a batch of prepared photos in one transaction; returns the new images' ids."""
+        fresh: list[_Prepared] = []
+        for prepared in batch:
+            if prepared.rejected:
+                self._rejected.append((prepared.path, prepared.rejected))
+            elif prepared.upload is None or prepared.checksum in self._known:  # known, or twice in the folder
+                self._discard(prepared)
+                self._summary["skipped"] += 1
+            else:
+                self._known.add(prepared.checksum)
+                fresh.append(prepared)
+        results = catalog_services.uploads_store(uploads=[p.upload for p in fresh if p.upload], clock=self.clock)
+        stored = []
+        for prepared, result in zip(fresh, results, strict=True):
+            if isinstance(result, DuplicateImage):
+                self._summary["skipped"] += 1
+                continue
+            tags = self._title_and_tags(prepared.path)[1]
+            if tags:
+                with self.clock.stage("database writes"):
+                    curation_services.image_set_tags(image=result, names=tags)
+            self._summary["imported"] += 1
+            stored.append(result.pk)
+            if prepared.upload is not None and not self._opts["queue"]:
+                if prepared.upload.picture is not None:
+                    self._decoded[result.pk] = prepared.upload.picture
+                if prepared.upload.network_input is not None:
+                    self._inputs[result.pk] = prepared.upload.network_input
         return stored
 
     def _embed(self, batch: list[int]) -> None:
         while batch:
-            outcome = catalog_services.images_embed_batch(image_id=batch[0], predecoded=self._decoded)
+            outcome = catalog_services.images_embed_batch(
+                image_id=batch[0], predecoded=self._decoded, network_inputs=self._inputs, clock=self.clock
+            )
             if self._monitoring:  # imported photos are checked against protected works like uploads
-                for pk in outcome.ready:
-                    copyright_services.upload_match(image_id=pk)
+                with self.clock.stage("copyright checks"):
+                    for pk in outcome.ready:
+                        copyright_services.upload_match(image_id=pk)
             done = set(outcome.ready) | set(outcome.failed) | {batch[0]}
             batch[:] = [pk for pk in batch if pk not in done]
+            for pk in done:
+                self._decoded.pop(pk, None)
+                self._inputs.pop(pk, None)
+
+
+@dataclass
+class _Prepared:
+    """One photo of the folder, ready to store: already known, rejected with a reason, or
+    an upload whose files are written."""
+
+    path: Path
+    checksum: str
+    rejected: str = ""
+    upload: catalog_services.PreparedUpload | None = None
