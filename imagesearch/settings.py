@@ -310,6 +310,9 @@ IMAGESEARCH = {
     # and under load a pass waits this long for more to arrive (an idle process never waits).
     "QUERY_BATCH_MAX": env_int("IMAGESEARCH_QUERY_BATCH_MAX", 16),
     "QUERY_BATCH_WINDOW_MS": float(env("IMAGESEARCH_QUERY_BATCH_WINDOW_MS", "4")),
+    # onnx: query photos run on ONNX Runtime (a conversion of the same graph, used only if it
+    # matches TensorFlow within 1e-4 at start); tensorflow: TensorFlow, as the catalog.
+    "QUERY_RUNTIME": env("IMAGESEARCH_QUERY_RUNTIME", "onnx"),
     # Words search: how many ImageNet labels are kept per image, and how much of a
     # result's score comes from them (the rest is visual similarity to the best label hits).
     "LABELS_PER_IMAGE": env_int("IMAGESEARCH_LABELS_PER_IMAGE", 10),
@@ -411,6 +414,8 @@ IMAGESEARCH = {
         "BACKUP_MAX_AGE_HOURS": env_int("IMAGESEARCH_OPS_BACKUP_MAX_AGE_HOURS", 26),
     },
 }
+if IMAGESEARCH["QUERY_RUNTIME"] not in ("onnx", "tensorflow"):
+    raise ImproperlyConfigured("IMAGESEARCH_QUERY_RUNTIME must be onnx or tensorflow")
 
 # ---------------------------------------------------------------- Celery
 # Unset means the embedded Redis that `manage.py serve` starts on a unix socket.

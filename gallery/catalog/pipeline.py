@@ -17,6 +17,7 @@ from PIL import Image as PILImage
 
 from gallery.monitoring import metrics
 from gallery.search.models import CatalogState
+from gallery.vision import onnx_query
 from gallery.vision.backbones import Backbone, load_backbone
 from gallery.vision.batching import MicroBatcher
 from gallery.vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
@@ -81,14 +82,23 @@ def _query_batcher(backbone: Backbone) -> MicroBatcher:
         batcher = _query_batchers.get(backbone.name)
         if batcher is None or getattr(batcher, "backbone", None) is not backbone:
             conf = settings.IMAGESEARCH
+            forward = None
+            if conf["QUERY_RUNTIME"] == "onnx":
+                forward = onnx_query.build(backbone)
             batcher = MicroBatcher(
-                backbone.embed_arrays,
+                forward or backbone.embed_arrays,
                 max_batch=max(1, int(conf["QUERY_BATCH_MAX"])),
                 window=max(0.0, float(conf["QUERY_BATCH_WINDOW_MS"])) / 1000.0,
             )
             batcher.backbone = backbone  # type: ignore[attr-defined]
+            batcher.runtime = "onnx" if forward is not None else "tensorflow"  # type: ignore[attr-defined]
             _query_batchers[backbone.name] = batcher
         return batcher
+
+
+def query_runtime(backbone: Backbone) -> str:
+    """Which runtime embeds this process's query photos: onnx or tensorflow."""
+    return str(getattr(_query_batcher(backbone), "runtime", "tensorflow"))
 
 
 def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> np.ndarray:

@@ -53,7 +53,7 @@ _cached: tuple[float, Readiness] | None = None
 
 
 def build_backbones() -> None:
-    """Build the configured and the catalog's backbone in this process. TensorFlow holds
+    """Build the configured and the catalog's backbone and the query path in this process. TensorFlow holds
     the interpreter lock for seconds while it loads and traces a network, so the web server
     does this before it listens: no request waits behind it."""
     from gallery.catalog import pipeline
@@ -61,7 +61,9 @@ def build_backbones() -> None:
 
     try:
         pipeline.current_backbone()
-        pipeline.backbone_named(active_space().backbone)
+        searched = pipeline.backbone_named(active_space().backbone)
+        # The query path's runtime (its conversion holds the interpreter lock for seconds too).
+        log.debug("search photos run on %s", pipeline.query_runtime(searched))
     except Exception as exc:  # the warm-up tries again, and readiness says so meanwhile
         log.warning("backbone not built at start: %s: %s", type(exc).__name__, exc)
     finally:

@@ -104,6 +104,17 @@ class Backbone:
         )
         self._lock = threading.Lock()
 
+    @property
+    def pooled_function(self) -> Callable[..., object]:
+        """The traced graph from normalised float32 input to GeM-pooled (unnormalised)
+        descriptors, for runtimes that convert it."""
+        return self._pooled  # type: ignore[no-any-return]
+
+    @property
+    def normalise(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The network's input scaling, float32 in and out."""
+        return self._normalise
+
     def preprocess(self, image: PILImage.Image, options: PreprocessOptions | None = None) -> np.ndarray:
         """An RGB uint8 array of the network's input size."""
         return prepare(image, size=self.spec.input_size, resize_short=self.spec.resize_short, options=options)

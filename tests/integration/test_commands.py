@@ -252,3 +252,11 @@ def test_benchmark_ingest_tells_where_each_millisecond_of_an_import_goes_and_sta
     assert re.search(r"ms per photo: end to end [\d.]+, bare batched forward [\d.]+", out)
     for stage in ("decode", "display copy", "thumbnail", "network input", "file writes", "forward pass", "database writes"):
         assert re.search(rf"\n +{stage} +[\d.]+\n", out), stage
+
+
+def test_benchmark_query_section_compares_the_two_runtimes(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = _photo_folder(tmp_path, butterflies, 2)
+    call_command("benchmark", "--sections", "query", "--quick", "--dataset", str(folder))
+    out = capsys.readouterr().out
+    assert re.search(r"TensorFlow [\d.]+ ms a lone photo, [\d.]+ ms/photo in 16s; ONNX Runtime [\d.]+ ms a lone photo", out)
+    assert re.search(r"largest difference [\d.e+-]+ +\(target ≤ 0.0001: met\); the product runs queries on onnx", out)

@@ -33,11 +33,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from gallery.search import services as search_services
 
-SECTIONS = ("ingest", "search", "memory", "http", "latency", "decode", "labels")
+SECTIONS = ("ingest", "search", "memory", "http", "latency", "decode", "labels", "query")
 TARGETS = {
     "ingest_ratio": ("≥", 0.85),
     # Labels come from the embedding's own forward pass: throughput unchanged within noise.
     "labels_throughput_ratio": ("≥", 0.95),
+    # ONNX Runtime runs the query path only if it gives TensorFlow's vectors.
+    "query_onnx_max_difference": ("≤", 1e-4),
     "search_p50_ms_100k": ("≤", 5.0),
     "search_vs_faiss_100k": ("≤", 1.5),
     "http_p50_ms": ("≤", 150.0),
@@ -173,6 +175,14 @@ class Command(BaseCommand):
             out(f"labels: {r['labels_images']} photos × {r['labels_rounds']} rounds; embedding alone {r['labels_plain_ips']:.1f} img/s, "
                 f"embedding with labels {r['labels_ips']:.1f} img/s → ratio {r['labels_throughput_ratio']:.3f}"
                 f"{target('labels_throughput_ratio')} (round-to-round spread {r['labels_noise']:.3f})")  # fmt: skip
+        if "query_tf_ms_1" in r:
+            onnx = "not available" if r.get("query_onnx_ms_1") is None else ""
+            out(f"query path (one web process, {r['query_photos']} photos): TensorFlow "
+                f"{r['query_tf_ms_1']:.1f} ms a lone photo, {r['query_tf_ms_16']:.1f} ms/photo in 16s; ONNX Runtime "
+                + (onnx or f"{r['query_onnx_ms_1']:.1f} ms a lone photo, {r['query_onnx_ms_16']:.1f} ms/photo in 16s "
+                   f"→ {r['query_tf_ms_1'] / r['query_onnx_ms_1']:.2f}× faster alone; largest difference "
+                   f"{r['query_onnx_max_difference']:.1e}{target('query_onnx_max_difference')}; "
+                   f"the product runs queries on {r['query_runtime']}"))  # fmt: skip
         out(f"total {r['total_seconds']:.0f} s")
 
     def _print_ingest_stages(self, r: dict[str, Any]) -> None:
@@ -253,6 +263,41 @@ class Command(BaseCommand):
             "ingest_import_cores": import_cores,
             "ingest_stage_ms": {name: 1000 * s / len(chosen) for name, s in importer.clock.seconds.items()},
         }
+
+    def _bench_query(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
+        """The query path's forward pass on TensorFlow and on ONNX Runtime: ms per photo
+        alone and in batches of 16 (median of rounds), and the largest vector difference."""
+        from gallery.catalog import pipeline
+        from gallery.vision import onnx_query
+
+        backbone = pipeline.current_backbone()
+        options = pipeline.preprocess_options()
+        n, rounds = (16, 5) if quick else (64, 15)
+        arrays = np.stack([backbone.preprocess(pipeline.decode(p.read_bytes()).image, options) for p in photos[:n]])
+
+        def timed(forward: Any) -> tuple[float, float]:
+            forward(arrays[:1])
+            forward(arrays[:16])
+            alone, grouped = [], []
+            for i in range(rounds):
+                t = time.perf_counter()
+                forward(arrays[i % len(arrays) : i % len(arrays) + 1])
+                alone.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                forward(arrays[:16])
+                grouped.append((time.perf_counter() - t) / len(arrays[:16]))
+            return 1000 * float(np.median(alone)), 1000 * float(np.median(grouped))
+
+        result: dict[str, Any] = {"query_photos": len(arrays)}
+        result["query_tf_ms_1"], result["query_tf_ms_16"] = timed(backbone.embed_arrays)
+        embed = onnx_query.build(backbone)
+        if embed is None:
+            result["query_onnx_ms_1"] = None
+        else:
+            result["query_onnx_ms_1"], result["query_onnx_ms_16"] = timed(embed)
+            result["query_onnx_max_difference"] = float(np.abs(embed(arrays) - backbone.embed_arrays(arrays)).max())
+        result["query_runtime"] = pipeline.query_runtime(backbone)
+        return result
 
     def _bench_labels(self, photos: list[Path], *, quick: bool) -> dict[str, Any]:
         """Forward throughput with and without the labels, best of alternating rounds."""

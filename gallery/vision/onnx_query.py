@@ -1,0 +1,94 @@
+"""The query path's forward pass on ONNX Runtime.
+
+A backbone's traced descriptor graph (the same Keras network and GeM pooling TensorFlow
+runs for the catalog) is converted in memory with tf2onnx and run by ONNX Runtime, which
+embeds a lone photo several times faster than TensorFlow on a CPU. TensorFlow stays the
+reference: a converted graph is used only after it reproduces TensorFlow's descriptors
+within `TOLERANCE` on a fixed check batch, so query and catalog vectors stay comparable;
+otherwise the caller keeps TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .backbones import Backbone, l2_normalise
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+
+
+def _quiet_converters() -> None:
+    """tf2onnx reports each optimisation pass at INFO; only its warnings matter here."""
+    for name in ("tf2onnx", "onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def check_batch(backbone: Backbone, n: int = 4) -> np.ndarray:
+    """A fixed batch of photos-like inputs (smooth gradients and noise), uint8."""
+    size = backbone.spec.input_size
+    rng = np.random.default_rng(7)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    base = (ramp[None, :, None] + ramp[:, None, None]) / 2
+    batch = np.clip(base[None] + rng.normal(0, 40, size=(n, size, size, 3)), 0, 255)
+    return batch.astype(np.uint8)
+
+
+def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
+    """`backbone.embed_arrays` on ONNX Runtime, or None when the runtime is not installed,
+    the conversion fails or its descriptors differ from TensorFlow's by more than TOLERANCE."""
+    try:
+        import onnxruntime as ort
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as exc:
+        log.info("ONNX Runtime not available for the query path (%s); TensorFlow embeds queries", exc)
+        return None
+    _quiet_converters()
+    size = backbone.spec.input_size
+    pooled = backbone.pooled_function
+    started = time.perf_counter()
+    try:
+        graph = tf.function(lambda x: pooled(x))
+        spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="photos"),)
+        proto, _ = tf2onnx.convert.from_function(graph, input_signature=spec, opset=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        options.log_severity_level = 3
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # any converter or runtime failure leaves TensorFlow in charge
+        log.warning("the %s query graph could not run on ONNX Runtime (%s); TensorFlow embeds queries", backbone.name, exc)
+        return None
+    name = session.get_inputs()[0].name
+    normalise = backbone.normalise
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] == 0:
+            return np.zeros((0, backbone.dim), dtype=np.float32)
+        x = normalise(np.asarray(batch).astype(np.float32))
+        return l2_normalise(np.asarray(session.run(None, {name: x})[0], dtype=np.float32))
+
+    sample = check_batch(backbone)
+    difference = float(np.abs(embed(sample) - backbone.embed_arrays(sample)).max())
+    if not difference <= TOLERANCE:
+        log.warning(
+            "ONNX Runtime's %s descriptors differ from TensorFlow's by %.2g (> %g); TensorFlow embeds queries",
+            backbone.name,
+            difference,
+            TOLERANCE,
+        )
+        return None
+    log.debug(
+        "queries embedded by ONNX Runtime (%s, converted in %.1f s, within %.1g of TensorFlow)",
+        backbone.name,
+        time.perf_counter() - started,
+        difference,
+    )
+    embed.max_difference = difference  # type: ignore[attr-defined]
+    return embed
