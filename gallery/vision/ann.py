@@ -323,14 +323,16 @@ class TieredIndex:
             with self._lock:  # faiss must not search while another thread adds
                 return self._search_approximate(self._ann or ann, query, k=k, exclude=exclude)
         with self._lock:
+            # Scored under the lock: an add grows the exact index and replaces its augmented
+            # vectors in place, so a score taken meanwhile could mix two versions of it.
             exact, dead = self._exact, self._dead
-        if len(exact) == 0:
-            return []
-        scores, largest = exact.scores(query, metric=metric, exclude=exclude, dead=dead)
+            if len(exact) == 0:
+                return []
+            scores, largest = exact.scores(query, metric=metric, exclude=exclude, dead=dead)
+            ids = exact.ids
         worst = _worst(largest)
         if dead.any():
             scores = np.where(dead[: len(scores)], worst, scores)
-        ids = exact.ids
         if exclude is not None:
             scores = np.where(ids == exclude, worst, scores)
         order = top_k_indices(scores, k, largest=largest)

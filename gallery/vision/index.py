@@ -214,8 +214,9 @@ class VectorIndex:
 
     def _expanded_scores(self, q: np.ndarray, *, exclude: int | None, dead: np.ndarray | None = None) -> np.ndarray:
         q = l2_rows(q)
-        if self._dba_active() and self._augmented is not None:
-            db = self._augmented
+        augmented = self._augmented if self._dba_active() else None
+        if augmented is not None:
+            db = augmented
             scores = db @ q
         else:
             db = self._vectors[: self._size]
@@ -229,7 +230,7 @@ class VectorIndex:
                 scores = np.where(dead[: self._size], -np.inf, scores)
             top = top_k_indices(scores, qe_k, largest=True)
             weights = np.maximum(scores[top], 0.0) ** self.expansion.alpha
-            if db is self._augmented:
+            if augmented is not None:
                 q = l2_rows(q + weights @ db[top])
                 scores = db @ q
             else:

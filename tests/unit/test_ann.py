@@ -93,3 +93,36 @@ def test_background_rebuild_keeps_answering_and_replays_changes_made_meanwhile()
     assert index.approximate and len(index) == 2499
     assert 10 not in {h.id for h in index.search(x[10], k=20)}
     assert index.search(x[2450], k=1)[0].id == 2450
+
+
+def test_searches_while_photos_are_added_never_fail_and_see_whole_versions() -> None:
+    """Uploads land in the index while visitors search (DBA and query expansion on): every
+    search answers, from the index before or after an add, never a mix of both."""
+    import threading
+
+    x = clustered(1200, seed=4)
+    index = TieredIndex(24, expansion=Expansion(dba_k=5, qe_k=5, alpha=3.0), threshold=10**9)
+    index.add(np.arange(400), x[:400])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        rng = np.random.default_rng()
+        while not stop.is_set():
+            try:
+                hits = index.search(x[int(rng.integers(0, 1200))], k=10, exclude=None)
+                assert len(hits) == 10 and len({h.id for h in hits}) == 10
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for start in range(400, 1200, 8):
+        index.add(np.arange(start, start + 8), x[start : start + 8])
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == []
+    assert len(index) == 1200
