@@ -69,20 +69,26 @@ def test_evaluate_on_a_labelled_subset_writes_a_report(tmp_path, butterflies, ca
             assert im.width > 300
 
 
-def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
-    """Several labelled folders (each with its labels.csv) and backbones in one run: one
-    row per backbone, its default's mAP per set, the mean, and the cost."""
+def _labelled_sets(tmp_path, butterflies, sets: dict[str, tuple[str, ...]], *, per_class: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """Labelled folders (images/ and a labels.csv), one per name, of these species."""
     folders = []
-    for name, species in (("set-a", ("001", "003")), ("set-b", ("006", "009"))):
+    for name, species in sets.items():
         folder = tmp_path / name
         (folder / "images").mkdir(parents=True)
         rows = ["filename,label"]
         for s in species:
-            for photo in butterflies[s][:6]:
+            for photo in butterflies[s][:per_class]:
                 (folder / "images" / photo.name).write_bytes(photo.read_bytes())
                 rows.append(f"images/{photo.name},{s}")
         (folder / "labels.csv").write_text("\n".join(rows))
         folders.append(str(folder))
+    return folders
+
+
+def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Several labelled folders (each with its labels.csv) and backbones in one run: one
+    row per backbone, its default's mAP per set, the mean, and the cost."""
+    folders = _labelled_sets(tmp_path, butterflies, {"set-a": ("001", "003"), "set-b": ("006", "009")}, per_class=6)
     args = (
         "--backbones",
         "efficientnet_lite0",
@@ -114,17 +120,8 @@ def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, but
 def test_evaluate_variants_table_covers_every_set_with_means(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
     """`--variants`: every pooling, PCA size and re-ranking variant, on the whole set and
     on a few photos per class, per set and as a mean; the product default marked."""
-    folders = []
-    for name, species in (("set-a", ("001", "003", "006")), ("set-b", ("009", "010", "004"))):
-        folder = tmp_path / name
-        (folder / "images").mkdir(parents=True)
-        rows = ["filename,label"]
-        for s in species:
-            for photo in butterflies[s][:5]:
-                (folder / "images" / photo.name).write_bytes(photo.read_bytes())
-                rows.append(f"images/{photo.name},{s}")
-        (folder / "labels.csv").write_text("\n".join(rows))
-        folders.append(str(folder))
+    sets: dict[str, tuple[str, ...]] = {"set-a": ("001", "003", "006"), "set-b": ("009", "010", "004")}
+    folders = _labelled_sets(tmp_path, butterflies, sets, per_class=5)
     call_command("evaluate", *folders, "--variants", "--few-per-class", "3", "--json", "--no-progress")
     report = json.loads(capsys.readouterr().out)
     assert {r["set"] for r in report} == {"set-a", "set-b"}

@@ -176,16 +176,20 @@ class Command(BaseCommand):
         for name in names:
             backbone = pipeline.backbone_named(name)
             for directory in directories:
-                labels = opts["labels"] if len(directories) == 1 else None
-                if labels is None and (directory / "labels.csv").is_file():
-                    labels = directory / "labels.csv"
-                pairs = self._pairs(directory, labels)
+                pairs = self._set_pairs(directory, opts, several=len(directories) > 1)
                 report = self._evaluate(pairs, backbone, pcas, {**opts, "modes": ["loo"]}, quiet=True)[0]
                 summary.append({"backbone": name, "set": directory.name, **report})
         if opts["json"]:
             self.stdout.write(json.dumps(summary, indent=2, default=float))
             return
         self._print_summary(summary, names, [d.name for d in directories])
+
+    def _set_pairs(self, directory: Path, opts: dict[str, Any], *, several: bool) -> list[tuple[Path, str]]:
+        """One set's labelled photos: --labels for a lone set, else its own labels.csv if any."""
+        labels = None if several else opts["labels"]
+        if labels is None and (directory / "labels.csv").is_file():
+            labels = directory / "labels.csv"
+        return self._pairs(directory, labels)
 
     def _variants(self, directories: list[Path], names: list[str], opts: dict[str, Any], quiet: bool) -> None:
         """Every standard variant on every set and backbone: one table per backbone."""
@@ -196,10 +200,7 @@ class Command(BaseCommand):
         for name in names:
             backbone = pipeline.backbone_named(name)
             for directory in directories:
-                labels = opts["labels"] if len(directories) == 1 else None
-                if labels is None and (directory / "labels.csv").is_file():
-                    labels = directory / "labels.csv"
-                pairs = self._pairs(directory, labels)
+                pairs = self._set_pairs(directory, opts, several=len(directories) > 1)
                 _, y, _, fmap, embed_ms = self._feature_maps(pairs, backbone, quiet)
                 rows = variants.measure(
                     fmap, np.asarray(y), candidates, per_class=opts["few_per_class"], pca_min_images=conf["PCA_MIN_IMAGES"]
