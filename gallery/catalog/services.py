@@ -32,7 +32,7 @@ from gallery.storage import private_storage, withheld_name
 from gallery.tasking import task_named
 from gallery.vector_field import vector_bytes
 from gallery.vision.backbones import Backbone
-from gallery.vision.preprocess import ImageDecodeError, display_copy_bytes
+from gallery.vision.preprocess import DecodedImage, ImageDecodeError, display_copy_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,31 @@ def original_name_clean(name: str) -> str:
     return name[:255]
 
 
+def _unsaved_image(
+    *, data: bytes, checksum: str, decoded: DecodedImage, original_name: str, title: str, lane: str, queue: bool
+) -> Image:
+    """The Image row of a checked, decoded upload, not saved and without files yet."""
+    return Image(
+        title=title[:200],
+        original_name=original_name_clean(original_name),
+        checksum=checksum,
+        size=len(data),
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        lane=lane,
+        queued_at=timezone.now() if queue else None,
+    )
+
+
+def _write_files(image: Image, *, data: bytes, display: bytes, thumb: bytes) -> None:
+    """Store the original, the display copy and the thumbnail under the upload's checksum."""
+    stem = f"{image.checksum[:2]}/{image.checksum}"
+    image.file.save(f"{stem}.{_EXTENSIONS.get(image.format, 'img')}", ContentFile(data), save=False)
+    image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
+    image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
+
+
 def image_create(
     *,
     file: IO[bytes],
@@ -105,25 +130,19 @@ def image_create(
         raise ImageRejected(str(exc), code=exc.code) from None
     thumb = _thumbnail_bytes(decoded.image)
     display = display_copy_bytes(decoded.image)
-    name = original_name_clean(original_name or getattr(file, "name", "") or "")
-    image = Image(
-        title=title[:200],
-        original_name=name,
+    image = _unsaved_image(
+        data=data,
         checksum=checksum,
-        size=len(data),
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
-        uploaded_by=uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None,
+        decoded=decoded,
+        original_name=original_name or getattr(file, "name", "") or "",
+        title=title,
         lane=lane,
-        queued_at=timezone.now() if queue else None,
+        queue=queue,
     )
-    stem = f"{checksum[:2]}/{checksum}"
+    image.uploaded_by = uploaded_by if uploaded_by is not None and uploaded_by.is_authenticated else None
     try:
         with transaction.atomic():
-            image.file.save(f"{stem}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
-            image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
-            image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
+            _write_files(image, data=data, display=display, thumb=thumb)
             image.save()
             if queue:
                 transaction.on_commit(lambda: image_queue_embedding(image_id=image.pk, lane=image.lane))
@@ -198,23 +217,18 @@ def upload_prepare(
     if backbone is not None:
         with pipeline.clock_stage(clock, "network input"):
             network_input = (backbone.name, pipeline.network_input(decoded.image, backbone=backbone))
-    image = Image(
-        title=title[:200],
-        original_name=original_name_clean(original_name),
+    image = _unsaved_image(
+        data=data,
         checksum=checksum,
-        size=len(data),
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
+        decoded=decoded,
+        original_name=original_name,
+        title=title,
         lane=lane,
-        queued_at=timezone.now() if queue else None,
+        queue=queue,
     )
-    stem = f"{checksum[:2]}/{checksum}"
     with pipeline.clock_stage(clock, "file writes"):
         try:
-            image.file.save(f"{stem}.{_EXTENSIONS.get(decoded.format, 'img')}", ContentFile(data), save=False)
-            image.display.save(f"{stem}.jpg", ContentFile(display), save=False)
-            image.thumbnail.save(f"{stem}.jpg", ContentFile(thumb), save=False)
+            _write_files(image, data=data, display=display, thumb=thumb)
         except OSError as exc:
             _delete_files(image)
             raise _storage_failed(exc) from exc
