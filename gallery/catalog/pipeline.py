@@ -10,6 +10,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
@@ -73,32 +74,42 @@ def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = No
     return vectors
 
 
-_query_batchers: dict[str, MicroBatcher] = {}
-_query_batchers_lock = threading.Lock()
+@dataclass(frozen=True)
+class _QueryPath:
+    """How this process embeds one backbone's query photos."""
+
+    backbone: Backbone
+    batcher: MicroBatcher
+    runtime: str  # onnx | tensorflow
 
 
-def _query_batcher(backbone: Backbone) -> MicroBatcher:
-    with _query_batchers_lock:
-        batcher = _query_batchers.get(backbone.name)
-        if batcher is None or getattr(batcher, "backbone", None) is not backbone:
+_query_paths: dict[str, _QueryPath] = {}
+_query_paths_lock = threading.Lock()
+
+
+def _query_path(backbone: Backbone) -> _QueryPath:
+    with _query_paths_lock:
+        path = _query_paths.get(backbone.name)
+        if path is None or path.backbone is not backbone:
             conf = settings.IMAGESEARCH
-            forward = None
-            if conf["QUERY_RUNTIME"] == "onnx":
-                forward = onnx_query.build(backbone)
+            forward = onnx_query.build(backbone) if conf["QUERY_RUNTIME"] == "onnx" else None
             batcher = MicroBatcher(
                 forward or backbone.embed_arrays,
                 max_batch=max(1, int(conf["QUERY_BATCH_MAX"])),
                 window=max(0.0, float(conf["QUERY_BATCH_WINDOW_MS"])) / 1000.0,
             )
-            batcher.backbone = backbone  # type: ignore[attr-defined]
-            batcher.runtime = "onnx" if forward is not None else "tensorflow"  # type: ignore[attr-defined]
-            _query_batchers[backbone.name] = batcher
-        return batcher
+            path = _QueryPath(backbone, batcher, "onnx" if forward is not None else "tensorflow")
+            _query_paths[backbone.name] = path
+        return path
+
+
+def _query_batcher(backbone: Backbone) -> MicroBatcher:
+    return _query_path(backbone).batcher
 
 
 def query_runtime(backbone: Backbone) -> str:
     """Which runtime embeds this process's query photos: onnx or tensorflow."""
-    return str(getattr(_query_batcher(backbone), "runtime", "tensorflow"))
+    return _query_path(backbone).runtime
 
 
 def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> np.ndarray:

@@ -90,5 +90,4 @@ def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.
         time.perf_counter() - started,
         difference,
     )
-    embed.max_difference = difference  # type: ignore[attr-defined]
     return embed

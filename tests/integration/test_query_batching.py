@@ -46,22 +46,22 @@ def test_query_photos_run_on_onnx_runtime_matching_tensorflow(butterflies, setti
     backbone = pipeline.current_backbone()
     photos = [pipeline.decode(p.read_bytes()).image for p in butterflies["002"][:4]]
     expected = pipeline.embed_images(photos, backbone=backbone)
-    pipeline._query_batchers.clear()
+    pipeline._query_paths.clear()
     try:
         assert pipeline.query_runtime(backbone) == "onnx"
         for photo, vector in zip(photos, expected, strict=True):
             assert np.abs(pipeline.embed_query(photo, backbone=backbone) - vector).max() <= 1e-4
 
-        pipeline._query_batchers.clear()
+        pipeline._query_paths.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "tensorflow"}
         assert pipeline.query_runtime(backbone) == "tensorflow"
         assert np.abs(pipeline.embed_query(photos[0], backbone=backbone) - expected[0]).max() <= 1e-5
 
-        pipeline._query_batchers.clear()
+        pipeline._query_paths.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "onnx"}
         monkeypatch.setattr(onnx_query, "TOLERANCE", -1.0)  # no conversion can match: TensorFlow stays
         with caplog.at_level("WARNING"):
             assert pipeline.query_runtime(backbone) == "tensorflow"
         assert "TensorFlow embeds queries" in caplog.text
     finally:
-        pipeline._query_batchers.clear()
+        pipeline._query_paths.clear()
