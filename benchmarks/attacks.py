@@ -131,6 +131,43 @@ def paste_into(image: PILImage.Image, background: PILImage.Image, rng: np.random
     return out
 
 
+def paste_small(image: PILImage.Image, background: PILImage.Image, rng: np.random.Generator) -> PILImage.Image:
+    """The photo, scaled to 25–40% of the background's width, pasted into another photo."""
+    out = background.convert("RGB").copy()
+    bw, bh = out.size
+    scale = float(rng.uniform(0.25, 0.4)) * bw / image.width
+    pw, ph = max(8, round(image.width * scale)), max(8, min(bh, round(image.height * scale)))
+    part = image.convert("RGB").resize((pw, ph), PILImage.Resampling.BILINEAR)
+    out.paste(part, (int(rng.integers(0, bw - pw + 1)), int(rng.integers(0, bh - ph + 1))))
+    return out
+
+
+def collage(image: PILImage.Image, others: list[PILImage.Image], rng: np.random.Generator) -> PILImage.Image:
+    """The photo as one cell of a 2×2 grid with three other photos: each cell 300×225, the
+    photo cut to that shape around its centre."""
+    cells = [ImageOps.fit(p.convert("RGB"), (300, 225), PILImage.Resampling.BILINEAR) for p in others[:3]]
+    cells.insert(int(rng.integers(4)), ImageOps.fit(image.convert("RGB"), (300, 225), PILImage.Resampling.BILINEAR))
+    out = PILImage.new("RGB", (600, 450))
+    for k, cell in enumerate(cells):
+        out.paste(cell, ((k % 2) * 300, (k // 2) * 225))
+    return out
+
+
+# The edits of copies uploaded before their work is registered (`benchmark_copies --old-copies`).
+OLD_COPY_FAMILIES = ("crop", "paste_small", "collage")
+
+
+def old_copy(family: str, image: PILImage.Image, others: list[PILImage.Image], rng: np.random.Generator) -> PILImage.Image:
+    """A crop, a small paste into others[0] or a collage with three of `others`."""
+    if family == "crop":
+        return crop(image.convert("RGB"), rng)
+    if family == "paste_small":
+        return paste_small(image, others[0], rng)
+    if family == "collage":
+        return collage(image, others, rng)
+    raise ValueError(f"unknown old-copy family {family!r}; choose from {', '.join(OLD_COPY_FAMILIES)}")
+
+
 FAMILIES: dict[str, Attack] = {
     "resize": resize,
     "jpeg": jpeg,

@@ -473,9 +473,15 @@ COPYRIGHT = {
     # Precision and recall measured at that threshold on the attack suite (leeds-butterfly).
     "MEASURED_PRECISION": float(env("IMAGESEARCH_COPY_MEASURED_PRECISION", "1.0")),
     "MEASURED_RECALL": float(env("IMAGESEARCH_COPY_MEASURED_RECALL", "0.993")),
-    # A newly registered work is verified in full against this many catalog images,
-    # the nearest by their stored embeddings.
+    # A newly registered work is checked against the catalog images its keypoints vote
+    # for most (SCAN_VOTED) and the nearest by stored embedding (SCAN_CANDIDATES). Each is
+    # screened on its stored keypoints and hash: verified in full when this many
+    # keypoints agree on one geometry or the hashes are close, and the SCAN_ALWAYS_VERIFIED
+    # nearest by embedding in any case.
     "SCAN_CANDIDATES": env_int("IMAGESEARCH_COPY_SCAN_CANDIDATES", 40),
+    "SCAN_VOTED": env_int("IMAGESEARCH_COPY_SCAN_VOTED", 20),
+    "SCAN_SCREEN_INLIERS": env_int("IMAGESEARCH_COPY_SCAN_SCREEN_INLIERS", 6),
+    "SCAN_ALWAYS_VERIFIED": env_int("IMAGESEARCH_COPY_SCAN_ALWAYS_VERIFIED", 5),
     "PAGE_SIZE": env_int("IMAGESEARCH_COPY_PAGE_SIZE", 25),
     # Where each process saves the register's searchable parts (CNN vectors, hashes, the
     # compressed keypoint index) so that the next one maps them instead of rebuilding

@@ -26,11 +26,12 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
         "private": {**settings.STORAGES["private"], "OPTIONS": {"location": str(tmp_path / "private")}},
     }
     settings.COPYRIGHT = {**settings.COPYRIGHT, "INDEX_DIR": str(tmp_path / "copy-index")}
-    from gallery.copyright.selectors import copy_index
+    from gallery.copyright.selectors import catalog_keypoints, copy_index
     from gallery.search.index import catalog_index
 
     catalog_index.clear()
     copy_index.clear()
+    catalog_keypoints.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -121,3 +121,20 @@ class MatchDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()}: {self.image_title} vs {self.work_title}"
+
+
+class ImageKeypoints(models.Model):
+    """A catalog image's SIFT keypoints and pHash, kept so that a work registered later
+    finds the copies already in the catalog without decoding every image again."""
+
+    image = models.OneToOneField(Image, on_delete=models.CASCADE, related_name="copy_keypoints")
+    version = models.PositiveIntegerField()
+    count = models.PositiveIntegerField(help_text="how many keypoints")
+    data = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "image keypoints"
+
+    def __str__(self) -> str:
+        return f"{self.count} keypoints of image {self.image_id}"

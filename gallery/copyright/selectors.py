@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 
 from gallery.catalog import pipeline
-from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
-from gallery.vision import copydetect
+from gallery.copyright.models import CopyMatch, ImageKeypoints, MatchDecision, ProtectedWork, WorkSignature
+from gallery.vision import copydetect, localfeatures
 from gallery.vision.backbones import Backbone
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,95 @@ class _CopyIndexCache:
 
 
 copy_index = _CopyIndexCache()
+
+
+def _stored_keypoints(up_to: int) -> Iterator[tuple[int, copydetect.Keypoints]]:
+    """The stored keypoints of the rows up to this primary key."""
+    rows = ImageKeypoints.objects.filter(version=localfeatures.VERSION, pk__lte=up_to).order_by("pk")
+    rows = rows.values_list("image_id", "data")
+    for image_id, data in rows.iterator(chunk_size=500):
+        yield image_id, localfeatures.ImageKeys.from_bytes(bytes(data)).keypoints
+
+
+def image_keys(*, image_ids: list[int]) -> dict[int, localfeatures.ImageKeys]:
+    """The stored keypoints and hashes of these catalog images (those that have them)."""
+    rows = ImageKeypoints.objects.filter(image_id__in=image_ids, version=localfeatures.VERSION).values_list("image_id", "data")
+    return {image_id: localfeatures.ImageKeys.from_bytes(bytes(data)) for image_id, data in rows}
+
+
+class _CatalogKeypointCache:
+    """The catalog's keypoint index, loaded once per process (the worker that scans for
+    old copies) and appended to with the rows stored since, by primary key.
+
+    Saved under COPYRIGHT["INDEX_DIR"] with the last row it holds, so a new process reads
+    the file and only the rows added since; saved again every INDEX_SAVE_EVERY images.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._index: localfeatures.CatalogKeypointIndex | None = None
+        self._last_row = 0
+        self._saved_row = 0
+
+    def _folder(self) -> Path | None:
+        root = settings.COPYRIGHT.get("INDEX_DIR") or ""
+        return Path(root) / f"catalog-keypoints-v{localfeatures.VERSION}" if root else None
+
+    def _load(self) -> None:
+        self._index, self._last_row, self._saved_row = localfeatures.CatalogKeypointIndex(self._added), 0, 0
+        folder = self._folder()
+        if folder is None or not (folder / "meta.json").exists():
+            return
+        try:
+            index, last_row = localfeatures.CatalogKeypointIndex.load(folder, self._added)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning("could not load the saved keypoint index (%s); rebuilding it", exc)
+            return
+        newest = ImageKeypoints.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        if newest < last_row:
+            log.info("the saved keypoint index is from another catalog; rebuilding it")
+            return
+        self._index, self._last_row, self._saved_row = index, last_row, last_row
+
+    def _added(self) -> Iterator[tuple[int, copydetect.Keypoints]]:
+        """What the index holds: the stored rows up to the last one added."""
+        return _stored_keypoints(self._last_row)
+
+    def get(self) -> localfeatures.CatalogKeypointIndex:
+        with self._lock:
+            if self._index is None:
+                self._load()
+            assert self._index is not None
+            rows = ImageKeypoints.objects.filter(version=localfeatures.VERSION, pk__gt=self._last_row).order_by("pk")
+            while batch := list(rows.filter(pk__gt=self._last_row).values_list("pk", "image_id", "data")[:2000]):
+                self._index.add([(i, localfeatures.ImageKeys.from_bytes(bytes(d)).keypoints) for _, i, d in batch])
+                self._last_row = batch[-1][0]
+            self._save()
+            return self._index
+
+    def _save(self) -> None:
+        folder = self._folder()
+        assert self._index is not None
+        if folder is None or not self._index.trained:
+            return  # small: rebuilt from the stored rows in a moment
+        if (
+            ImageKeypoints.objects.filter(pk__gt=self._saved_row, pk__lte=self._last_row).count()
+            < settings.COPYRIGHT["INDEX_SAVE_EVERY"]
+        ):
+            return
+        try:
+            self._index.save(folder, last_row=self._last_row)
+        except OSError as exc:
+            log.warning("could not save the keypoint index (%s)", exc)
+            return
+        self._saved_row = self._last_row
+
+    def clear(self) -> None:
+        with self._lock:
+            self._index, self._last_row, self._saved_row = None, 0, 0
+
+
+catalog_keypoints = _CatalogKeypointCache()
 
 
 # Each queue order is a keyset: (field, descending) pairs ending in the primary key.

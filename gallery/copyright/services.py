@@ -14,15 +14,16 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from PIL import Image as PILImage
 
 from gallery.catalog import pipeline
 from gallery.catalog.models import Embedding, Image
 from gallery.catalog.services import _EXTENSIONS, images_set_visibility, read_upload
-from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork, WorkSignature
+from gallery.copyright.models import CopyMatch, ImageKeypoints, MatchDecision, ProtectedWork, WorkSignature
 from gallery.errors import DecisionRejected, ImageRejected, WorkRejected
 from gallery.tasking import task_named
 from gallery.vector_field import vector_from
-from gallery.vision import copydetect
+from gallery.vision import copydetect, localfeatures
 from gallery.vision.preprocess import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -216,23 +217,47 @@ def _copy_match_if_likely(
     )
 
 
+def image_keys_store(*, image_id: int, picture: PILImage.Image) -> bool:
+    """Store a catalog image's keypoints for later scans (once; safe to run twice).
+    Returns whether they were stored now."""
+    if ImageKeypoints.objects.filter(image_id=image_id, version=localfeatures.VERSION).exists():
+        return False
+    keys = localfeatures.describe_image(picture)
+    try:
+        with transaction.atomic():
+            _, created = ImageKeypoints.objects.update_or_create(
+                image_id=image_id,
+                defaults={"version": localfeatures.VERSION, "count": len(keys.keypoints), "data": keys.to_bytes()},
+            )
+    except IntegrityError:  # the image was deleted meanwhile, or another worker stored them
+        return False
+    return created
+
+
 def upload_match(*, image_id: int) -> list[CopyMatch]:
-    """Check one ready upload against every protected work; record likely copies."""
+    """Keep a ready upload's keypoints for later scans, then check it against every
+    protected work; record likely copies."""
     from .selectors import copy_index
 
     image = Image.objects.filter(pk=image_id, status=Image.Status.READY).first()
-    if image is None or not ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists():
+    if image is None:
+        return []
+    try:
+        with image.file.open("rb") as f:
+            decoded = pipeline.decode(f.read()).image
+    except (FileNotFoundError, ImageDecodeError):
+        decoded = None
+    if decoded is not None:
+        image_keys_store(image_id=image.pk, picture=decoded)
+    if not ProtectedWork.objects.filter(status=ProtectedWork.Status.READY).exists():
         return []
     matches = [
         _copy_match_exact(work_id=w.pk, image_id=image.pk, found_by="upload")
         for w in ProtectedWork.objects.filter(checksum=image.checksum)
     ]
-    index = copy_index.get()
-    try:
-        with image.file.open("rb") as f:
-            decoded = pipeline.decode(f.read()).image
-    except (FileNotFoundError, ImageDecodeError):
+    if decoded is None:
         return matches
+    index = copy_index.get()
     query = index.works.describe(index.backbone, decoded)
     for candidate in index.works.match(query):
         if match := _copy_match_if_likely(
@@ -248,11 +273,13 @@ _NO_EVIDENCE = copydetect.Evidence(cnn=1.0, cnn_view="original", hash_distance=0
 def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     """Check the existing catalog for copies of a newly registered work.
 
-    The stored embeddings of the catalog rank it against the work's views and windows;
-    the nearest SCAN_CANDIDATES images (and any with the same checksum) are then
-    described and verified in full.
+    Candidates: the catalog images most of the work's keypoints vote for (crops, small
+    pastes, collages), and the nearest by stored embedding to the work's views and
+    windows. Each is screened on its stored keypoints and hash (no decoding); those that
+    pass, and the few nearest by embedding, are described and verified in full, as an
+    upload is.
     """
-    from .selectors import copy_index
+    from .selectors import catalog_keypoints, copy_index, image_keys
 
     work = ProtectedWork.objects.filter(pk=work_id, status=ProtectedWork.Status.READY).first()
     if work is None:
@@ -261,9 +288,43 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     if work.pk not in index.works:
         return []
     signature = index.works.signature(work.pk)
+    conf = settings.COPYRIGHT
+    voted, _ = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints)
+    nearest = _nearest_by_embedding(index.backbone.name, signature)
+    always = set(nearest[: conf["SCAN_ALWAYS_VERIFIED"]])
+    candidates = list(dict.fromkeys([*voted[: conf["SCAN_VOTED"]].tolist(), *nearest]))
+    matches = [
+        _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)
+    ]
+    stored = image_keys(image_ids=candidates)
+    single = copydetect.CopyIndex()
+    single.add(work.pk, signature)
+    for image in Image.objects.filter(pk__in=candidates, status=Image.Status.READY).order_by("pk"):
+        keys, screened = stored.get(image.pk), None
+        if keys is not None:
+            worth, screened = localfeatures.screen(keys, signature, min_inliers=conf["SCAN_SCREEN_INLIERS"])
+            if not worth and image.pk not in always:
+                continue
+        try:
+            with image.file.open("rb") as f:
+                decoded = pipeline.decode(f.read()).image
+        except (FileNotFoundError, ImageDecodeError):
+            continue
+        candidate, query = localfeatures.check_in_full(
+            single, index.backbone, decoded, work.pk, screened=screened, threshold=_threshold()
+        )
+        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
+            matches.append(match)
+    ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
+    return matches
+
+
+def _nearest_by_embedding(backbone: str, signature: copydetect.WorkSignature) -> list[int]:
+    """The SCAN_CANDIDATES catalog images whose stored embeddings come nearest to any of
+    the work's views and windows, nearest first."""
     probes = np.concatenate([signature.globals, signature.regions])
     ids, best = [], []
-    rows = Embedding.objects.filter(backbone=index.backbone.name, image__status=Image.Status.READY)
+    rows = Embedding.objects.filter(backbone=backbone, image__status=Image.Status.READY)
     chunk: list[tuple[int, bytes]] = []
     for row in [*rows.values_list("image_id", "vector").iterator(chunk_size=2000), None]:
         if row is not None:
@@ -272,26 +333,10 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
             ids.append(np.array([r[0] for r in chunk], dtype=np.int64))
             best.append(_best_probe(chunk, probes))
             chunk = []
-    matches = [
-        _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)
-    ]
-    if ids:
-        all_ids, all_best = np.concatenate(ids), np.concatenate(best)
-        nearest = all_ids[np.argsort(-all_best, kind="stable")[: settings.COPYRIGHT["SCAN_CANDIDATES"]]]
-        single = copydetect.CopyIndex()
-        single.add(work.pk, signature)
-        for image in Image.objects.filter(pk__in=nearest.tolist()):
-            try:
-                with image.file.open("rb") as f:
-                    decoded = pipeline.decode(f.read()).image
-            except (FileNotFoundError, ImageDecodeError):
-                continue
-            query = single.describe(index.backbone, decoded)
-            candidate = single.match(query)[0]
-            if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
-                matches.append(match)
-    ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
-    return matches
+    if not ids:
+        return []
+    all_ids, all_best = np.concatenate(ids), np.concatenate(best)
+    return all_ids[np.argsort(-all_best, kind="stable")[: settings.COPYRIGHT["SCAN_CANDIDATES"]]].tolist()
 
 
 def _best_probe(rows: list[tuple[int, bytes]], probes: np.ndarray) -> np.ndarray:

@@ -401,6 +401,7 @@ class ImageAdmin(admin.ModelAdmin):
             "available_backbones": [a for a in others if a.available],
             "unavailable_backbones": [a for a in others if not a.available],
             "refit": dict(zip(("count", "needed"), curation_selectors.pca_refit_readiness(), strict=True)),
+            "keypoints_missing": curation_selectors.images_without_keypoints(),
             "jobs": curation_selectors.catalog_jobs(limit=20),
             "running": any(j.status in ("queued", "running") for j in curation_selectors.catalog_jobs(limit=20)),
         }

@@ -15,6 +15,7 @@ class CatalogJob(models.Model):
         REFIT = "refit", "Refit PCA"
         NEAR_DUPLICATES = "neardup", "Find near-duplicates"
         LABELS = "labels", "Label images for words search"
+        KEYPOINTS = "keypoints", "Index keypoints for copy scans"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"

@@ -76,3 +76,10 @@ def duplicate_groups() -> list[DuplicateGroupView]:
         suggested, reason = duplicate_suggestion(images)
         views.append(DuplicateGroupView(group=group, images=images, suggested=suggested, reason=reason))
     return views
+
+
+def images_without_keypoints() -> int:
+    """Ready images whose keypoints are not stored for copy scans (uploaded before)."""
+    from gallery.vision import localfeatures
+
+    return Image.objects.filter(status=Image.Status.READY).exclude(copy_keypoints__version=localfeatures.VERSION).count()

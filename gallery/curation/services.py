@@ -232,6 +232,8 @@ def catalog_job_run(*, job_id: int, batch_size: int | None = None) -> CatalogJob
             message = _refit(job)
         elif job.kind == CatalogJob.Kind.LABELS:
             message = _labels(job, batch_size=batch_size or settings.IMAGESEARCH["BATCH_SIZE"])
+        elif job.kind == CatalogJob.Kind.KEYPOINTS:
+            message = _keypoints(job, batch_size=batch_size or settings.IMAGESEARCH["BATCH_SIZE"])
         else:
             message = _near_duplicates(job)
     except (CurationError, BackboneUnavailable) as exc:
@@ -360,6 +362,35 @@ def _labels(job: CatalogJob, *, batch_size: int) -> str:
     seconds = (timezone.now() - started).total_seconds()
     unreadable = f"; {len(skipped)} could not be read" if skipped else ""
     return f"Labelled {labelled} images with {name} in {seconds:.1f} s{unreadable}."
+
+
+def _keypoints(job: CatalogJob, *, batch_size: int) -> str:
+    """Store the keypoints of every ready image that has none (images uploaded before
+    copy scans used them), batch by batch: the progress is which images still lack them,
+    so a crash loses at most one batch."""
+    from gallery.copyright.services import image_keys_store
+    from gallery.vision import localfeatures
+
+    started = timezone.now()
+    stored, skipped = 0, set[int]()
+    while True:
+        waiting = _ready_images().exclude(copy_keypoints__version=localfeatures.VERSION).exclude(pk__in=skipped)
+        total = _ready_images().count()
+        _job_update(job, total=total, done=total - waiting.count())
+        batch = list(waiting.order_by("pk")[:batch_size])
+        if not batch:
+            break
+        for image in batch:
+            try:
+                with image.file.open("rb") as f:
+                    picture = pipeline.decode(f.read()).image
+            except (FileNotFoundError, ImageDecodeError):
+                skipped.add(image.pk)  # its file cannot be read again; searchable as before
+                continue
+            stored += image_keys_store(image_id=image.pk, picture=picture)
+    seconds = (timezone.now() - started).total_seconds()
+    unreadable = f"; {len(skipped)} could not be read" if skipped else ""
+    return f"Stored the keypoints of {stored} images in {seconds:.1f} s{unreadable}."
 
 
 def _refit(job: CatalogJob) -> str:

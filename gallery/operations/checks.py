@@ -289,6 +289,28 @@ def check_embedding() -> Check:
     return Check("embedding", OK, f"{count} images waiting; {since}")
 
 
+def check_copy_keypoints() -> Check:
+    """Ready images without stored keypoints (uploaded before copy scans used them, or
+    missed by a worker) for longer than STALL_MINUTES: a newly registered work would not
+    find its crops and pastes among them."""
+    from gallery.vision import localfeatures
+
+    settled = timezone.now() - timedelta(minutes=_conf()["STALL_MINUTES"])
+    missing = (
+        Image.objects.filter(status=Image.Status.READY, embedded_at__lt=settled)
+        .exclude(copy_keypoints__version=localfeatures.VERSION)
+        .count()
+    )
+    if not missing:
+        return Check("copy keypoints", OK, "every ready image has its keypoints for copy scans")
+    return Check(
+        "copy keypoints",
+        WARN,
+        f"{missing} ready images have no keypoints: a newly registered work would not find its crops and pastes among them",
+        "Run: python manage.py index_keypoints (resumable), or Store keypoints on the admin's catalog page.",
+    )
+
+
 def check_backup() -> Check:
     last = BackupRecord.objects.filter(kind=BackupRecord.Kind.BACKUP).first()
     if last is None:
@@ -316,7 +338,7 @@ def run_checks(*, broker: BrokerState | None = None) -> list[Check]:
     checks += check_writable()
     if migrations.status == OK:
         try:
-            checks += [check_embedding(), check_backup()]
+            checks += [check_embedding(), check_copy_keypoints(), check_backup()]
         except DatabaseError as exc:
             checks.append(Check("catalog", FAIL, f"cannot read the catalog: {exc}"[:300], "Run: python manage.py migrate"))
     return checks

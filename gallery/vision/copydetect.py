@@ -68,6 +68,12 @@ COVER_FULL = 0.2
 COVER_FLOOR = 0.5
 # The matched region reaches this share of the image beyond the outermost inliers.
 REGION_MARGIN = 0.04
+# A work found in a small part of an upload (a paste, a collage cell) is looked at again
+# on that part alone (widened by FOCUS_MARGIN of its size), when it covers at most
+# FOCUS_LARGEST of the upload: its keypoints, hash and CNN descriptor then describe the
+# part that shows the work instead of the whole poster.
+FOCUS_MARGIN = 0.15
+FOCUS_LARGEST = 0.5
 # Candidates besides the keypoint votes: the nearest works by CNN descriptor and by hash.
 CANDIDATES = 1
 # This many consistent keypoints settle it: later candidates need no verifying.
@@ -293,6 +299,34 @@ class Geometry:
     def fractions(self) -> tuple[np.ndarray, np.ndarray]:
         """Inliers as fractions of each image's width and height (upload, work)."""
         return self.query_xy / np.array(self.query_size), self.work_xy / np.array(self.work_size)
+
+    def focus(self, *, margin: float = FOCUS_MARGIN, largest: float = FOCUS_LARGEST) -> tuple[float, float, float, float] | None:
+        """(x0, y0, x1, y1) fractions of the upload around where the work appears, widened
+        by `margin` of that box's size; None when that box covers more than `largest` of
+        the upload (looking closer would show nothing new)."""
+        region = self.region_on_upload()
+        if len(region) < 3:
+            return None
+        size = np.array(self.query_size)
+        low, high = region.min(axis=0) / size, region.max(axis=0) / size
+        pad = margin * (high - low)
+        (x0, y0), (x1, y1) = np.clip(low - pad, 0.0, 1.0), np.clip(high + pad, 0.0, 1.0)
+        if (x1 - x0) * (y1 - y0) > largest or x1 - x0 <= 0 or y1 - y0 <= 0:
+            return None
+        return float(x0), float(y0), float(x1), float(y1)
+
+    def in_whole(self, box: tuple[float, float, float, float]) -> Geometry:
+        """This geometry, found on the part `box` (fractions) of an upload, expressed on the
+        whole upload: the same pixel scale on a larger frame, the part at its place."""
+        x0, y0, x1, y1 = box
+        width, height = self.query_size
+        whole = (width / (x1 - x0), height / (y1 - y0))
+        offset = np.array([x0 * whole[0], y0 * whole[1]], dtype=np.float32)
+        transform = None
+        if self.transform is not None:  # work = A (x − offset) + b
+            transform = self.transform.copy()
+            transform[:, 2] -= transform[:, :2] @ offset
+        return Geometry(self.query_xy + offset, self.work_xy, whole, self.work_size, transform, self.matches, self.work_keypoints)
 
     def mirrored(self) -> Geometry:
         """The same geometry for keypoints found on the work's mirror image, expressed in
@@ -976,6 +1010,26 @@ class CopyIndex:
             evidence = Evidence(float(cnn[i]), view, int(distance[i]), inliers, mirrored, geometry)
             out.append(Candidate(self.ids[i], fuse(evidence), evidence))
         return sorted(out, key=lambda c: -c.score)
+
+    def match_part(
+        self, backbone: Backbone, image: PILImage.Image, box: tuple[float, float, float, float], work_id: int
+    ) -> Candidate | None:
+        """The work's candidate on the part `box` (fractions) of the image, its evidence
+        and geometry expressed on the whole image; None when the part is too small."""
+        w, h = image.size
+        pixels = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
+        if pixels[2] - pixels[0] < 32 or pixels[3] - pixels[1] < 32:
+            return None
+        part = image.crop(pixels)
+        exact = (pixels[0] / w, pixels[1] / h, pixels[2] / w, pixels[3] / h)
+        query = self.describe(backbone, part)
+        found = next((c for c in self.match(query, verify_all=True) if c.work_id == work_id), None)
+        if found is None:
+            return None
+        geometry = found.evidence.geometry
+        view = f"{found.evidence.cnn_view}, on the part of the image that shows it"
+        evidence = replace(found.evidence, cnn_view=view, geometry=None if geometry is None else geometry.in_whole(exact))
+        return Candidate(work_id, found.score, evidence)
 
     def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
         """The candidate's evidence with the geometry a reviewer is shown, found now when an

@@ -22,7 +22,7 @@ from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Embedding, Image
 from gallery.copyright import services as copyright_services
 from gallery.copyright.models import CopyMatch, MatchDecision
-from gallery.copyright.selectors import copy_index
+from gallery.copyright.selectors import catalog_keypoints, copy_index
 from gallery.operations import services as backup_services
 from gallery.operations.models import BackupRecord
 from gallery.search import selectors as search_selectors
@@ -65,6 +65,7 @@ def _wipe(settings) -> None:  # type: ignore[no-untyped-def]
         shutil.rmtree(root, ignore_errors=True)
     catalog_index.clear()
     copy_index.clear()
+    catalog_keypoints.clear()
 
 
 def _top10(queries: list[Path]) -> list[list[tuple[int, float]]]:

@@ -214,13 +214,32 @@ def test_evaluate_copies_finds_every_family_of_copy_and_beats_the_hash_baseline(
 @pytest.mark.django_db
 def test_benchmark_copies_reports_the_cost_and_finds_the_copies_in_a_larger_register(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
     folder = _photo_folder(tmp_path, butterflies, 2)
-    call_command("benchmark_copies", str(folder), "--sizes", "60", "--real-works", "4", "--queries", "6", "--pool", "6", "--json")
+    call_command(
+        "benchmark_copies", str(folder), "--sizes", "60", "--real-works", "4", "--queries", "6", "--pool", "6", "--json",
+        "--old-copies", "3", "--catalog", "40", "--catalog-real", "8",
+    )  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     row = report["sizes"]["60"]
     assert row["copies_recall_at_1"] == 1.0 and report["reference_recall_at_1"] == 1.0
     assert 0 < row["p50_ms"] <= row["p95_ms"]
     # The register was saved, loaded back (full signatures left in the store) and searched.
     assert row["saved_bytes"] > 0 and row["memory_bytes"] > 0 and row["ready_s"] > 0
+    # Three copies (a crop, a small paste, a collage) uploaded before their works, in a
+    # catalog filled to 40 images: each registered work's scan finds its copy.
+    old = report["old_copies"]
+    assert old["catalog"] == 40 and old["copies"] == 3 and old["found"] == 1.0
+    assert set(old["found_by_family"]) == {"crop", "paste_small", "collage"}
+    assert 0 < old["scan_p50_s"] <= old["scan_max_s"] and old["index_bytes_per_image"] > 0
+
+
+@pytest.mark.django_db
+def test_benchmark_copies_prints_the_old_copy_figures_with_their_targets(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]
+    folder = _photo_folder(tmp_path, butterflies, 1)
+    call_command("benchmark_copies", str(folder), "--sizes", "", "--old-copies", "3", "--catalog", "20", "--catalog-real", "3")
+    out = capsys.readouterr().out
+    assert re.search(r"found [\d.]+ \(crop [\d.]+, paste_small [\d.]+, collage [\d.]+;.*target >= 0.95: (met|MISSED)", out)
+    assert re.search(r"scan per work p50 [\d.]+ s, .* target <= 2 s: (met|MISSED)", out)
+    assert re.search(r"keypoint index [\d.]+ KiB per image in memory", out)
 
 
 def test_benchmark_index_simulates_a_compressed_index_in_chunks_and_states_each_target(tmp_path, butterflies, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -18,12 +18,13 @@ from django.urls import reverse
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from benchmarks import attacks
 from benchmarks.livestack import live_stack
 from gallery.catalog import services as catalog_services
 from gallery.catalog.models import Image
 from gallery.copyright import selectors as copyright_selectors
 from gallery.copyright import services as copyright_services
-from gallery.copyright.models import CopyMatch, MatchDecision, ProtectedWork
+from gallery.copyright.models import CopyMatch, ImageKeypoints, MatchDecision, ProtectedWork
 from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
@@ -96,6 +97,51 @@ def test_a_new_work_finds_an_existing_cropped_copy_through_the_background_scan(
 
     queue = staff_client.get(reverse("gallery:copyright_queue")).content.decode()
     assert "Monarch at dawn" in queue and f'data-match-id="{matches[0].pk}"' in queue
+
+
+@pytest.mark.slow
+def test_a_new_work_finds_an_old_small_paste_and_collage_through_the_catalogs_keypoints(
+    staff_client, butterflies, settings, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    # Only the keypoint votes bring candidates: none by embedding.
+    settings.COPYRIGHT = {**settings.COPYRIGHT, "SCAN_CANDIDATES": 0, "SCAN_ALWAYS_VERIFIED": 0}
+    rng = np.random.default_rng(4)
+    work_path = butterflies["005"][0]
+    work = PILImage.open(work_path).convert("RGB")
+    others = [PILImage.open(p).convert("RGB") for p in (butterflies["008"][0], butterflies["009"][0], butterflies["010"][0])]
+    with django_capture_on_commit_callbacks(execute=True):
+        paste = _upload(_jpeg(attacks.old_copy("paste_small", work, others, rng)), "market-poster.jpg")
+        collage = _upload(_jpeg(attacks.old_copy("collage", work, others, rng)), "collage.jpg")
+        same_species = _upload(butterflies["005"][1].read_bytes(), "another-swallowtail.jpg")
+    # No work is registered yet: the worker still keeps each upload's keypoints.
+    assert ImageKeypoints.objects.filter(image__in=[paste, collage, same_species]).count() == 3
+    assert not CopyMatch.objects.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, work_path.read_bytes(), title="Swallowtail study").status_code == 302
+    found = {m.image_id: m for m in CopyMatch.objects.all()}
+    assert set(found) == {paste.pk, collage.pk}
+    assert {m.found_by for m in found.values()} == {"scan"}
+    # The review page draws where the work sits in the poster: a small part of it.
+    geometry = found[paste.pk].signals["geometry"]
+    assert geometry["upload_covered"] < 0.3 and geometry["work_found"] > 0.6
+
+
+def test_the_catalog_page_stores_keypoints_of_images_uploaded_before(
+    settings, django_capture_on_commit_callbacks, client
+) -> None:  # type: ignore[no-untyped-def]
+    with django_capture_on_commit_callbacks(execute=True):
+        images = [_upload(photo_bytes(seed=s, color=(40 * s, 90, 160)), f"p{s}.jpg") for s in range(3)]
+    ImageKeypoints.objects.all().delete()  # as before copy scans kept them
+    admin = User.objects.create_superuser("boss", password="pw-boss-1")
+    client.force_login(admin)
+    page = client.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "3 ready photos have none yet" in page
+    with django_capture_on_commit_callbacks(execute=True):
+        done = client.post(reverse("admin:gallery_image_catalog"), {"kind": "keypoints"}, follow=True).content.decode()
+    assert "Index keypoints for copy scans" in done
+    assert ImageKeypoints.objects.filter(image__in=images).count() == 3
+    assert "have none yet" not in client.get(reverse("admin:gallery_image_catalog")).content.decode()
 
 
 @pytest.mark.slow
@@ -391,3 +437,28 @@ def test_the_match_page_outlines_the_matched_region_and_says_how_much_was_found(
     page = client.get(reverse("gallery:copyright_match", args=[old.pk])).content.decode()
     assert "evidence-region" not in page and "Show keypoint correspondences" not in page
     assert page.count("<img ") == 2 and "perceptual hash" in page
+
+
+def test_the_catalogs_keypoint_index_is_saved_loaded_back_and_appended_to(
+    settings, monkeypatch, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    from gallery.vision import localfeatures
+
+    settings.COPYRIGHT = {**settings.COPYRIGHT, "INDEX_SAVE_EVERY": 1}
+    monkeypatch.setattr(localfeatures, "TRAIN_AT", 300)  # compressed codes from the second image on
+    with django_capture_on_commit_callbacks(execute=True):
+        first = [_upload(photo_bytes(seed=s, color=(30 * s, 120, 90)), f"k{s}.jpg") for s in range(3)]
+    stored = sum(ImageKeypoints.objects.values_list("count", flat=True))
+    index = copyright_selectors.catalog_keypoints.get()
+    assert index.trained and len(index) == stored  # every descriptor once, however it was built
+    assert (Path(settings.COPYRIGHT["INDEX_DIR"]) / "catalog-keypoints-v1" / "index.faiss").is_file()
+
+    # A new process loads the saved file instead of reading and training again...
+    copyright_selectors.catalog_keypoints.clear()
+    monkeypatch.setattr(localfeatures.CatalogKeypointIndex, "_train", lambda self, new: pytest.fail("retrained"))
+    with django_capture_on_commit_callbacks(execute=True):
+        later = _upload(photo_bytes(seed=9, color=(10, 10, 200)), "later.jpg")
+    index = copyright_selectors.catalog_keypoints.get()
+    # ...and adds only the rows stored since.
+    assert len(index) == stored + ImageKeypoints.objects.get(image=later).count
+    assert index.images == len(first) + 1

@@ -134,6 +134,18 @@ def test_doctor_warns_when_images_wait_and_nothing_was_embedded(settings) -> Non
     assert "nothing embedded yet" in line["detail"]
 
 
+def test_doctor_warns_when_ready_images_lack_the_keypoints_copy_scans_need(settings) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(2)
+    Image.objects.filter(pk=image.pk).update(status=Image.Status.READY, embedded_at=timezone.now())
+    assert _doctor()[0]["copy keypoints"]["status"] == "OK"  # the worker stores them right after
+    Image.objects.filter(pk=image.pk).update(embedded_at=timezone.now() - timedelta(minutes=25))
+    line = _doctor()[0]["copy keypoints"]
+    assert line["status"] == "WARN" and line["detail"].startswith("1 ready images have no keypoints")
+    assert "manage.py index_keypoints" in line["hint"]
+    call_command("index_keypoints", "--foreground")
+    assert _doctor()[0]["copy keypoints"]["status"] == "OK"
+
+
 def test_doctor_fails_full_disks_and_unwritable_media(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -188,4 +188,9 @@ def test_a_curator_tags_hides_deletes_resolves_duplicates_and_checks_jobs(
     expect(page.get_by_role("button", name="Refit PCA")).to_have_count(0)
     expect(page.locator(".refit-refused")).to_contain_text("at least 1000 ready images; it has 5")
     page.screenshot(path=ARTIFACTS / "curator-catalog.png", full_page=True)
+
+    # Keypoints for copy scans: the button starts the resumable job for photos that lack them.
+    page.get_by_role("button", name="Store keypoints").click()
+    expect(page.locator(".messagelist")).to_contain_text("Index keypoints for copy scans")
+    expect(page.locator("tr.job").filter(has_text="Index keypoints for copy scans")).to_have_count(1)
     page.close()

@@ -1,7 +1,8 @@
 """The copyright reviewer's journey in a real browser, against the whole product (the web server,
 a real worker): from the navigation to the queue, register a work, see uploaded copies
 queued, open one, confirm it and hide the upload by clicking, see the history; dismiss
-another with the keyboard; the hidden upload leaves the public gallery."""
+another with the keyboard; the hidden upload leaves the public gallery. A work registered
+after its copy was uploaded finds that copy."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import io
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image as PILImage
 from PIL import ImageOps
 from playwright.sync_api import Browser, Page, expect
 
+from benchmarks import attacks
 from benchmarks.livestack import Stack
 from tests.support.browser import ARTIFACTS, READY_TIMEOUT_MS, VISITOR, sign_in
 
@@ -138,3 +141,44 @@ def test_reviewer_registers_a_work_confirms_one_copy_and_dismisses_another(
     )
     expect(uploader.locator(".card").filter(has_text="mirrored-snap.jpg").locator(".visibility")).to_have_text("Published")
     uploader.screenshot(path=ARTIFACTS / "review-owner-my-uploads.png", full_page=True)
+
+
+def test_a_work_registered_after_its_copy_was_uploaded_finds_the_old_copy(
+    stack: Stack, browser: Browser, butterflies, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A poster with the work pasted small into another photo is uploaded first; the
+    work is registered afterwards, and the catalog scan queues the poster for review."""
+    archivist = ("archive-desk", "another long reviewer password")
+    stack.create_user(*archivist, groups=("Copyright staff",))
+    work_path = butterflies["005"][0]
+    work = PILImage.open(work_path).convert("RGB")
+    backdrop = PILImage.open(butterflies["008"][0]).convert("RGB")
+    poster = _jpeg(attacks.paste_small(work, backdrop, np.random.default_rng(4)), tmp_path / "swallowtail-poster.jpg")
+
+    uploader = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    sign_in(uploader, stack, *VISITOR)
+    _upload(uploader, stack, [poster])
+
+    reviewer = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    sign_in(reviewer, stack, *archivist)
+    reviewer.get_by_role("navigation", name="Main").get_by_role("link", name="Copyright review").click()
+    reviewer.get_by_role("link", name="Register a work").click()
+    reviewer.get_by_label("Protected image").set_input_files(str(work_path))
+    reviewer.get_by_label("Title").fill("Swallowtail study")
+    reviewer.get_by_label("Rights holder").fill("Lepido Press")
+    reviewer.get_by_role("button", name="Register").click()
+    expect(reviewer.get_by_text("Registered “Swallowtail study”")).to_be_visible()
+
+    reviewer.get_by_role("link", name="Review queue").click()
+    reviewer.get_by_label("Status").select_option("pending")
+    reviewer.get_by_role("button", name="Filter").click()
+    deadline = time.monotonic() + 120
+    rows = reviewer.locator("tr[data-match-id]").filter(has_text="swallowtail-poster.jpg")
+    while rows.count() == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+        reviewer.reload()
+    expect(rows).to_have_count(1)
+    reviewer.get_by_role("link", name="Review swallowtail-poster.jpg against Swallowtail study").click()
+    expect(reviewer.get_by_role("heading", name="Possible copy of “Swallowtail study”")).to_be_visible()
+    expect(reviewer.locator(".found-by")).to_have_text("found in the catalog when the work was registered")
+    reviewer.screenshot(path=ARTIFACTS / "review-old-copy.png", full_page=True)

@@ -1,0 +1,256 @@
+"""The catalog's local features: which catalog images show a newly registered work?
+
+Uploads are checked against the protected works when they arrive. A work registered
+later must find the copies already in the catalog, and a copy pasted small into another
+photo, cropped or put in a collage looks nothing like the work as a whole. So every
+catalog image keeps its SIFT keypoints (stored per image, `ImageKeypoints.to_bytes`), and
+their RootSIFT descriptors sit in one compact nearest-neighbour index keyed by image id:
+
+- below TRAIN_AT descriptors (a few hundred images) exact, in full;
+- past it an inverted file of product-quantised codes (PQ_BYTES a descriptor plus its
+  8-byte image id), trained on the descriptors held then and retrained from the stored
+  keypoints when the count has grown RETRAIN_GROWTH times (up to RETRAIN_UNTIL).
+
+A work's descriptors (as is and mirrored) each find their nearest catalog descriptors;
+each image among them clearly nearer than the background (the K-th neighbour) gets one
+vote from that descriptor. A catalog holding the same copy twice still gives both their
+votes, which a first/second-neighbour ratio test would not. The most voted images are
+verified on their stored keypoints (`copydetect.locate`), without decoding them.
+
+No Django here: keypoints are plain arrays, serialised to bytes for storage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from PIL import Image as PILImage
+
+from .backbones import Backbone
+from .copydetect import (
+    HASH_COUNTS_BELOW,
+    Candidate,
+    CopyIndex,
+    Geometry,
+    Keypoints,
+    QuerySignature,
+    WorkSignature,
+    locate,
+    sift_keypoints,
+)
+from .phash import hamming, phash
+
+VERSION = 1
+# A catalog image's keypoints: the strongest FEATURES at LONG_SIDE pixels. On 10k images
+# holding 200 crops, small pastes and collages, 256 keypoints at 400 px put 0.97 of the
+# copies among the 20 most voted images (PQ16 codes, 8 lists probed), but a work pasted
+# at a quarter of a poster's width then shows too few of them for the screen (0.63 of
+# such pastes pass it; 0.73 with 400 at 512 px, no better at 640 px).
+LONG_SIDE = 512
+FEATURES = 400
+# Exact below this many descriptors; past it an inverted file of PQ codes.
+TRAIN_AT = 100_000
+LISTS_PER_ROOT = 0.75
+PQ_BYTES = 16
+PROBES = 8
+RETRAIN_GROWTH = 4
+RETRAIN_UNTIL = 2_000_000
+# Votes: the K nearest catalog descriptors of each work descriptor; an image among them
+# nearer than RATIO times the K-th distance gets one vote.
+NEIGHBOURS = 10
+RATIO = 0.8
+MIN_VOTES = 3
+# A closer look at the part of an image that shows the work counts only when nearly all of
+# its keypoint matches agree and span the work (a paste: support ~1.0; the same product
+# on another shelf photo looked at closely: 0.2–0.45).
+PART_MIN_SUPPORT = 0.6
+
+
+@dataclass
+class ImageKeys:
+    """What copy detection keeps about one catalog image: its keypoints and its pHash."""
+
+    keypoints: Keypoints
+    hash: int
+
+    def to_bytes(self) -> bytes:
+        out = io.BytesIO()
+        size = self.keypoints.size or (0, 0)
+        np.savez_compressed(
+            out,
+            xy=self.keypoints.xy.astype(np.float16),
+            desc=self.keypoints.desc,
+            size=np.array(size, dtype=np.int32),
+            hash=np.array([self.hash], dtype=np.uint64),
+            version=np.array([VERSION]),
+        )
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ImageKeys:
+        with np.load(io.BytesIO(data)) as z:
+            size = (int(z["size"][0]), int(z["size"][1]))
+            keypoints = Keypoints(z["xy"].astype(np.float32), z["desc"], size if size[0] > 0 else None)
+            return cls(keypoints, int(z["hash"][0]))
+
+
+def describe_image(image: PILImage.Image) -> ImageKeys:
+    """A catalog image's keypoints and hash (about 30 ms at 400 px)."""
+    image = image.convert("RGB")
+    return ImageKeys(sift_keypoints(image, long_side=LONG_SIDE, features=FEATURES), phash(image))
+
+
+def screen(keys: ImageKeys, work: WorkSignature, *, min_inliers: float) -> tuple[bool, Geometry | None]:
+    """Whether a catalog image's stored keypoints or hash come near enough to a work's to
+    be worth describing it in full (`min_inliers` keypoints agreeing on one geometry,
+    weighted by how copy-like it is, or a hash close enough to count as evidence), with
+    that geometry (None when the hash settled it)."""
+    if int(hamming(work.hashes, keys.hash).min()) < HASH_COUNTS_BELOW:
+        return True, None
+    geometry, _ = locate(keys.keypoints, work)
+    return geometry.inliers * geometry.support >= min_inliers, geometry
+
+
+def check_in_full(
+    works: CopyIndex,
+    backbone: Backbone,
+    picture: PILImage.Image,
+    work_id: int,
+    *,
+    screened: Geometry | None,
+    threshold: float,
+) -> tuple[Candidate, QuerySignature]:
+    """Describe a screened catalog image as an upload is and score it against the work.
+    When that falls short and the screen found the work in a small part of the image (a
+    paste, a collage cell), that part is looked at again alone (`CopyIndex.match_part`)
+    and the better of the two kept, if its geometry looks like a copy's."""
+    query = works.describe(backbone, picture)
+    best = next(c for c in works.match(query) if c.work_id == work_id)
+    box = screened.focus() if screened is not None and best.score < threshold else None
+    if box is not None:
+        part = works.match_part(backbone, picture, box, work_id)
+        if part is not None and part.score > best.score and part.evidence.support >= PART_MIN_SUPPORT:
+            best = part
+    return best, query
+
+
+def _float(keypoints: Iterable[Keypoints]) -> np.ndarray:
+    parts = [k.root for k in keypoints if len(k)]
+    if not parts:
+        return np.zeros((0, 128), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+
+class CatalogKeypointIndex:
+    """Every catalog image's descriptors, keyed by image id, appended to as images arrive.
+
+    `everything` yields (image id, keypoints) of every image added so far, from storage;
+    it is read when the inverted file is (re)trained. Removed images are not taken out: their
+    votes are dropped by the caller, which knows which images still exist, and a retrain
+    leaves them behind.
+    """
+
+    def __init__(self, everything: Callable[[], Iterable[tuple[int, Keypoints]]]) -> None:
+        self._everything = everything
+        self._index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatL2(128))
+        self._trained_on = 0
+        self.images = 0
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def trained(self) -> bool:
+        return self._trained_on > 0
+
+    def add(self, items: list[tuple[int, Keypoints]]) -> None:
+        """Add images' keypoints (an image added twice votes twice: add each once)."""
+        desc = _float(k for _, k in items)
+        ids = np.concatenate([np.full(len(k), i, dtype=np.int64) for i, k in items if len(k)] or [np.zeros(0, np.int64)])
+        self.images += len(items)
+        total = len(self) + len(desc)
+        if total >= TRAIN_AT and (
+            not self.trained or (total >= RETRAIN_GROWTH * self._trained_on and self._trained_on < RETRAIN_UNTIL)
+        ):
+            self._train(items)
+            return
+        if len(desc):
+            self._index.add_with_ids(desc, ids)
+
+    def _train(self, new: list[tuple[int, Keypoints]]) -> None:
+        """Rebuild from everything added before and the images being added: an inverted
+        file trained on a sample."""
+        items = [*self._everything(), *new]
+        desc = _float(k for _, k in items)
+        ids = np.concatenate([np.full(len(k), i, dtype=np.int64) for i, k in items if len(k)] or [np.zeros(0, np.int64)])
+        lists = max(64, min(int(LISTS_PER_ROOT * np.sqrt(len(desc))), len(desc) // 40))
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(128), 128, lists, PQ_BYTES, 8)
+        index.cp.niter = 10
+        index.train(desc[np.random.default_rng(0).permutation(len(desc))[: 40 * lists]])
+        for start in range(0, len(desc), 262_144):
+            index.add_with_ids(desc[start : start + 262_144], ids[start : start + 262_144])
+        index.nprobe = PROBES
+        self._index, self._trained_on, self.images = index, len(desc), len(items)
+
+    def vote(self, *keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, votes), most voted first, of the images that at least MIN_VOTES of
+        these keypoints' descriptors point to (one vote per descriptor and image)."""
+        query = _float(keypoints)
+        empty = np.zeros(0, dtype=np.int64)
+        if len(self) < NEIGHBOURS or len(query) == 0:
+            return empty, empty
+        distances, ids = self._index.search(query, NEIGHBOURS)
+        distances = np.sqrt(np.maximum(distances, 0.0))
+        near = (ids >= 0) & (distances < RATIO * distances[:, -1:])
+        rows = np.nonzero(near)[0]
+        pairs = np.unique(np.stack([rows, ids[near]], axis=1), axis=0)  # one vote per descriptor and image
+        images, votes = np.unique(pairs[:, 1], return_counts=True)
+        keep = votes >= MIN_VOTES
+        images, votes = images[keep], votes[keep]
+        order = np.lexsort((images, -votes))
+        return images[order], votes[order]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: PQ codes and ids of every list with the coarse centroids (or the
+        exact vectors with their ids while small)."""
+        if isinstance(self._index, faiss.IndexIVF):
+            return int(self._index.ntotal) * (int(self._index.code_size) + 8) + int(self._index.nlist) * 128 * 4
+        return len(self) * (128 * 4 + 8)
+
+    def save(self, directory: Path, *, last_row: int) -> None:
+        """Write the index to `directory` (replaced whole, atomically) with the last
+        stored row it holds."""
+        directory = Path(directory)
+        partial = directory.with_name(f".{directory.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        faiss.write_index(self._index, str(partial / "index.faiss"))
+        meta = {"version": VERSION, "trained_on": self._trained_on, "images": self.images, "last_row": last_row}
+        (partial / "meta.json").write_text(json.dumps(meta))
+        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
+        if directory.exists():
+            directory.rename(previous)
+        partial.rename(directory)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: Path, everything: Callable[[], Iterable[tuple[int, Keypoints]]]) -> tuple[CatalogKeypointIndex, int]:
+        """A saved index and the last stored row it holds."""
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+        if meta.get("version") != VERSION:
+            raise ValueError("the saved keypoint index was made with other keypoints")
+        index = cls(everything)
+        index._index = faiss.read_index(str(Path(directory) / "index.faiss"))
+        if isinstance(index._index, faiss.IndexIVF):
+            index._index.nprobe = PROBES
+        index._trained_on, index.images = int(meta["trained_on"]), int(meta["images"])
+        return index, int(meta["last_row"])

@@ -1,0 +1,101 @@
+"""The catalog's keypoint index: which catalog images show a newly registered work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.conf import settings
+from PIL import Image as PILImage
+
+from benchmarks import attacks
+from gallery.vision import copydetect, localfeatures
+
+
+def _photo(path) -> PILImage.Image:  # type: ignore[no-untyped-def]
+    return PILImage.open(path).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def scene(butterflies):  # type: ignore[no-untyped-def]
+    """A work, a catalog of other butterflies (several of its own species) holding a small
+    paste, a collage and a crop of it, and the work's own keypoints (as registered)."""
+    rng = np.random.default_rng(5)
+    work = _photo(butterflies["002"][0])
+    others = [_photo(p) for species in ("001", "002", "003", "004", "005", "006") for p in butterflies[species][1:6]]
+    copies = {family: attacks.old_copy(family, work, others[-3:], rng) for family in attacks.OLD_COPY_FAMILIES}
+    catalog = {100 + i: localfeatures.describe_image(p) for i, p in enumerate(others)}
+    for i, family in enumerate(attacks.OLD_COPY_FAMILIES):
+        catalog[10 + i] = localfeatures.describe_image(copies[family])
+    keypoints = copydetect.sift_keypoints(work)
+    mirrored = copydetect.sift_keypoints(work.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT))
+    return {"catalog": catalog, "keypoints": (keypoints, mirrored), "copies": {10, 11, 12}}
+
+
+def _index(catalog: dict[int, localfeatures.ImageKeys]) -> localfeatures.CatalogKeypointIndex:
+    """The catalog added in two batches; `everything` gives what was added before."""
+    items = [(i, k.keypoints) for i, k in catalog.items()]
+    index = localfeatures.CatalogKeypointIndex(lambda: items[:10])
+    index.add(items[:10])
+    index.add(items[10:])
+    return index
+
+
+def test_stored_keypoints_come_back_as_they_were(scene) -> None:  # type: ignore[no-untyped-def]
+    keys = scene["catalog"][10]
+    again = localfeatures.ImageKeys.from_bytes(keys.to_bytes())
+    assert again.hash == keys.hash and again.keypoints.size == keys.keypoints.size
+    assert np.array_equal(again.keypoints.desc, keys.keypoints.desc)
+    assert np.abs(again.keypoints.xy - keys.keypoints.xy).max() < 0.25  # half-precision pixels
+    assert 100 < len(keys.keypoints) <= localfeatures.FEATURES
+    assert len(keys.to_bytes()) < 60_000
+
+
+def test_the_work_votes_for_its_pasted_collaged_and_cropped_copies(scene) -> None:  # type: ignore[no-untyped-def]
+    ids, votes = _index(scene["catalog"]).vote(*scene["keypoints"])
+    # The scan verifies the most voted (other photos of the same species share some
+    # wing pattern: the screen on geometry tells them apart, below).
+    assert scene["copies"] <= set(ids[: settings.COPYRIGHT["SCAN_VOTED"] // 2].tolist())
+    assert ids[0] == 10  # the crop keeps most of the work
+    assert list(votes) == sorted(votes, reverse=True) and votes.min() >= localfeatures.MIN_VOTES
+    unrelated = [i for i in ids.tolist() if i < 105 or i >= 110]
+    assert all(dict(zip(ids.tolist(), votes.tolist(), strict=True))[i] < 20 for i in unrelated if i not in scene["copies"])
+
+
+def test_two_uploads_of_the_same_copy_both_get_the_votes(scene) -> None:  # type: ignore[no-untyped-def]
+    catalog = dict(scene["catalog"])
+    catalog[50] = catalog[10]  # the small paste, uploaded twice
+    ids, votes = _index(catalog).vote(*scene["keypoints"])
+    ranked = dict(zip(ids.tolist(), votes.tolist(), strict=True))
+    assert ranked[50] == ranked[10] >= 10
+
+
+def test_the_screen_passes_the_copies_and_stops_the_same_species(scene, butterflies) -> None:  # type: ignore[no-untyped-def]
+    signature = copydetect.WorkSignature(
+        globals=np.zeros((5, 4), np.float32),
+        regions=np.zeros((13, 4), np.float32),
+        hashes=np.array([0, 0], dtype=np.uint64),
+        keypoints=scene["keypoints"][0],
+        mirrored_keypoints=scene["keypoints"][1],
+    )
+    catalog = scene["catalog"]
+    for copy in scene["copies"]:
+        assert localfeatures.screen(catalog[copy], signature, min_inliers=8)[0], copy
+    same_species = [i for i in catalog if i >= 105 and i < 110]  # other photos of the work's species
+    assert not any(localfeatures.screen(catalog[i], signature, min_inliers=8)[0] for i in same_species)
+
+
+def test_a_large_catalog_moves_to_compressed_codes_and_a_saved_index_votes_the_same(scene, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(localfeatures, "TRAIN_AT", 6000)  # passed by the second batch
+    catalog = scene["catalog"]
+    index = _index(catalog)
+    # Trained when the second batch passed the size: every descriptor once.
+    assert index.trained and len(index) == sum(len(k.keypoints) for k in catalog.values())
+    assert index.nbytes < len(index) * 40  # PQ codes and ids, not 512-byte vectors
+    ids, _ = index.vote(*scene["keypoints"])
+    assert scene["copies"] <= set(ids[: settings.COPYRIGHT["SCAN_VOTED"] // 2].tolist())
+
+    index.save(tmp_path / "keypoints", last_row=42)
+    loaded, last_row = localfeatures.CatalogKeypointIndex.load(tmp_path / "keypoints", lambda: [])
+    assert last_row == 42 and loaded.trained
+    again, _ = loaded.vote(*scene["keypoints"])
+    assert np.array_equal(again, ids)
