@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +39,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from .backbones import Backbone, l2_normalise
+from .folders import replace_folder
 from .phash import hamming, phash, phash_variants
 
 DESCRIPTOR_VERSION = 1
@@ -825,10 +825,9 @@ class CopyIndex:
     def save(self, directory: Path) -> None:
         """Write the searchable parts to `directory` (replaced whole, atomically)."""
         self._flush()
-        directory = Path(directory)
-        partial = directory.with_name(f".{directory.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        replace_folder(directory, self._write)
+
+    def _write(self, partial: Path) -> None:
         np.save(partial / "ids.npy", np.array(self.ids, dtype=np.int64))
         np.save(partial / "hashes.npy", self._hashes)
         with open(partial / "vectors.npy", "wb") as out:  # the mapped rows, then the rest, never all in memory
@@ -847,11 +846,6 @@ class CopyIndex:
         self._votes.save(partial)
         meta = {"version": DESCRIPTOR_VERSION, "fitted_on": self._fitted_on, "trained_on": self._votes._trained_on}
         (partial / "meta.json").write_text(json.dumps(meta))
-        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-        if directory.exists():
-            directory.rename(previous)
-        partial.rename(directory)
-        shutil.rmtree(previous, ignore_errors=True)
 
     @classmethod
     def load(cls, directory: Path, loader: Callable[[int], WorkSignature]) -> CopyIndex:

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from .copydetect import (
     locate,
     sift_keypoints,
 )
+from .folders import replace_folder
 from .phash import hamming, phash
 
 VERSION = 1
@@ -229,18 +228,13 @@ class CatalogKeypointIndex:
     def save(self, directory: Path, *, last_row: int) -> None:
         """Write the index to `directory` (replaced whole, atomically) with the last
         stored row it holds."""
-        directory = Path(directory)
-        partial = directory.with_name(f".{directory.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        faiss.write_index(self._index, str(partial / "index.faiss"))
         meta = {"version": VERSION, "trained_on": self._trained_on, "images": self.images, "last_row": last_row}
-        (partial / "meta.json").write_text(json.dumps(meta))
-        previous = directory.with_name(f".{directory.name}.{os.getpid()}.old")
-        if directory.exists():
-            directory.rename(previous)
-        partial.rename(directory)
-        shutil.rmtree(previous, ignore_errors=True)
+
+        def write(folder: Path) -> None:
+            faiss.write_index(self._index, str(folder / "index.faiss"))
+            (folder / "meta.json").write_text(json.dumps(meta))
+
+        replace_folder(directory, write)
 
     @classmethod
     def load(cls, directory: Path, everything: Callable[[], Iterable[tuple[int, Keypoints]]]) -> tuple[CatalogKeypointIndex, int]:

@@ -40,6 +40,16 @@ def _upload(page: Page, stack: Stack, paths: list[Path]) -> None:
     expect(ready).to_have_count(len(paths), timeout=READY_TIMEOUT_MS)
 
 
+def _register(page: Page, work: Path, title: str) -> None:
+    """Register a protected work by its form, from a copyright page."""
+    page.get_by_role("link", name="Register a work").click()
+    page.get_by_label("Protected image").set_input_files(str(work))
+    page.get_by_label("Title").fill(title)
+    page.get_by_label("Rights holder").fill("Lepido Press")
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_text(f"Registered “{title}”")).to_be_visible()
+
+
 def _queue_rows(page: Page, count: int, timeout: float = 120) -> None:
     """The queue fills as the worker checks uploads: look again until the matches are listed."""
     deadline = time.monotonic() + timeout
@@ -66,12 +76,7 @@ def test_reviewer_registers_a_work_confirms_one_copy_and_dismisses_another(
     reviewer.get_by_role("navigation", name="Main").get_by_role("link", name="Copyright review").click()
     expect(reviewer.get_by_role("heading", name="Copyright review queue")).to_be_visible()
     expect(reviewer.get_by_text("No matches here.")).to_be_visible()
-    reviewer.get_by_role("link", name="Register a work").click()
-    reviewer.get_by_label("Protected image").set_input_files(str(work_path))
-    reviewer.get_by_label("Title").fill("Morning Admiral")
-    reviewer.get_by_label("Rights holder").fill("Lepido Press")
-    reviewer.get_by_role("button", name="Register").click()
-    expect(reviewer.get_by_text("Registered “Morning Admiral”")).to_be_visible()
+    _register(reviewer, work_path, "Morning Admiral")
     deadline = time.monotonic() + 120
     while reviewer.get_by_text("Monitored").count() == 0 and time.monotonic() < deadline:
         time.sleep(1)
@@ -162,12 +167,7 @@ def test_a_work_registered_after_its_copy_was_uploaded_finds_the_old_copy(
     reviewer = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     sign_in(reviewer, stack, *archivist)
     reviewer.get_by_role("navigation", name="Main").get_by_role("link", name="Copyright review").click()
-    reviewer.get_by_role("link", name="Register a work").click()
-    reviewer.get_by_label("Protected image").set_input_files(str(work_path))
-    reviewer.get_by_label("Title").fill("Swallowtail study")
-    reviewer.get_by_label("Rights holder").fill("Lepido Press")
-    reviewer.get_by_role("button", name="Register").click()
-    expect(reviewer.get_by_text("Registered “Swallowtail study”")).to_be_visible()
+    _register(reviewer, work_path, "Swallowtail study")
 
     reviewer.get_by_role("link", name="Review queue").click()
     reviewer.get_by_label("Status").select_option("pending")

@@ -13,9 +13,12 @@ from gallery.errors import CurationError
 
 class CatalogJobCommand(BaseCommand):
     kind = ""
+    batched = False  # the job works in batches of --batch-size images
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--foreground", action="store_true", help="run in this process instead of the workers")
+        if self.batched:
+            parser.add_argument("--batch-size", type=int, default=None)
 
     def start(self, *, backbone: str = "", foreground: bool = False, batch_size: int | None = None) -> None:
         try:

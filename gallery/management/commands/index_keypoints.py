@@ -14,11 +14,8 @@ class Command(CatalogJobCommand):
         "pastes and collages among them; resumable: run it again after a crash. New uploads "
         "get theirs from the worker's copy check."
     )
+    batched = True
     kind = "keypoints"
-
-    def add_arguments(self, parser: Any) -> None:
-        super().add_arguments(parser)
-        parser.add_argument("--batch-size", type=int, default=None)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.start(foreground=opts["foreground"], batch_size=opts["batch_size"])

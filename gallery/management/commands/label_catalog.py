@@ -13,11 +13,8 @@ class Command(CatalogJobCommand):
         "before words search existed); resumable: run it again after a crash. New uploads are "
         "labelled by the worker in the same forward pass as their embedding."
     )
+    batched = True
     kind = "labels"
-
-    def add_arguments(self, parser: Any) -> None:
-        super().add_arguments(parser)
-        parser.add_argument("--batch-size", type=int, default=None)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.start(foreground=opts["foreground"], batch_size=opts["batch_size"])

@@ -12,12 +12,12 @@ class Command(CatalogJobCommand):
         "Compute every image's embedding with BACKBONE in the background (resumable: run it "
         "again after a crash), fit its PCA, switch search to it atomically, remove the old vectors."
     )
+    batched = True
     kind = "reembed"
 
     def add_arguments(self, parser: Any) -> None:
         super().add_arguments(parser)
         parser.add_argument("--backbone", required=True)
-        parser.add_argument("--batch-size", type=int, default=None)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         self.start(backbone=opts["backbone"], foreground=opts["foreground"], batch_size=opts["batch_size"])
