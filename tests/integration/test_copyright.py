@@ -398,6 +398,33 @@ def test_a_bulk_import_is_checked_against_protected_works(tmp_path, butterflies,
     assert matched == {"flipped.jpg"}
 
 
+@pytest.mark.slow
+def test_a_bulk_import_before_any_work_keeps_keypoints_for_a_later_work(
+    tmp_path, butterflies, settings, django_capture_on_commit_callbacks, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from django.core.management import call_command
+
+    settings.COPYRIGHT = {**settings.COPYRIGHT, "SCAN_CANDIDATES": 0, "SCAN_ALWAYS_VERIFIED": 0}
+    work_path = butterflies["007"][0]
+    work = PILImage.open(work_path).convert("RGB")
+    backdrop = PILImage.open(butterflies["002"][2]).convert("RGB")
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    (folder / "flyer.jpg").write_bytes(_jpeg(attacks.paste_small(work, backdrop, np.random.default_rng(2))))
+    (folder / "other.jpg").write_bytes(butterflies["007"][2].read_bytes())
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("import_images", str(folder), "--no-progress")
+    assert "Index keypoints for copy scans" in capsys.readouterr().out  # queued (run at once here)
+    assert ImageKeypoints.objects.count() == 2
+
+    with django_capture_on_commit_callbacks(execute=True):
+        registered = copyright_services.protected_work_register(
+            file=_file(work_path.read_bytes()), title="Peacock", rights_holder="D"
+        )
+    matched = {m.image.original_name for m in CopyMatch.objects.filter(work=registered)}
+    assert matched == {"flyer.jpg"}
+
+
 def _half_of_the_work_in_the_upload() -> copyright_services.copydetect.Evidence:
     """Evidence of an upload showing the left half of a 400×300 work at twice the size."""
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from gallery.errors import CurationError, DuplicateImage, ImageRejected
 from gallery.search import services as search_services
 from gallery.vision.datasets import find_images
 from gallery.vision.preprocess import ImageDecodeError
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -123,6 +126,8 @@ class Command(BaseCommand):
             reduction = search_services.reduction_fit(backbone=backbone)
             if reduction:
                 self.stdout.write(f"fitted {reduction} on {reduction.fitted_on} embeddings")
+        if imported and embed and not self._monitoring:
+            self._keypoints_later()
         for path, reason in self._rejected:
             self.stderr.write(f"rejected {path}: {reason}")
         verb = "would import" if dry else "imported"
@@ -132,6 +137,18 @@ class Command(BaseCommand):
             )
             + (" (dry run: nothing was stored)" if dry else "")
         )
+
+    def _keypoints_later(self) -> None:
+        """Photos embedded here get no copy check while no work is registered, so their
+        keypoints (for a work registered later) are stored by the workers' resumable job,
+        outside the import's time."""
+        try:
+            job = curation_services.catalog_job_start(kind="keypoints")
+        except Exception as exc:  # the broker is unreachable: say how to do it later
+            log.warning("could not queue the keypoints job (%s)", exc)
+            self.stdout.write("keypoints for copy scans not queued; run: python manage.py index_keypoints")
+            return
+        self.stdout.write(f"{job} queued: the workers store the new photos' keypoints for copy scans")
 
     def _check_chunk(self, paths: list[Path]) -> None:
         """A dry run: check each photo, store nothing."""
