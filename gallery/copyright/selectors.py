@@ -141,14 +141,14 @@ class _CatalogKeypointCache:
         self._lock = threading.Lock()
         self._index: localfeatures.CatalogKeypointIndex | None = None
         self._last_row = 0
-        self._saved_row = 0
+        self._unsaved = 0  # rows added since the last save (or the load)
 
     def _folder(self) -> Path | None:
         root = settings.COPYRIGHT.get("INDEX_DIR") or ""
         return Path(root) / f"catalog-keypoints-v{localfeatures.VERSION}" if root else None
 
     def _load(self) -> None:
-        self._index, self._last_row, self._saved_row = localfeatures.CatalogKeypointIndex(self._added), 0, 0
+        self._index, self._last_row, self._unsaved = localfeatures.CatalogKeypointIndex(self._added), 0, 0
         folder = self._folder()
         if folder is None or not (folder / "meta.json").exists():
             return
@@ -161,7 +161,7 @@ class _CatalogKeypointCache:
         if newest < last_row:
             log.info("the saved keypoint index is from another catalog; rebuilding it")
             return
-        self._index, self._last_row, self._saved_row = index, last_row, last_row
+        self._index, self._last_row = index, last_row
 
     def _added(self) -> Iterator[tuple[int, copydetect.Keypoints]]:
         """What the index holds: the stored rows up to the last one added."""
@@ -172,10 +172,11 @@ class _CatalogKeypointCache:
             if self._index is None:
                 self._load()
             assert self._index is not None
-            rows = ImageKeypoints.objects.filter(version=localfeatures.VERSION, pk__gt=self._last_row).order_by("pk")
+            rows = ImageKeypoints.objects.filter(version=localfeatures.VERSION).order_by("pk")
             while batch := list(rows.filter(pk__gt=self._last_row).values_list("pk", "image_id", "data")[:2000]):
                 self._index.add([(i, localfeatures.ImageKeys.from_bytes(bytes(d)).keypoints) for _, i, d in batch])
                 self._last_row = batch[-1][0]
+                self._unsaved += len(batch)
             self._save()
             return self._index
 
@@ -184,21 +185,18 @@ class _CatalogKeypointCache:
         assert self._index is not None
         if folder is None or not self._index.trained:
             return  # small: rebuilt from the stored rows in a moment
-        if (
-            ImageKeypoints.objects.filter(pk__gt=self._saved_row, pk__lte=self._last_row).count()
-            < settings.COPYRIGHT["INDEX_SAVE_EVERY"]
-        ):
+        if self._unsaved < settings.COPYRIGHT["INDEX_SAVE_EVERY"]:
             return
         try:
             self._index.save(folder, last_row=self._last_row)
         except OSError as exc:
             log.warning("could not save the keypoint index (%s)", exc)
             return
-        self._saved_row = self._last_row
+        self._unsaved = 0
 
     def clear(self) -> None:
         with self._lock:
-            self._index, self._last_row, self._saved_row = None, 0, 0
+            self._index, self._last_row, self._unsaved = None, 0, 0
 
 
 catalog_keypoints = _CatalogKeypointCache()
