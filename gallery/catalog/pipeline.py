@@ -112,6 +112,23 @@ def query_runtime(backbone: Backbone) -> str:
     return _query_path(backbone).runtime
 
 
+_maps_runtimes: dict[str, Backbone] = {}
+_maps_runtimes_lock = threading.Lock()
+
+
+def copy_check_backbone() -> Backbone:
+    """The configured backbone as copy checks run it: with QUERY_RUNTIME onnx, its feature
+    maps (each upload's and work's forward passes) on ONNX Runtime, converted once per
+    process and used only within onnx_query.TOLERANCE of TensorFlow's maps."""
+    backbone = current_backbone()
+    with _maps_runtimes_lock:
+        if _maps_runtimes.get(backbone.name) is not backbone:
+            onnx = settings.IMAGESEARCH["QUERY_RUNTIME"] == "onnx"
+            backbone.use_maps_runtime(onnx_query.build_maps(backbone) if onnx else None)
+            _maps_runtimes[backbone.name] = backbone
+    return backbone
+
+
 def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> np.ndarray:
     """One query photo's embedding. Photos searched at the same moment by other requests
     of this process share one forward pass (`gallery.vision.batching`); the vector is

@@ -87,7 +87,7 @@ class _CopyIndexCache:
         self._saved_works = len(self._index)
 
     def get(self) -> LoadedCopyIndex:
-        backbone = pipeline.current_backbone()
+        backbone = pipeline.copy_check_backbone()
         rows = WorkSignature.objects.filter(
             backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, work__status=ProtectedWork.Status.READY
         )

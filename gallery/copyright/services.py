@@ -94,7 +94,7 @@ def protected_work_describe(*, work_id: int) -> ProtectedWork | None:
     work = ProtectedWork.objects.filter(pk=work_id).first()
     if work is None:
         return None
-    backbone = pipeline.current_backbone()
+    backbone = pipeline.copy_check_backbone()
     row = WorkSignature.objects.filter(work=work, backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION).first()
     if row is None:
         try:

@@ -103,12 +103,29 @@ class Backbone:
             input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
         )
         self._lock = threading.Lock()
+        self._maps_runtime: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def pooled_function(self) -> Callable[..., object]:
         """The traced graph from normalised float32 input to GeM-pooled (unnormalised)
         descriptors, for runtimes that convert it."""
         return self._pooled  # type: ignore[no-any-return]
+
+    @property
+    def maps_function(self) -> Callable[..., object]:
+        """The traced graph from normalised float32 input of any size to feature maps, for
+        runtimes that convert it."""
+        return self._maps  # type: ignore[no-any-return]
+
+    def use_maps_runtime(self, run: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """Compute `feature_maps` with `run` (normalised float32 in, maps out) instead of
+        TensorFlow; None gives them back to TensorFlow."""
+        self._maps_runtime = run
+
+    @property
+    def maps_runtime(self) -> str:
+        """What computes this process's feature maps of the backbone: onnx or tensorflow."""
+        return "tensorflow" if self._maps_runtime is None else "onnx"
 
     @property
     def normalise(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -130,6 +147,15 @@ class Backbone:
 
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) uint8 of any size → (n, h/32, w/32, dim) float32 activations."""
+        x = self._normalise(np.asarray(batch).astype(np.float32))
+        run = self._maps_runtime
+        if run is not None:
+            return run(x)
+        with self._lock:
+            return np.asarray(self._maps(x), dtype=np.float32)
+
+    def tensorflow_maps(self, batch: np.ndarray) -> np.ndarray:
+        """`feature_maps` computed by TensorFlow whatever runtime is in use: the reference."""
         x = self._normalise(np.asarray(batch).astype(np.float32))
         with self._lock:
             return np.asarray(self._maps(x), dtype=np.float32)

@@ -40,39 +40,46 @@ def check_batch(backbone: Backbone, n: int = 4) -> np.ndarray:
     return batch.astype(np.uint8)
 
 
-def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
-    """`backbone.embed_arrays` on ONNX Runtime, or None when the runtime is not installed,
-    the conversion fails or its descriptors differ from TensorFlow's by more than TOLERANCE."""
+def _session(graph: Callable[..., object], spec: object, threads: int, what: str) -> object | None:
+    """An ONNX Runtime session of a traced graph, or None (logged) when it cannot be made."""
     try:
         import onnxruntime as ort
         import tensorflow as tf
         import tf2onnx
     except ImportError as exc:
-        log.info("ONNX Runtime not available for the query path (%s); TensorFlow embeds queries", exc)
+        log.info("ONNX Runtime not available for %s (%s); TensorFlow runs them", what, exc)
         return None
     _quiet_converters()
-    size = backbone.spec.input_size
-    pooled = backbone.pooled_function
-    started = time.perf_counter()
     try:
-        graph = tf.function(lambda x: pooled(x))
-        spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="photos"),)
-        proto, _ = tf2onnx.convert.from_function(graph, input_signature=spec, opset=17)
+        proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: graph(x)), input_signature=spec, opset=17)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.log_severity_level = 3
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # any converter or runtime failure leaves TensorFlow in charge
-        log.warning("the %s query graph could not run on ONNX Runtime (%s); TensorFlow embeds queries", backbone.name, exc)
+        log.warning("%s could not run on ONNX Runtime (%s); TensorFlow runs them", what, exc)
         return None
-    name = session.get_inputs()[0].name
+
+
+def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
+    """`backbone.embed_arrays` on ONNX Runtime, or None when the runtime is not installed,
+    the conversion fails or its descriptors differ from TensorFlow's by more than TOLERANCE."""
+    import tensorflow as tf
+
+    size = backbone.spec.input_size
+    started = time.perf_counter()
+    spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="photos"),)
+    session = _session(backbone.pooled_function, spec, threads, f"the {backbone.name} query graph")
+    if session is None:
+        return None
+    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
     normalise = backbone.normalise
 
     def embed(batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] == 0:
             return np.zeros((0, backbone.dim), dtype=np.float32)
         x = normalise(np.asarray(batch).astype(np.float32))
-        return l2_normalise(np.asarray(session.run(None, {name: x})[0], dtype=np.float32))
+        return l2_normalise(np.asarray(session.run(None, {name: x})[0], dtype=np.float32))  # type: ignore[attr-defined]
 
     sample = check_batch(backbone)
     difference = float(np.abs(embed(sample) - backbone.embed_arrays(sample)).max())
@@ -91,3 +98,54 @@ def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.
         difference,
     )
     return embed
+
+
+# Shapes the feature-map graph is checked on: landscape, portrait and a thin strip, as the
+# copy checks feed it photos fitted to a long side.
+MAP_CHECK_SHAPES = ((240, 320), (320, 213), (96, 320))
+
+
+def build_maps(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The backbone's feature maps (normalised float32 of any size in) on ONNX Runtime, or
+    None when the runtime is missing, the conversion fails or, on any of MAP_CHECK_SHAPES,
+    its maps differ from TensorFlow's by more than TOLERANCE of their largest value."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    spec = (tf.TensorSpec([None, None, None, 3], tf.float32, name="photos"),)
+    session = _session(backbone.maps_function, spec, threads, f"the {backbone.name} feature maps")
+    if session is None:
+        return None
+    name = session.get_inputs()[0].name  # type: ignore[attr-defined]
+
+    def maps(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32)  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(11)
+    worst = 0.0
+    for h, w in MAP_CHECK_SHAPES:
+        ramp = (
+            np.linspace(0, 255, w, dtype=np.float32)[None, :, None] + np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+        ) / 2
+        photo = np.clip(ramp[None] + rng.normal(0, 40, size=(1, h, w, 3)), 0, 255).astype(np.uint8)
+        reference = backbone.tensorflow_maps(photo)
+        got = maps(backbone.normalise(photo.astype(np.float32)))
+        if got.shape != reference.shape:
+            worst = float("inf")
+            break
+        worst = max(worst, float(np.abs(got - reference).max()) / max(1.0, float(np.abs(reference).max())))
+    if not worst <= TOLERANCE:
+        log.warning(
+            "ONNX Runtime's %s feature maps differ from TensorFlow's by %.2g of their scale (> %g); TensorFlow computes them",
+            backbone.name,
+            worst,
+            TOLERANCE,
+        )
+        return None
+    log.debug(
+        "feature maps computed by ONNX Runtime (%s, converted in %.1f s, within %.1g of TensorFlow)",
+        backbone.name,
+        time.perf_counter() - started,
+        worst,
+    )
+    return maps

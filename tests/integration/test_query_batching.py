@@ -65,3 +65,53 @@ def test_query_photos_run_on_onnx_runtime_matching_tensorflow(butterflies, setti
         assert "TensorFlow embeds queries" in caplog.text
     finally:
         pipeline._query_paths.clear()
+
+
+def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scores(
+    butterflies, settings, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Copy checks compute feature maps on ONNX Runtime by default: maps of any shape within
+    1e-4 of TensorFlow's, and an edited copy scores against its work as it does with
+    TensorFlow; set to tensorflow, or when a conversion does not match, TensorFlow."""
+    from gallery.vision import copydetect, onnx_query
+
+    backbone = pipeline.current_backbone()
+    work = pipeline.decode(butterflies["004"][0].read_bytes()).image.convert("RGB")
+    width, height = work.size
+    copy = work.crop((width // 8, height // 10, width - width // 6, height)).rotate(4, expand=True)
+    other = pipeline.decode(butterflies["008"][1].read_bytes()).image
+
+    def scores() -> list[float]:
+        index = copydetect.CopyIndex()
+        index.add(1, copydetect.describe_work(backbone, work))
+        return [next(c for c in index.match(index.describe(backbone, im)) if c.work_id == 1).score for im in (copy, other)]
+
+    pipeline._maps_runtimes.clear()
+    try:
+        backbone.use_maps_runtime(None)
+        on_tensorflow = scores()
+        assert pipeline.copy_check_backbone() is backbone
+        assert backbone.maps_runtime == "onnx"
+        for size in ((320, 240), (197, 320)):
+            photo = np.asarray(work.resize(size), dtype=np.uint8)[None]
+            reference = backbone.tensorflow_maps(photo)
+            got = backbone.feature_maps(photo)
+            assert got.shape == reference.shape
+            assert np.abs(got - reference).max() <= 1e-4 * max(1.0, float(np.abs(reference).max()))
+        on_onnx = scores()
+        assert np.allclose(on_onnx, on_tensorflow, atol=1e-3)
+        assert on_onnx[0] >= settings.COPYRIGHT["THRESHOLD"] > on_onnx[1]
+
+        pipeline._maps_runtimes.clear()
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "tensorflow"}
+        assert pipeline.copy_check_backbone().maps_runtime == "tensorflow"
+
+        pipeline._maps_runtimes.clear()
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "onnx"}
+        monkeypatch.setattr(onnx_query, "TOLERANCE", -1.0)  # no conversion can match: TensorFlow stays
+        with caplog.at_level("WARNING"):
+            assert pipeline.copy_check_backbone().maps_runtime == "tensorflow"
+        assert "TensorFlow computes them" in caplog.text
+    finally:
+        backbone.use_maps_runtime(None)
+        pipeline._maps_runtimes.clear()

@@ -82,8 +82,8 @@ class Command(BaseCommand):
         paths = [p for d in opts["directory"] for p in find_images(d)]
         if not sizes and not opts["old_copies"]:
             raise CommandError("nothing to measure: give register --sizes or --old-copies")
-        backbone = pipeline.current_backbone()
-        report: dict[str, Any] = {"sizes": {}}
+        backbone = pipeline.copy_check_backbone()  # as the workers run it
+        report: dict[str, Any] = {"sizes": {}, "forward_runtime": backbone.maps_runtime}
         if sizes:
             self._register(paths, sizes, backbone, report, opts)
         if opts["old_copies"]:
@@ -213,6 +213,7 @@ class Command(BaseCommand):
         scratch.cleanup()
 
     def _print(self, report: dict[str, Any]) -> None:
+        self.stdout.write(f"forward passes of uploads and works on {report['forward_runtime']}")
         if report["sizes"]:
             self.stdout.write(
                 f"reference: the {report['real_works']} real works alone, signatures held whole: "
