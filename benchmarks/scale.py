@@ -3,9 +3,9 @@ vectors that never all sit in memory at once.
 
 Vectors are drawn chunk by chunk from a Gaussian mixture (fitted by the caller to real
 PCA vectors); each chunk is added to the index and folded into the exact top-k of the
-queries, then dropped. The index is an inverted file with product-quantised residuals
-(IVF-PQ) whose shortlist is re-ranked with 8-bit scalar-quantised vectors: a few dozen
-bytes per vector instead of 512 (float32, 128-d).
+queries, then dropped. The index is an inverted file whose lists hold either 8-bit scalar-quantised vectors (IVF-SQ8: a byte a
+dimension, near-exact distances) or product-quantised residuals (IVF-PQ) whose shortlist is
+re-ranked with 8-bit vectors; either way a fraction of the 512 bytes of a float32 128-d vector.
 """
 
 from __future__ import annotations
@@ -61,17 +61,28 @@ class TopK:
         self.ids = np.take_along_axis(both_ids, best, axis=1)
 
 
+CODES = ("sq8", "pq")
+
+
 @dataclass(frozen=True)
 class CompressedParams:
     lists: int = 4096
-    pq_bytes: int = 32  # sub-quantisers of 8 bits
-    refine: bool = True  # re-rank the shortlist with 8-bit scalar-quantised vectors
+    codes: str = "sq8"  # sq8: 8-bit vectors in the lists; pq: PQ codes re-ranked with 8-bit vectors
+    pq_bytes: int = 32  # sub-quantisers of 8 bits (codes "pq")
     train_size: int = 200_000
+
+    @property
+    def spec(self) -> str:
+        """The faiss factory string of the index."""
+        if self.codes == "sq8":
+            return f"IVF{self.lists},SQ8"
+        return f"IVF{self.lists},PQ{self.pq_bytes},Refine(SQ8)"
 
 
 def make_compressed(dim: int, params: CompressedParams) -> faiss.Index:
-    spec = f"IVF{params.lists},PQ{params.pq_bytes}" + (",Refine(SQ8)" if params.refine else "")
-    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    if params.codes not in CODES:
+        raise ValueError(f"codes must be one of {', '.join(CODES)}")
+    index = faiss.index_factory(dim, params.spec, faiss.METRIC_INNER_PRODUCT)
     ivf_of(index).cp.niter = 10
     return index
 
@@ -83,11 +94,11 @@ def ivf_of(index: faiss.Index) -> faiss.IndexIVF:
 
 def compressed_bytes(index: faiss.Index) -> int:
     """What the index holds in memory: the codes and ids of every list, the coarse
-    centroids, the product quantiser's tables and, with re-ranking, its 8-bit codes."""
+    centroids, the quantiser's tables and, with re-ranking, its 8-bit codes."""
     ivf = ivf_of(index)
     codes = int(ivf.ntotal) * (int(ivf.code_size) + 8)  # each list keeps codes and 64-bit ids
     centroids = ivf.nlist * ivf.d * 4
-    pq = ivf.d * 256 * 4 if isinstance(ivf, faiss.IndexIVFPQ) else 0
+    pq = ivf.d * 256 * 4 if isinstance(ivf, faiss.IndexIVFPQ) else 2 * ivf.d * 4  # PQ tables, or SQ ranges
     refine = 0
     if isinstance(index, faiss.IndexRefine):
         refine = int(index.refine_index.ntotal) * int(index.refine_index.sa_code_size())

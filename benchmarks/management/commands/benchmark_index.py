@@ -95,9 +95,15 @@ class Command(BaseCommand):
         )
         parser.add_argument("--quick", action="store_true", help="the compressed simulation at 1M vectors")
         parser.add_argument("--compressed-lists", type=int, default=4096)
+        parser.add_argument(
+            "--compressed-codes",
+            choices=scale.CODES,
+            default="sq8",
+            help="sq8: 8-bit vectors in the lists; pq: PQ codes (--pq-bytes) whose shortlist is re-ranked with 8-bit vectors",
+        )
         parser.add_argument("--pq-bytes", type=int, default=32)
-        parser.add_argument("--compressed-nprobe", default="32,64,128,256")
-        parser.add_argument("--k-factor", default="16,64", help="shortlist per result re-ranked with 8-bit vectors")
+        parser.add_argument("--compressed-nprobe", default="32,64,128")
+        parser.add_argument("--k-factor", default="16,64", help="shortlist per result re-ranked with 8-bit vectors (codes pq)")
         parser.add_argument("--compressed-queries", type=int, default=500)
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -231,8 +237,9 @@ class Command(BaseCommand):
             cur.execute("DROP TABLE benchmark_vectors")
 
     def _compressed(self, opts: dict[str, Any]) -> None:
-        """IVF-PQ with 8-bit re-ranking over --compressed-n vectors, drawn and added in
-        chunks (never all in memory); every figure with its target."""
+        """An inverted file of 8-bit vectors (or PQ codes re-ranked with them) over
+        --compressed-n vectors, drawn and added in chunks (never all in memory); every
+        figure with its target."""
         n = 1_000_000 if opts["quick"] else opts["compressed_n"]
         k = opts["k"]
         mixture = fitted_mixture(
@@ -246,13 +253,14 @@ class Command(BaseCommand):
         queries = next(scale.chunks(mixture, opts["compressed_queries"], opts["compressed_queries"], seed=7))
         params = scale.CompressedParams(
             lists=min(opts["compressed_lists"], max(1, n // 39)),
+            codes=opts["compressed_codes"],
             pq_bytes=opts["pq_bytes"],
             train_size=min(max(50 * opts["compressed_lists"], 100_000), n),
         )
         faiss.omp_set_num_threads(os.cpu_count() or 1)
         self.stdout.write(
             f"compressed index: {n} vectors × {queries.shape[1]}-d drawn in chunks from the mixture; "
-            f"IVF{params.lists},PQ{params.pq_bytes} re-ranked with 8-bit vectors; {len(queries)} queries, top-{k}"
+            f"{params.spec}; {len(queries)} queries, top-{k}"
         )
         step = max(n // 10, 1)
         built = scale.build_streaming(
@@ -275,12 +283,13 @@ class Command(BaseCommand):
         faiss.omp_set_num_threads(1)
         best: tuple[float, float, str] | None = None
         for nprobe in (int(v) for v in opts["compressed_nprobe"].split(",") if v):
-            for k_factor in (float(v) for v in opts["k_factor"].split(",") if v):
+            shortlists = [float(v) for v in opts["k_factor"].split(",") if v] if params.codes == "pq" else [1.0]
+            for k_factor in shortlists:
                 scale.set_search(built.index, nprobe=nprobe, k_factor=k_factor)
                 found, times = scale.search_one_by_one(built.index, queries, k)
                 p50, p99 = percentiles_ms(times)
                 recall = recall_at(found, built.truth)
-                label = f"nprobe={nprobe}, re-rank {k_factor:.0f}×{k}"
+                label = f"nprobe={nprobe}" + (f", re-rank {k_factor:.0f}×{k}" if params.codes == "pq" else "")
                 self.stdout.write(f"  {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@{k} {recall:.3f}")
                 if recall >= 0.90 and (best is None or p50 < best[0]):
                     best = (p50, recall, label)
