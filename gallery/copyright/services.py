@@ -276,8 +276,8 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     Candidates: the catalog images most of the work's keypoints vote for (crops, small
     pastes, collages), and the nearest by stored embedding to the work's views and
     windows. Each is screened on its stored keypoints and hash (no decoding); those that
-    pass, and the few nearest by embedding, are described and verified in full, as an
-    upload is.
+    pass, the few nearest by embedding and the image the votes single out (if any) are
+    described and verified in full, as an upload is.
     """
     from .selectors import catalog_keypoints, copy_index, image_keys
 
@@ -289,9 +289,11 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         return []
     signature = index.works.signature(work.pk)
     conf = settings.COPYRIGHT
-    voted, _ = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints)
+    voted, votes = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints)
     nearest = _nearest_by_embedding(index.backbone.name, signature)
     always = set(nearest[: conf["SCAN_ALWAYS_VERIFIED"]])
+    if (most_voted := localfeatures.dominant(voted, votes)) is not None:
+        always.add(most_voted)
     candidates = list(dict.fromkeys([*voted[: conf["SCAN_VOTED"]].tolist(), *nearest]))
     matches = [
         _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)

@@ -71,6 +71,13 @@ MIN_VOTES = 3
 # its keypoint matches agree and span the work (a paste: support ~1.0; the same product
 # on another shelf photo looked at closely: 0.2–0.45).
 PART_MIN_SUPPORT = 0.6
+# The image a work's keypoints vote for far more than any other is checked in full even
+# when the screen stops it: a work pasted small or cut into a collage cell shows many
+# matches on the stored keypoints, but in a part of the work too small for the screen's
+# copy-like weighting (13 inliers at support 0.3). "Far more": at least DOMINANT_VOTES
+# votes and DOMINANT_RATIO times the next image's.
+DOMINANT_VOTES = 5
+DOMINANT_RATIO = 1.5
 
 
 @dataclass
@@ -105,6 +112,16 @@ def describe_image(image: PILImage.Image) -> ImageKeys:
     """A catalog image's keypoints and hash (about 30 ms at 400 px)."""
     image = image.convert("RGB")
     return ImageKeys(sift_keypoints(image, long_side=LONG_SIDE, features=FEATURES), phash(image))
+
+
+def dominant(images: np.ndarray, votes: np.ndarray) -> int | None:
+    """The image of `vote`'s result that the work's keypoints vote for far more than any
+    other (see DOMINANT_VOTES), or None."""
+    if len(images) == 0 or votes[0] < DOMINANT_VOTES:
+        return None
+    if len(images) > 1 and votes[0] < DOMINANT_RATIO * votes[1]:
+        return None
+    return int(images[0])
 
 
 def screen(keys: ImageKeys, work: WorkSignature, *, min_inliers: float) -> tuple[bool, Geometry | None]:

@@ -127,6 +127,37 @@ def test_a_new_work_finds_an_old_small_paste_and_collage_through_the_catalogs_ke
     assert geometry["upload_covered"] < 0.3 and geometry["work_found"] > 0.6
 
 
+def test_a_small_paste_the_screen_would_stop_is_checked_because_the_votes_single_it_out(
+    staff_client, butterflies, settings, monkeypatch, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """A work pasted small shows many keypoint matches on the stored keypoints, but in a
+    part of the work too small for the screen: the image its votes single out is checked
+    in full anyway, and found; other photos stay unchecked."""
+    from gallery.vision import localfeatures
+
+    # Only the votes bring candidates, and the screen stops every one of them.
+    settings.COPYRIGHT = {**settings.COPYRIGHT, "SCAN_CANDIDATES": 0, "SCAN_ALWAYS_VERIFIED": 0, "SCAN_SCREEN_INLIERS": 10_000}
+    rng = np.random.default_rng(9)
+    work_path = butterflies["005"][0]
+    work = PILImage.open(work_path).convert("RGB")
+    others = [PILImage.open(p).convert("RGB") for p in (butterflies["008"][0], butterflies["009"][0], butterflies["010"][0])]
+    with django_capture_on_commit_callbacks(execute=True):
+        paste = _upload(_jpeg(attacks.old_copy("paste_small", work, others, rng)), "flyer.jpg")
+        _upload(butterflies["005"][1].read_bytes(), "same-species.jpg")
+        _upload(butterflies["002"][2].read_bytes(), "unrelated.jpg")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, work_path.read_bytes(), title="Swallowtail, small").status_code == 302
+    assert list(CopyMatch.objects.values_list("image_id", "found_by")) == [(paste.pk, "scan")]
+
+    # Without that rule the screen alone decides: nothing is checked, nothing found.
+    CopyMatch.objects.all().delete()
+    monkeypatch.setattr(localfeatures, "DOMINANT_VOTES", 10_000)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, _jpeg(work.rotate(180)), title="Swallowtail, upside down").status_code == 302
+    assert not CopyMatch.objects.exists()
+
+
 def test_the_catalog_page_stores_keypoints_of_images_uploaded_before(
     settings, django_capture_on_commit_callbacks, client
 ) -> None:  # type: ignore[no-untyped-def]

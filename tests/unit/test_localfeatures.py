@@ -99,3 +99,12 @@ def test_a_large_catalog_moves_to_compressed_codes_and_a_saved_index_votes_the_s
     assert last_row == 42 and loaded.trained
     again, _ = loaded.vote(*scene["keypoints"])
     assert np.array_equal(again, ids)
+
+
+def test_the_votes_single_out_an_image_only_when_it_stands_far_above_the_rest() -> None:
+    ids = np.array([7, 3, 9])
+    assert localfeatures.dominant(ids, np.array([13, 6, 5])) == 7
+    assert localfeatures.dominant(ids[:1], np.array([9])) == 7  # the only image voted for
+    assert localfeatures.dominant(ids, np.array([11, 10, 10])) is None  # two images alike
+    assert localfeatures.dominant(ids[:1], np.array([4])) is None  # too few votes to mean anything
+    assert localfeatures.dominant(ids[:0], np.array([], dtype=np.int64)) is None
