@@ -7,7 +7,6 @@ process (query images) and the worker (catalog images), so both embed identicall
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -113,10 +112,6 @@ def query_runtime(backbone: Backbone) -> str:
     return _query_path(backbone).runtime
 
 
-# Threads of the copy checks' forward pass on ONNX Runtime (0: every core), which never
-# spin while idle: the check extracts keypoints on a second thread meanwhile.
-COPY_FORWARD_THREADS = int(os.environ.get("IMAGESEARCH_COPY_FORWARD_THREADS", "0"))
-
 _maps_runtimes: dict[str, Backbone] = {}
 _maps_runtimes_lock = threading.Lock()
 
@@ -129,8 +124,7 @@ def copy_check_backbone() -> Backbone:
     with _maps_runtimes_lock:
         if _maps_runtimes.get(backbone.name) is not backbone:
             onnx = settings.IMAGESEARCH["QUERY_RUNTIME"] == "onnx"
-            run = onnx_query.build_maps(backbone, threads=COPY_FORWARD_THREADS, spinning=False) if onnx else None
-            backbone.use_maps_runtime(run)
+            backbone.use_maps_runtime(onnx_query.build_maps(backbone) if onnx else None)
             _maps_runtimes[backbone.name] = backbone
     return backbone
 

@@ -40,7 +40,7 @@ def check_batch(backbone: Backbone, n: int = 4) -> np.ndarray:
     return batch.astype(np.uint8)
 
 
-def _session(graph: Callable[..., object], spec: object, threads: int, what: str, *, spinning: bool = True) -> object | None:
+def _session(graph: Callable[..., object], spec: object, threads: int, what: str) -> object | None:
     """An ONNX Runtime session of a traced graph, or None (logged) when it cannot be made."""
     try:
         import onnxruntime as ort
@@ -54,8 +54,6 @@ def _session(graph: Callable[..., object], spec: object, threads: int, what: str
         proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: graph(x)), input_signature=spec, opset=17)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        if not spinning:  # idle threads sleep instead of spinning: the cores go to work running beside
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # any converter or runtime failure leaves TensorFlow in charge
@@ -107,16 +105,15 @@ def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.
 MAP_CHECK_SHAPES = ((240, 320), (320, 213), (96, 320))
 
 
-def build_maps(backbone: Backbone, *, threads: int = 0, spinning: bool = True) -> Callable[[np.ndarray], np.ndarray] | None:
+def build_maps(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.ndarray] | None:
     """The backbone's feature maps (normalised float32 of any size in) on ONNX Runtime, or
     None when the runtime is missing, the conversion fails or, on any of MAP_CHECK_SHAPES,
-    its maps differ from TensorFlow's by more than TOLERANCE of their largest value.
-    `threads` 0: every core; `spinning` False: idle threads sleep (other work runs beside)."""
+    its maps differ from TensorFlow's by more than TOLERANCE of their largest value."""
     import tensorflow as tf
 
     started = time.perf_counter()
     spec = (tf.TensorSpec([None, None, None, 3], tf.float32, name="photos"),)
-    session = _session(backbone.maps_function, spec, threads, f"the {backbone.name} feature maps", spinning=spinning)
+    session = _session(backbone.maps_function, spec, threads, f"the {backbone.name} feature maps")
     if session is None:
         return None
     name = session.get_inputs()[0].name  # type: ignore[attr-defined]
