@@ -37,6 +37,7 @@ from .copydetect import (
     HASH_COUNTS_BELOW,
     Candidate,
     CopyIndex,
+    Evidence,
     Geometry,
     Keypoints,
     QuerySignature,
@@ -71,6 +72,11 @@ MIN_VOTES = 3
 # its keypoint matches agree and span the work (a paste: support ~1.0; the same product
 # on another shelf photo looked at closely: 0.2–0.45).
 PART_MIN_SUPPORT = 0.6
+# ...or when very many of them agree: a collage cell showing a small crop of the work gives
+# 46–103 inliers whose span sits at the coverage floor (support 0.5); the same product on
+# another shelf photo stays below that support.
+PART_CONCLUSIVE_INLIERS = 40
+PART_CONCLUSIVE_SUPPORT = 0.5
 # The image a work's keypoints vote for far more than any other is checked in full even
 # when the screen stops it: a work pasted small or cut into a collage cell shows many
 # matches on the stored keypoints, but in a part of the work too small for the screen's
@@ -153,9 +159,16 @@ def check_in_full(
     box = screened.focus() if screened is not None and best.score < threshold else None
     if box is not None:
         part = works.match_part(backbone, picture, box, work_id)
-        if part is not None and part.score > best.score and part.evidence.support >= PART_MIN_SUPPORT:
+        if part is not None and part.score > best.score and _copy_like(part.evidence):
             best = part
     return best, query
+
+
+def _copy_like(evidence: Evidence) -> bool:
+    """Whether a closer look's keypoint geometry looks like a copy's (see PART_MIN_SUPPORT)."""
+    if evidence.support >= PART_MIN_SUPPORT:
+        return True
+    return evidence.inliers >= PART_CONCLUSIVE_INLIERS and evidence.support >= PART_CONCLUSIVE_SUPPORT
 
 
 def _float(keypoints: Iterable[Keypoints]) -> np.ndarray:

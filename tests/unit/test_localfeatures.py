@@ -108,3 +108,18 @@ def test_the_votes_single_out_an_image_only_when_it_stands_far_above_the_rest() 
     assert localfeatures.dominant(ids, np.array([11, 10, 10])) is None  # two images alike
     assert localfeatures.dominant(ids[:1], np.array([4])) is None  # too few votes to mean anything
     assert localfeatures.dominant(ids[:0], np.array([], dtype=np.int64)) is None
+
+
+def test_a_closer_look_counts_when_its_keypoints_span_the_work_or_very_many_agree() -> None:
+    rng = np.random.default_rng(3)
+
+    def evidence(inliers: int, *, spread: float, matches: int) -> copydetect.Evidence:
+        xy = (rng.random((inliers, 2)) * spread * 400).astype(np.float32)
+        geometry = copydetect.Geometry(xy, xy, (400.0, 400.0), (400.0, 400.0), np.eye(2, 3), matches, 300)
+        return copydetect.Evidence(0.5, "original", 30, inliers, False, geometry)
+
+    assert localfeatures._copy_like(evidence(20, spread=1.0, matches=20))  # a paste: spans the work
+    clustered = evidence(46, spread=0.05, matches=46)  # a collage cell showing a small crop of the work
+    assert clustered.support == 0.5 and localfeatures._copy_like(clustered)
+    assert not localfeatures._copy_like(evidence(30, spread=0.05, matches=30))  # fewer: not conclusive
+    assert not localfeatures._copy_like(evidence(60, spread=0.05, matches=100))  # most matches disagree
