@@ -3,9 +3,10 @@ vectors that never all sit in memory at once.
 
 Vectors are drawn chunk by chunk from a Gaussian mixture (fitted by the caller to real
 PCA vectors); each chunk is added to the index and folded into the exact top-k of the
-queries, then dropped. The index is an inverted file whose lists hold either 8-bit scalar-quantised vectors (IVF-SQ8: a byte a
-dimension, near-exact distances) or product-quantised residuals (IVF-PQ) whose shortlist is
-re-ranked with 8-bit vectors; either way a fraction of the 512 bytes of a float32 128-d vector.
+queries, then dropped. The index is an inverted file whose lists hold either 8-bit
+scalar-quantised vectors (IVF-SQ8: a byte a dimension, near-exact distances) or
+product-quantised residuals (IVF-PQ) whose shortlist is re-ranked with 8-bit vectors;
+either way a fraction of the 512 bytes of a float32 128-d vector.
 """
 
 from __future__ import annotations

@@ -147,12 +147,10 @@ class Backbone:
 
     def feature_maps(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) uint8 of any size → (n, h/32, w/32, dim) float32 activations."""
-        x = self._normalise(np.asarray(batch).astype(np.float32))
         run = self._maps_runtime
         if run is not None:
-            return run(x)
-        with self._lock:
-            return np.asarray(self._maps(x), dtype=np.float32)
+            return run(self._normalise(np.asarray(batch).astype(np.float32)))
+        return self.tensorflow_maps(batch)
 
     def tensorflow_maps(self, batch: np.ndarray) -> np.ndarray:
         """`feature_maps` computed by TensorFlow whatever runtime is in use: the reference."""

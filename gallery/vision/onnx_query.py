@@ -30,14 +30,41 @@ def _quiet_converters() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def check_photos(height: int, width: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n photo-like inputs (smooth gradients and noise) of one size, uint8."""
+    base = (
+        np.linspace(0, 255, width, dtype=np.float32)[None, :, None] + np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    ) / 2
+    return np.clip(base[None] + rng.normal(0, 40, size=(n, height, width, 3)), 0, 255).astype(np.uint8)
+
+
 def check_batch(backbone: Backbone, n: int = 4) -> np.ndarray:
-    """A fixed batch of photos-like inputs (smooth gradients and noise), uint8."""
+    """A fixed batch of photo-like inputs of the backbone's input size, uint8."""
     size = backbone.spec.input_size
-    rng = np.random.default_rng(7)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    base = (ramp[None, :, None] + ramp[:, None, None]) / 2
-    batch = np.clip(base[None] + rng.normal(0, 40, size=(n, size, size, 3)), 0, 255)
-    return batch.astype(np.uint8)
+    return check_photos(size, size, n, np.random.default_rng(7))
+
+
+def _accepted(what: str, backbone: Backbone, difference: float, started: float, *, fallback: str) -> bool:
+    """Whether a conversion's measured `difference` from TensorFlow is within TOLERANCE
+    (logged either way; `fallback` says what TensorFlow keeps doing otherwise)."""
+    if not difference <= TOLERANCE:
+        log.warning(
+            "ONNX Runtime's %s %s differ from TensorFlow's by %.2g (> %g); %s",
+            backbone.name,
+            what,
+            difference,
+            TOLERANCE,
+            fallback,
+        )
+        return False
+    log.debug(
+        "%s %s on ONNX Runtime (converted in %.1f s, within %.1g of TensorFlow)",
+        backbone.name,
+        what,
+        time.perf_counter() - started,
+        difference,
+    )
+    return True
 
 
 def _session(graph: Callable[..., object], spec: object, threads: int, what: str) -> object | None:
@@ -83,20 +110,8 @@ def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.
 
     sample = check_batch(backbone)
     difference = float(np.abs(embed(sample) - backbone.embed_arrays(sample)).max())
-    if not difference <= TOLERANCE:
-        log.warning(
-            "ONNX Runtime's %s descriptors differ from TensorFlow's by %.2g (> %g); TensorFlow embeds queries",
-            backbone.name,
-            difference,
-            TOLERANCE,
-        )
+    if not _accepted("descriptors", backbone, difference, started, fallback="TensorFlow embeds queries"):
         return None
-    log.debug(
-        "queries embedded by ONNX Runtime (%s, converted in %.1f s, within %.1g of TensorFlow)",
-        backbone.name,
-        time.perf_counter() - started,
-        difference,
-    )
     return embed
 
 
@@ -124,28 +139,13 @@ def build_maps(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray]
     rng = np.random.default_rng(11)
     worst = 0.0
     for h, w in MAP_CHECK_SHAPES:
-        ramp = (
-            np.linspace(0, 255, w, dtype=np.float32)[None, :, None] + np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
-        ) / 2
-        photo = np.clip(ramp[None] + rng.normal(0, 40, size=(1, h, w, 3)), 0, 255).astype(np.uint8)
+        photo = check_photos(h, w, 1, rng)
         reference = backbone.tensorflow_maps(photo)
         got = maps(backbone.normalise(photo.astype(np.float32)))
         if got.shape != reference.shape:
             worst = float("inf")
             break
         worst = max(worst, float(np.abs(got - reference).max()) / max(1.0, float(np.abs(reference).max())))
-    if not worst <= TOLERANCE:
-        log.warning(
-            "ONNX Runtime's %s feature maps differ from TensorFlow's by %.2g of their scale (> %g); TensorFlow computes them",
-            backbone.name,
-            worst,
-            TOLERANCE,
-        )
+    if not _accepted("feature maps (relative to their scale)", backbone, worst, started, fallback="TensorFlow computes them"):
         return None
-    log.debug(
-        "feature maps computed by ONNX Runtime (%s, converted in %.1f s, within %.1g of TensorFlow)",
-        backbone.name,
-        time.perf_counter() - started,
-        worst,
-    )
     return maps

@@ -282,14 +282,15 @@ class Command(BaseCommand):
         )
         faiss.omp_set_num_threads(1)
         best: tuple[float, float, str] | None = None
+        reranked = params.codes == "pq"
+        shortlists = [float(v) for v in opts["k_factor"].split(",") if v] if reranked else [1.0]
         for nprobe in (int(v) for v in opts["compressed_nprobe"].split(",") if v):
-            shortlists = [float(v) for v in opts["k_factor"].split(",") if v] if params.codes == "pq" else [1.0]
             for k_factor in shortlists:
                 scale.set_search(built.index, nprobe=nprobe, k_factor=k_factor)
                 found, times = scale.search_one_by_one(built.index, queries, k)
                 p50, p99 = percentiles_ms(times)
                 recall = recall_at(found, built.truth)
-                label = f"nprobe={nprobe}" + (f", re-rank {k_factor:.0f}×{k}" if params.codes == "pq" else "")
+                label = f"nprobe={nprobe}" + (f", re-rank {k_factor:.0f}×{k}" if reranked else "")
                 self.stdout.write(f"  {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, recall@{k} {recall:.3f}")
                 if recall >= 0.90 and (best is None or p50 < best[0]):
                     best = (p50, recall, label)
