@@ -115,7 +115,13 @@ def measure(
                 continue
             checked += 1
             candidate, _ = localfeatures.check_in_full(
-                single, backbone, catalog.pictures[image_id], position, screened=screened, threshold=threshold
+                single,
+                backbone,
+                catalog.pictures[image_id],
+                position,
+                screened=screened,
+                threshold=threshold,
+                keypoints=catalog.keys[image_id].keypoints,
             )
             if candidate.score >= threshold:
                 hits.add(image_id)

@@ -313,7 +313,13 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         except (FileNotFoundError, ImageDecodeError):
             continue
         candidate, query = localfeatures.check_in_full(
-            single, index.backbone, decoded, work.pk, screened=screened, threshold=_threshold()
+            single,
+            index.backbone,
+            decoded,
+            work.pk,
+            screened=screened,
+            threshold=_threshold(),
+            keypoints=None if keys is None else keys.keypoints,
         )
         if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
             matches.append(match)

@@ -553,11 +553,19 @@ def _keypoint_executor() -> ThreadPoolExecutor:
 
 
 def describe_query(
-    backbone: Backbone, image: PILImage.Image, *, votes: Callable[[Keypoints], np.ndarray] | None = None
+    backbone: Backbone,
+    image: PILImage.Image,
+    *,
+    votes: Callable[[Keypoints], np.ndarray] | None = None,
+    keypoints: Keypoints | None = None,
 ) -> QuerySignature:
     """One forward pass and a hash, with the keypoints extracted (and, given `votes`,
-    looked up) meanwhile on another thread."""
+    looked up) meanwhile on another thread. Given `keypoints` (a catalog image's stored
+    ones), no keypoints are extracted: they are used as they are."""
     image = image.convert("RGB")
+    if keypoints is not None:
+        fmap = _forward(backbone, image)
+        return QuerySignature(vectors=pool_whole(fmap)[None], hash=phash(image), keypoints=keypoints, image=image)
 
     def keypoints_and_votes() -> tuple[Keypoints, np.ndarray | None]:
         keypoints = sift_keypoints(image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
@@ -624,7 +632,7 @@ INLIERS_HALF = 25
 HASH_COUNTS_BELOW = 14
 
 
-def fuse(evidence: Evidence) -> float:
+def fuse(evidence: Evidence, *, inliers_half: float = INLIERS_HALF) -> float:
     """One score in [0, 1] from independent signals (a noisy-OR of calibrated parts).
 
     Keypoints: 25 consistent one-to-one matches give 0.5, 75 give 0.75, each weighted by
@@ -635,7 +643,7 @@ def fuse(evidence: Evidence) -> float:
     the same subject are close too.
     """
     inliers = evidence.effective_inliers
-    geo = inliers / (inliers + INLIERS_HALF)
+    geo = inliers / (inliers + inliers_half)
     hsh = float(np.clip((HASH_COUNTS_BELOW - evidence.hash_distance) / HASH_COUNTS_BELOW, 0, 1)) ** 0.5
     cnn = float(np.clip((evidence.cnn - 0.8) / 0.2, 0, 1)) ** 2
     miss = (1 - geo) * (1 - hsh) * (1 - 0.8 * cnn)
@@ -960,13 +968,14 @@ class CopyIndex:
         best[shortlist], which[shortlist] = exact, how
         return best, which
 
-    def describe(self, backbone: Backbone, image: PILImage.Image) -> QuerySignature:
+    def describe(self, backbone: Backbone, image: PILImage.Image, *, keypoints: Keypoints | None = None) -> QuerySignature:
         """An upload's signature, its keypoints looked up in this index while the forward
-        pass runs. The index must not change until the signature is matched (one thread
-        uses an index: the worker's)."""
+        pass runs (or `keypoints` already extracted, looked up when matched). The index
+        must not change until the signature is matched (one thread uses an index: the
+        worker's)."""
         self._flush()
         works = len(self.ids)
-        return describe_query(backbone, image, votes=lambda keypoints: self._votes.vote(keypoints, works))
+        return describe_query(backbone, image, votes=lambda found: self._votes.vote(found, works), keypoints=keypoints)
 
     def match(self, query: QuerySignature, *, candidates: int = CANDIDATES, verify_all: bool = False) -> list[Candidate]:
         """The best-scoring works for an upload, best first, each verified with keypoints.
@@ -1006,10 +1015,17 @@ class CopyIndex:
         return sorted(out, key=lambda c: -c.score)
 
     def match_part(
-        self, backbone: Backbone, image: PILImage.Image, box: tuple[float, float, float, float], work_id: int
+        self,
+        backbone: Backbone,
+        image: PILImage.Image,
+        box: tuple[float, float, float, float],
+        work_id: int,
+        *,
+        inliers_half: float = INLIERS_HALF,
     ) -> Candidate | None:
         """The work's candidate on the part `box` (fractions) of the image, its evidence
-        and geometry expressed on the whole image; None when the part is too small."""
+        and geometry expressed on the whole image, scored with keypoints counting at
+        `inliers_half` (see `fuse`); None when the part is too small."""
         w, h = image.size
         pixels = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
         if pixels[2] - pixels[0] < 32 or pixels[3] - pixels[1] < 32:
@@ -1023,7 +1039,7 @@ class CopyIndex:
         geometry = found.evidence.geometry
         view = f"{found.evidence.cnn_view}, on the part of the image that shows it"
         evidence = replace(found.evidence, cnn_view=view, geometry=None if geometry is None else geometry.in_whole(exact))
-        return Candidate(work_id, found.score, evidence)
+        return Candidate(work_id, fuse(found.evidence, inliers_half=inliers_half), evidence)
 
     def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
         """The candidate's evidence with the geometry a reviewer is shown, found now when an

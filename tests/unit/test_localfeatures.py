@@ -123,3 +123,56 @@ def test_a_closer_look_counts_when_its_keypoints_span_the_work_or_very_many_agre
     assert clustered.support == 0.5 and localfeatures._copy_like(clustered)
     assert not localfeatures._copy_like(evidence(30, spread=0.05, matches=30))  # fewer: not conclusive
     assert not localfeatures._copy_like(evidence(60, spread=0.05, matches=100))  # most matches disagree
+
+
+def test_in_a_closer_look_fewer_keypoints_spanning_the_work_reach_the_threshold() -> None:
+    """A work pasted on a sixth of a poster shows ~15 consistent keypoints spread over it:
+    not enough for a whole image, enough for a closer look at the part that shows it."""
+    rng = np.random.default_rng(8)
+    xy = (rng.random((16, 2)) * 400).astype(np.float32)
+    geometry = copydetect.Geometry(xy, xy, (400.0, 400.0), (400.0, 400.0), np.eye(2, 3), 17, 300)
+    paste = copydetect.Evidence(0.6, "original", 28, 16, False, geometry)
+    threshold = float(settings.COPYRIGHT["THRESHOLD"])
+    assert localfeatures._copy_like(paste)
+    assert copydetect.fuse(paste) < threshold <= copydetect.fuse(paste, inliers_half=localfeatures.PART_INLIERS_HALF)
+
+
+def test_a_full_check_on_the_stored_keypoints_finds_the_copies_without_extracting_keypoints_again(
+    scene, butterflies, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from gallery.vision.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    threshold = float(settings.COPYRIGHT["THRESHOLD"])
+    rng = np.random.default_rng(5)
+    work = _photo(butterflies["002"][0])
+    others = [_photo(p) for species in ("001", "002", "003", "004", "005", "006") for p in butterflies[species][1:6]]
+    copies = {family: attacks.old_copy(family, work, others[-3:], rng) for family in attacks.OLD_COPY_FAMILIES}
+    single = copydetect.CopyIndex()
+    single.add(1, copydetect.describe_work(backbone, work))
+    signature = single.signature(1)
+
+    def check(picture: PILImage.Image, keys: localfeatures.ImageKeys) -> copydetect.Candidate:
+        _, screened = localfeatures.screen(keys, signature, min_inliers=settings.COPYRIGHT["SCAN_SCREEN_INLIERS"])
+        candidate, _ = localfeatures.check_in_full(
+            single, backbone, picture, 1, screened=screened, threshold=threshold, keypoints=keys.keypoints
+        )
+        return candidate
+
+    extracted: list[tuple[int, int]] = []
+    sift = copydetect.sift_keypoints
+
+    def counted(image: PILImage.Image, **kw: int) -> copydetect.Keypoints:
+        extracted.append(image.size)
+        return sift(image, **kw)
+
+    monkeypatch.setattr(copydetect, "sift_keypoints", counted)
+    for i, family in enumerate(attacks.OLD_COPY_FAMILIES):
+        picture = copies[family]
+        found = check(picture, scene["catalog"][10 + i])
+        assert found.score >= threshold, family
+        # Only a closer look at a part of the image extracts keypoints again, never the whole image.
+        assert picture.size not in extracted, family
+    # Other photos of the work's own species are not copies.
+    for i, picture in enumerate(others[5:10]):
+        assert check(picture, scene["catalog"][105 + i]).score < threshold
