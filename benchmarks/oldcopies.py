@@ -16,6 +16,7 @@ least the review threshold.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -105,26 +106,19 @@ def measure(
         if (most_voted := localfeatures.dominant(voted, votes)) is not None:
             always.append(most_voted)
         candidates = list(dict.fromkeys([*voted[: conf["SCAN_VOTED"]].tolist(), *always]))
-        single = copydetect.CopyIndex()
-        single.add(position, signature)
-        hits, checked, stopped = set(), 0, set()
+        checks, stopped = [], set()
         for image_id in candidates:
             worth, screened = localfeatures.screen(catalog.keys[image_id], signature, min_inliers=conf["SCAN_SCREEN_INLIERS"])
             if not worth and image_id not in always:
                 stopped.add(image_id)
                 continue
-            checked += 1
-            candidate, _ = localfeatures.check_in_full(
-                single,
-                backbone,
-                catalog.pictures[image_id],
-                position,
-                screened=screened,
-                threshold=threshold,
-                keypoints=catalog.keys[image_id].keypoints,
-            )
-            if candidate.score >= threshold:
-                hits.add(image_id)
+            picture = functools.partial(catalog.pictures.__getitem__, image_id)
+            checks.append(localfeatures.FullCheck(image_id, picture, screened, catalog.keys[image_id].keypoints))
+        results = localfeatures.check_all_in_full(
+            position, signature, backbone, checks, threshold=threshold, threads=conf["SCAN_THREADS"]
+        )
+        hits = {image_id for image_id, candidate, _ in results if candidate.score >= threshold}
+        checked = len(checks)
         seconds.append(time.perf_counter() - started)
         full_checks.append(checked)
         copy_id = next(c for c, w in copy_of.items() if w == position)
@@ -150,6 +144,7 @@ def measure(
         "scan_p95_s": float(np.percentile(seconds, 95)),
         "scan_max_s": float(np.max(seconds)),
         "full_checks_mean": float(np.mean(full_checks)),
+        "scan_threads": int(conf["SCAN_THREADS"]),
         "index_build_s": build_s,
         "index_bytes_per_image": index.nbytes / len(catalog.keys),
         "stored_bytes_per_image": float(np.mean([len(k.to_bytes()) for k in list(catalog.keys.values())[:last_real]])),
@@ -168,7 +163,8 @@ def report(row: dict[str, Any], met: Any) -> list[str]:
         f"       other photos matched: {row['other_matched_unrelated']} unrelated, "
         f"{row['other_matched_same_subject']} of the work's own subject (the same product or scene photographed again)",
         f"       scan per work p50 {row['scan_p50_s']:.2f} s, p95 {row['scan_p95_s']:.2f} s, max {row['scan_max_s']:.2f} s "
-        f"({row['full_checks_mean']:.1f} images verified in full on average), target <= 2 s: {met(row['scan_max_s'] <= 2.0)}",
+        f"({row['full_checks_mean']:.1f} images verified in full on average, {row.get('scan_threads', 1)} at a time), "
+        f"target <= 2 s: {met(row['scan_max_s'] <= 2.0)}",
         f"       keypoint index {row['index_bytes_per_image'] / 1024:.1f} KiB per image in memory; stored keypoints "
         f"{row['stored_bytes_per_image'] / 1024:.1f} KiB per image in the database",
     ]

@@ -482,6 +482,8 @@ COPYRIGHT = {
     "SCAN_VOTED": env_int("IMAGESEARCH_COPY_SCAN_VOTED", 20),
     "SCAN_SCREEN_INLIERS": env_int("IMAGESEARCH_COPY_SCAN_SCREEN_INLIERS", 6),
     "SCAN_ALWAYS_VERIFIED": env_int("IMAGESEARCH_COPY_SCAN_ALWAYS_VERIFIED", 5),
+    # Images a scan checks in full at a time (threads of the worker that runs the scan).
+    "SCAN_THREADS": env_int("IMAGESEARCH_COPY_SCAN_THREADS", 2),
     "PAGE_SIZE": env_int("IMAGESEARCH_COPY_PAGE_SIZE", 25),
     # Where each process saves the register's searchable parts (CNN vectors, hashes, the
     # compressed keypoint index) so that the next one maps them instead of rebuilding

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from functools import partial
 from typing import IO
 
 import numpy as np
@@ -299,32 +300,37 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         _copy_match_exact(work_id=work.pk, image_id=im.pk, found_by="scan") for im in Image.objects.filter(checksum=work.checksum)
     ]
     stored = image_keys(image_ids=candidates)
-    single = copydetect.CopyIndex()
-    single.add(work.pk, signature)
+    checks = []
     for image in Image.objects.filter(pk__in=candidates, status=Image.Status.READY).order_by("pk"):
         keys, screened = stored.get(image.pk), None
         if keys is not None:
             worth, screened = localfeatures.screen(keys, signature, min_inliers=conf["SCAN_SCREEN_INLIERS"])
             if not worth and image.pk not in always:
                 continue
-        try:
-            with image.file.open("rb") as f:
-                decoded = pipeline.decode(f.read()).image
-        except (FileNotFoundError, ImageDecodeError):
-            continue
-        candidate, query = localfeatures.check_in_full(
-            single,
-            index.backbone,
-            decoded,
-            work.pk,
-            screened=screened,
-            threshold=_threshold(),
-            keypoints=None if keys is None else keys.keypoints,
+        checks.append(
+            localfeatures.FullCheck(
+                image.pk, partial(_decoded_or_none, image), screened, None if keys is None else keys.keypoints
+            )
         )
-        if match := _copy_match_if_likely(candidate=candidate, image_id=image.pk, found_by="scan", works=single, query=query):
+    single = copydetect.CopyIndex()
+    single.add(work.pk, signature)
+    checked = localfeatures.check_all_in_full(
+        work.pk, signature, index.backbone, checks, threshold=_threshold(), threads=conf["SCAN_THREADS"]
+    )
+    for image_id, candidate, query in checked:
+        if match := _copy_match_if_likely(candidate=candidate, image_id=image_id, found_by="scan", works=single, query=query):
             matches.append(match)
     ProtectedWork.objects.filter(pk=work.pk).update(scanned_at=timezone.now())
     return matches
+
+
+def _decoded_or_none(image: Image) -> PILImage.Image | None:
+    """A catalog image's original, decoded; None when its file is gone or unreadable."""
+    try:
+        with image.file.open("rb") as f:
+            return pipeline.decode(f.read()).image
+    except (FileNotFoundError, ImageDecodeError):
+        return None
 
 
 def _nearest_by_embedding(backbone: str, signature: copydetect.WorkSignature) -> list[int]:

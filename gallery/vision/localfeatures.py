@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +174,57 @@ def check_in_full(
         if part is not None and part.score > best.score and _copy_like(part.evidence):
             best = part
     return best, query
+
+
+@dataclass(frozen=True)
+class FullCheck:
+    """One catalog image a scan checks in full: its pixels (read when checked; None when
+    they cannot be read), what the screen found on its stored keypoints, and those."""
+
+    image_id: int
+    picture: Callable[[], PILImage.Image | None]
+    screened: Geometry | None
+    keypoints: Keypoints | None
+
+
+def check_all_in_full(
+    work_id: int,
+    signature: WorkSignature,
+    backbone: Backbone,
+    checks: list[FullCheck],
+    *,
+    threshold: float,
+    threads: int,
+) -> list[tuple[int, Candidate, QuerySignature]]:
+    """`check_in_full` for each image, `threads` at a time (reading, forward passes and
+    keypoints release the interpreter lock), in the order given; images whose pixels
+    cannot be read are left out. Each thread scores against its own one-work index."""
+    local = threading.local()
+
+    def one(check: FullCheck) -> tuple[int, Candidate, QuerySignature] | None:
+        picture = check.picture()
+        if picture is None:
+            return None
+        if getattr(local, "works", None) is None:
+            local.works = CopyIndex()
+            local.works.add(work_id, signature)
+        candidate, query = check_in_full(
+            local.works,
+            backbone,
+            picture,
+            work_id,
+            screened=check.screened,
+            threshold=threshold,
+            keypoints=check.keypoints,
+        )
+        return check.image_id, candidate, query
+
+    if threads <= 1 or len(checks) <= 1:
+        done = [one(c) for c in checks]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(checks)), thread_name_prefix="copy-scan") as pool:
+            done = list(pool.map(one, checks))
+    return [d for d in done if d is not None]
 
 
 def _copy_like(evidence: Evidence) -> bool:

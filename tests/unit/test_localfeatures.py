@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from django.conf import settings
@@ -176,3 +178,36 @@ def test_a_full_check_on_the_stored_keypoints_finds_the_copies_without_extractin
     # Other photos of the work's own species are not copies.
     for i, picture in enumerate(others[5:10]):
         assert check(picture, scene["catalog"][105 + i]).score < threshold
+
+
+def test_full_checks_two_at_a_time_score_as_one_at_a_time_and_skip_unreadable_images(scene, butterflies) -> None:  # type: ignore[no-untyped-def]
+    from gallery.vision.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    rng = np.random.default_rng(5)
+    work = _photo(butterflies["002"][0])
+    others = [_photo(p) for species in ("001", "002", "003", "004", "005", "006") for p in butterflies[species][1:6]]
+    copies = [attacks.old_copy(family, work, others[-3:], rng) for family in attacks.OLD_COPY_FAMILIES]
+    signature = copydetect.describe_work(backbone, work)
+    pictures = {10 + i: copy for i, copy in enumerate(copies)} | {105 + i: p for i, p in enumerate(others[5:8])}
+    checks = [
+        localfeatures.FullCheck(
+            image_id,
+            functools.partial(pictures.__getitem__, image_id),
+            localfeatures.screen(scene["catalog"][image_id], signature, min_inliers=6)[1],
+            scene["catalog"][image_id].keypoints,
+        )
+        for image_id in pictures
+    ]
+    checks.insert(2, localfeatures.FullCheck(99, lambda: None, None, None))  # its file is gone
+    threshold = float(settings.COPYRIGHT["THRESHOLD"])
+
+    def scores(threads: int) -> list[tuple[int, float]]:
+        done = localfeatures.check_all_in_full(7, signature, backbone, checks, threshold=threshold, threads=threads)
+        assert all(candidate.work_id == 7 for _, candidate, _ in done)
+        return [(image_id, candidate.score) for image_id, candidate, _ in done]
+
+    alone, together = scores(1), scores(2)
+    assert [i for i, _ in together] == [10, 11, 12, 105, 106, 107]  # in the order given, the unreadable one left out
+    assert np.allclose([s for _, s in alone], [s for _, s in together], atol=1e-4)
+    assert {i for i, s in together if s >= threshold} == {10, 11, 12}
