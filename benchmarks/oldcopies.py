@@ -163,7 +163,7 @@ def report(row: dict[str, Any], met: Any) -> list[str]:
         f"       other photos matched: {row['other_matched_unrelated']} unrelated, "
         f"{row['other_matched_same_subject']} of the work's own subject (the same product or scene photographed again)",
         f"       scan per work p50 {row['scan_p50_s']:.2f} s, p95 {row['scan_p95_s']:.2f} s, max {row['scan_max_s']:.2f} s "
-        f"({row['full_checks_mean']:.1f} images verified in full on average, {row.get('scan_threads', 1)} at a time), "
+        f"({row['full_checks_mean']:.1f} images verified in full on average, {row['scan_threads']} at a time), "
         f"target <= 2 s: {met(row['scan_max_s'] <= 2.0)}",
         f"       keypoint index {row['index_bytes_per_image'] / 1024:.1f} KiB per image in memory; stored keypoints "
         f"{row['stored_bytes_per_image'] / 1024:.1f} KiB per image in the database",

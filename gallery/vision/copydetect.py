@@ -563,18 +563,15 @@ def describe_query(
     looked up) meanwhile on another thread. Given `keypoints` (a catalog image's stored
     ones), no keypoints are extracted: they are used as they are."""
     image = image.convert("RGB")
-    if keypoints is not None:
-        fmap = _forward(backbone, image)
-        return QuerySignature(vectors=pool_whole(fmap)[None], hash=phash(image), keypoints=keypoints, image=image)
 
     def keypoints_and_votes() -> tuple[Keypoints, np.ndarray | None]:
-        keypoints = sift_keypoints(image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
-        return keypoints, None if votes is None else votes(keypoints)
+        found = sift_keypoints(image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
+        return found, None if votes is None else votes(found)
 
-    pending = _keypoint_executor().submit(keypoints_and_votes)
+    pending = None if keypoints is not None else _keypoint_executor().submit(keypoints_and_votes)
     fmap = _forward(backbone, image)
     vectors = pool_whole(fmap)[None]
-    return QuerySignature(vectors=vectors, hash=phash(image), image=image, pending=pending)
+    return QuerySignature(vectors=vectors, hash=phash(image), keypoints=keypoints, image=image, pending=pending)
 
 
 # ---------------------------------------------------------------- scoring
