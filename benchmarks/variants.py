@@ -19,7 +19,14 @@ import numpy as np
 
 from gallery.vision.reduction import fit_pca
 
-DEFAULT_POOLING = "gem3"
+DEFAULT_POOLING = "gem3"  # a Variant's pooling when none is given; evaluate uses the product's
+
+
+def product_pooling(gem_p: float) -> str:
+    """The variant name of the product's pooling with GeM exponent `gem_p`."""
+    return f"gem{gem_p:g}"
+
+
 POOLINGS = ("avg", "gem2", "gem3", "max")
 
 

@@ -294,6 +294,11 @@ IMAGESEARCH = {
     # auto | resnet50 | efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2; auto takes
     # resnet50 when its weights load.
     "BACKBONE": env("IMAGESEARCH_BACKBONE", "auto"),
+    # The exponent of the generalised-mean pooling of the network's last feature map
+    # (1 = average pooling). New catalogs are embedded with it; an existing catalog keeps
+    # the one it was embedded with until a re-embed (its vectors are stored by a name that
+    # carries the exponent: efficientnet_lite0-gem2; a bare name is GeM-3).
+    "GEM_P": (GEM_P := float(env("IMAGESEARCH_GEM_P", "2"))),
     # A local Keras weights file for ResNet50 (no-top), for air-gapped installs.
     "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),
     "MAX_UPLOAD_BYTES": MAX_UPLOAD_MB * 1024 * 1024,
@@ -414,6 +419,9 @@ IMAGESEARCH = {
         "BACKUP_MAX_AGE_HOURS": env_int("IMAGESEARCH_OPS_BACKUP_MAX_AGE_HOURS", 26),
     },
 }
+# The exponent is written into the vectors' name (six significant digits at most).
+if not 1.0 <= GEM_P <= 8.0 or float(f"{GEM_P:g}") != GEM_P:
+    raise ImproperlyConfigured("IMAGESEARCH_GEM_P must be a number from 1 (average pooling) to 8, e.g. 2 or 2.5")
 if IMAGESEARCH["QUERY_RUNTIME"] not in ("onnx", "tensorflow"):
     raise ImproperlyConfigured("IMAGESEARCH_QUERY_RUNTIME must be onnx or tensorflow")
 

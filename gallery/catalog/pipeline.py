@@ -19,14 +19,20 @@ from PIL import Image as PILImage
 from gallery.monitoring import metrics
 from gallery.search.models import CatalogState
 from gallery.vision import onnx_query
-from gallery.vision.backbones import Backbone, load_backbone
+from gallery.vision.backbones import Backbone, embedding_name, load_backbone
 from gallery.vision.batching import MicroBatcher
 from gallery.vision.preprocess import DecodedImage, ImageDecodeError, PreprocessOptions, decode_image
 
 
 def current_backbone() -> Backbone:
     conf = settings.IMAGESEARCH
-    return load_backbone(conf["BACKBONE"], resnet50_weights=conf["RESNET50_WEIGHTS"] or None)
+    return load_backbone(conf["BACKBONE"], resnet50_weights=conf["RESNET50_WEIGHTS"] or None, gem_p=conf["GEM_P"])
+
+
+def configured_name(network: str) -> str:
+    """The embedding name a re-embed to `network` produces: the network with the
+    configured GeM exponent."""
+    return embedding_name(network, float(settings.IMAGESEARCH["GEM_P"]))
 
 
 def preprocess_options() -> PreprocessOptions:

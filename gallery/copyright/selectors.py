@@ -89,22 +89,22 @@ class _CopyIndexCache:
     def get(self) -> LoadedCopyIndex:
         backbone = pipeline.copy_check_backbone()
         rows = WorkSignature.objects.filter(
-            backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, work__status=ProtectedWork.Status.READY
+            backbone=backbone.network, version=copydetect.DESCRIPTOR_VERSION, work__status=ProtectedWork.Status.READY
         )
         with self._lock:
-            if self._key != backbone.name:
-                self._key = backbone.name
-                self._fresh(backbone.name, rows)
+            if self._key != backbone.network:
+                self._key = backbone.network
+                self._fresh(backbone.network, rows)
             for pk, work_id, data in rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data"):
                 self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
                 self._last_row = pk
             if len(self._index) != rows.count():
-                self._index = copydetect.CopyIndex(functools.partial(_stored_signature, backbone.name))
+                self._index = copydetect.CopyIndex(functools.partial(_stored_signature, backbone.network))
                 self._last_row, self._saved_works = 0, 0
                 for pk, work_id, data in rows.order_by("pk").values_list("pk", "work_id", "data"):
                     self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
                     self._last_row = pk
-            self._save(backbone.name)
+            self._save(backbone.network)
             return LoadedCopyIndex(backbone, self._index)
 
     def clear(self) -> None:

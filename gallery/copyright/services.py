@@ -25,6 +25,7 @@ from gallery.errors import DecisionRejected, ImageRejected, WorkRejected
 from gallery.tasking import task_named
 from gallery.vector_field import vector_from
 from gallery.vision import copydetect, localfeatures
+from gallery.vision.backbones import Backbone, network_of
 from gallery.vision.preprocess import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def protected_work_describe(*, work_id: int) -> ProtectedWork | None:
     if work is None:
         return None
     backbone = pipeline.copy_check_backbone()
-    row = WorkSignature.objects.filter(work=work, backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION).first()
+    row = WorkSignature.objects.filter(work=work, backbone=backbone.network, version=copydetect.DESCRIPTOR_VERSION).first()
     if row is None:
         try:
             with work.file.open("rb") as f:
@@ -108,7 +109,7 @@ def protected_work_describe(*, work_id: int) -> ProtectedWork | None:
             return work
         signature = copydetect.describe_work(backbone, image)
         row, _ = WorkSignature.objects.get_or_create(
-            work=work, backbone=backbone.name, version=copydetect.DESCRIPTOR_VERSION, defaults={"data": signature.to_bytes()}
+            work=work, backbone=backbone.network, version=copydetect.DESCRIPTOR_VERSION, defaults={"data": signature.to_bytes()}
         )
     ProtectedWork.objects.filter(pk=work.pk).update(status=ProtectedWork.Status.READY, status_reason="")
     work.refresh_from_db()
@@ -291,7 +292,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     signature = index.works.signature(work.pk)
     conf = settings.COPYRIGHT
     voted, votes = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints)
-    nearest = _nearest_by_embedding(index.backbone.name, signature)
+    nearest = _nearest_by_embedding(_stored_vectors_name(index.backbone), signature)
     always = set(nearest[: conf["SCAN_ALWAYS_VERIFIED"]])
     if (most_voted := localfeatures.dominant(voted, votes)) is not None:
         always.add(most_voted)
@@ -331,6 +332,13 @@ def _decoded_or_none(image: Image) -> PILImage.Image | None:
             return pipeline.decode(f.read()).image
     except (FileNotFoundError, ImageDecodeError):
         return None
+
+
+def _stored_vectors_name(backbone: Backbone) -> str:
+    """The name the catalog's vectors of this network are stored under: the catalog's own
+    (its pooling may be another than the settings'), else the configured one."""
+    searched = pipeline.catalog_state().backbone
+    return searched if network_of(searched) == backbone.network else backbone.name
 
 
 def _nearest_by_embedding(backbone: str, signature: copydetect.WorkSignature) -> list[int]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -26,7 +27,7 @@ from gallery.curation.models import CatalogJob, DuplicateGroup
 from gallery.errors import CurationError
 from gallery.search import selectors as search_selectors
 from gallery.search.models import Reduction
-from gallery.vision.backbones import BACKBONES
+from gallery.vision.backbones import BACKBONES, parse_embedding_name
 
 
 class BackboneFilter(admin.SimpleListFilter):
@@ -40,8 +41,9 @@ class BackboneFilter(admin.SimpleListFilter):
         value = self.value()
         if value == "none":
             return queryset.filter(embeddings__isnull=True)
-        if value:
-            return queryset.filter(embeddings__backbone=value).distinct()
+        if value:  # a network: its vectors under any pooling
+            named = Q(embeddings__backbone=value) | Q(embeddings__backbone__startswith=f"{value}-gem")
+            return queryset.filter(named).distinct()
         return queryset
 
 
@@ -391,12 +393,18 @@ class ImageAdmin(admin.ModelAdmin):
                 _local_url(request, request.POST.get("next", "")) or reverse("admin:gallery_image_catalog")
             )
         state = pipeline.catalog_state()
-        others = [a for name, a in curation_selectors.backbone_choices().items() if name != state.backbone]
+        # A network is offered when re-embedding with it changes the catalog: another network,
+        # or the catalog's own with the configured pooling when that differs.
+        others = [
+            a for name, a in curation_selectors.backbone_choices().items() if pipeline.configured_name(name) != state.backbone
+        ]
         context = {
             **self.admin_site.each_context(request),
             "title": "Catalog search space",
             "opts": self.model._meta,
             "state": state,
+            "pooling": parse_embedding_name(state.backbone)[1],
+            "configured_pooling": float(settings.IMAGESEARCH["GEM_P"]),
             "reduction": Reduction.objects.filter(backbone=state.backbone, is_active=True).first(),
             "available_backbones": [a for a in others if a.available],
             "unavailable_backbones": [a for a in others if not a.available],

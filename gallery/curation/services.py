@@ -158,6 +158,9 @@ def catalog_job_start(*, kind: str, backbone: str = "", queue: bool = True) -> C
             raise CurationError(
                 f"unknown backbone {backbone[:40]!r}; choose one of {', '.join(BACKBONES)}", code="unknown_backbone"
             )
+        # The chosen network with the configured pooling: with a new exponent, a re-embed
+        # to the catalog's own network is a migration too.
+        backbone = pipeline.configured_name(backbone)
         _backbone_check(backbone)
         state = pipeline.catalog_state()
         other = open_jobs.exclude(backbone=backbone).first()

@@ -25,7 +25,7 @@ from kombu.exceptions import ChannelError
 from gallery.catalog.models import Image
 from gallery.operations.models import BackupRecord
 from gallery.search.models import CatalogState
-from gallery.vision.backbones import BACKBONES, RESNET50, backbone_availability
+from gallery.vision.backbones import BACKBONES, RESNET50, backbone_availability, network_of, parse_embedding_name
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MB = 1024 * 1024
@@ -151,7 +151,7 @@ def _needed_backbones() -> set[str]:
     except DatabaseError:
         state = None
     if state is not None:
-        needed |= {state.backbone, state.target_backbone} - {""}
+        needed |= {network_of(state.backbone), network_of(state.target_backbone)} - {""}
     return needed
 
 
@@ -289,6 +289,26 @@ def check_embedding() -> Check:
     return Check("embedding", OK, f"{count} images waiting; {since}")
 
 
+def check_pooling() -> Check:
+    """The catalog's vectors pooled with another GeM exponent than the settings ask for:
+    search keeps using the catalog's own until a re-embed switches it."""
+    state = CatalogState.objects.filter(pk=1).first()
+    if state is None:
+        return Check("pooling", OK, "no catalog yet: it will be embedded with the configured pooling")
+    network, p = parse_embedding_name(state.backbone)
+    wanted = float(settings.IMAGESEARCH["GEM_P"])
+    if p == wanted:
+        return Check("pooling", OK, f"the catalog is embedded with GeM p={p:g}, as configured")
+    if state.target_backbone:
+        return Check("pooling", OK, f"GeM p={p:g} now; a migration to {state.target_backbone} is in progress")
+    return Check(
+        "pooling",
+        WARN,
+        f"the catalog is embedded with GeM p={p:g}; IMAGESEARCH_GEM_P asks for {wanted:g} (search keeps p={p:g} until a re-embed)",
+        f"Run: python manage.py reembed --backbone {network} (resumable), or Re-embed on the admin's catalog page.",
+    )
+
+
 def check_copy_keypoints() -> Check:
     """Ready images without stored keypoints (uploaded before copy scans used them, or
     missed by a worker) for longer than STALL_MINUTES: a newly registered work would not
@@ -338,7 +358,7 @@ def run_checks(*, broker: BrokerState | None = None) -> list[Check]:
     checks += check_writable()
     if migrations.status == OK:
         try:
-            checks += [check_embedding(), check_copy_keypoints(), check_backup()]
+            checks += [check_embedding(), check_pooling(), check_copy_keypoints(), check_backup()]
         except DatabaseError as exc:
             checks.append(Check("catalog", FAIL, f"cannot read the catalog: {exc}"[:300], "Run: python manage.py migrate"))
     return checks

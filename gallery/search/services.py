@@ -18,12 +18,14 @@ from gallery.vision.reduction import FittedPCA, fit_pca
 log = logging.getLogger(__name__)
 
 # Fitted PCAs loaded in this process, by reduction id.
-_loaded: dict[int, FittedPCA] = {}
+# By row and what the row is: a database restored under a running process may reuse an id.
+_loaded: dict[tuple[int, str, int], FittedPCA] = {}
 
 
 def reduction_load(reduction: Reduction) -> FittedPCA:
     """The reduction's arrays, decoded once per process (reductions never change)."""
-    fitted = _loaded.get(reduction.pk)
+    key = (reduction.pk, reduction.backbone, reduction.version)
+    fitted = _loaded.get(key)
     if fitted is None:
         dims, d = reduction.dims, reduction.input_dim
         fitted = FittedPCA(
@@ -33,7 +35,7 @@ def reduction_load(reduction: Reduction) -> FittedPCA:
             whiten=reduction.whiten,
             explained_variance_ratio=reduction.explained_variance_ratio,
         )
-        _loaded[reduction.pk] = fitted
+        _loaded[key] = fitted
     return fitted
 
 

@@ -279,6 +279,23 @@ def test_catalog_page_offers_only_backbones_that_load_here(editor: Client, catal
     assert pipeline.catalog_state().target_backbone == ""
 
 
+def test_catalog_page_offers_the_catalogs_own_network_when_the_pooling_setting_differs(
+    editor: Client, catalog: list[Image], settings
+) -> None:  # type: ignore[no-untyped-def]
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "GeM pooling, p = 3" in page and "<option>efficientnet_lite0</option>" not in page
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "GeM pooling, p = 3" in page and "GeM, p = 2 (IMAGESEARCH_GEM_P)" in page
+    assert "<option>efficientnet_lite0</option>" in page
+    started = editor.post(
+        reverse("admin:gallery_image_catalog"), {"kind": "reembed", "backbone": "efficientnet_lite0"}, follow=True
+    )
+    assert "started" in started.content.decode()
+    job = CatalogJob.objects.get()
+    assert job.backbone == "efficientnet_lite0-gem2"
+
+
 def test_scores_are_shown_with_three_decimals(editor: Client, catalog: list[Image], settings) -> None:  # type: ignore[no-untyped-def]
     from gallery.models import CopyMatch, MatchDecision, ProtectedWork
 

@@ -21,10 +21,10 @@ from PIL import ImageOps
 from benchmarks import attacks
 from benchmarks.livestack import live_stack
 from gallery.catalog import services as catalog_services
-from gallery.catalog.models import Image
+from gallery.catalog.models import Embedding, Image
 from gallery.copyright import selectors as copyright_selectors
 from gallery.copyright import services as copyright_services
-from gallery.copyright.models import CopyMatch, ImageKeypoints, MatchDecision, ProtectedWork
+from gallery.copyright.models import CopyMatch, ImageKeypoints, MatchDecision, ProtectedWork, WorkSignature
 from tests.conftest import photo_bytes
 
 pytestmark = pytest.mark.django_db
@@ -73,9 +73,13 @@ def _register(client, data: bytes, *, title: str = "Monarch at dawn", holder: st
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("gem_p", [3.0, 2.0])
 def test_a_new_work_finds_an_existing_cropped_copy_through_the_background_scan(
-    staff_client, butterflies, django_capture_on_commit_callbacks
+    staff_client, butterflies, django_capture_on_commit_callbacks, settings, gem_p
 ) -> None:  # type: ignore[no-untyped-def]
+    # The catalog's pooling (GeM-3 of catalogs embedded before, GeM-2 of new ones) changes
+    # nothing for copies: works are described by the network alone.
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": gem_p}
     work_path, same_species = butterflies["001"][0], butterflies["001"][1]
     original = PILImage.open(work_path).convert("RGB")
     w, h = original.size
@@ -94,6 +98,9 @@ def test_a_new_work_finds_an_existing_cropped_copy_through_the_background_scan(
     matches = list(CopyMatch.objects.all())
     assert [(m.image_id, m.status, m.found_by) for m in matches] == [(copy.pk, CopyMatch.Status.PENDING, "scan")]
     assert not CopyMatch.objects.filter(image=other).exists()  # another monarch is not a copy
+    catalog_name = "efficientnet_lite0" if gem_p == 3.0 else "efficientnet_lite0-gem2"
+    assert set(Embedding.objects.values_list("backbone", flat=True)) == {catalog_name}
+    assert list(WorkSignature.objects.values_list("backbone", flat=True)) == ["efficientnet_lite0"]
 
     queue = staff_client.get(reverse("gallery:copyright_queue")).content.decode()
     assert "Monarch at dawn" in queue and f'data-match-id="{matches[0].pk}"' in queue

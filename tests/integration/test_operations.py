@@ -146,6 +146,16 @@ def test_doctor_warns_when_ready_images_lack_the_keypoints_copy_scans_need(setti
     assert _doctor()[0]["copy keypoints"]["status"] == "OK"
 
 
+def test_doctor_warns_when_the_catalog_is_pooled_otherwise_than_configured(settings) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(3)
+    catalog_services.images_embed_batch(image_id=image.pk)
+    assert _doctor()[0]["pooling"]["status"] == "OK"  # the test settings' GeM-3, as embedded
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}
+    line = _doctor()[0]["pooling"]
+    assert line["status"] == "WARN" and "embedded with GeM p=3; IMAGESEARCH_GEM_P asks for 2" in line["detail"]
+    assert "manage.py reembed --backbone efficientnet_lite0" in line["hint"]
+
+
 def test_doctor_fails_full_disks_and_unwritable_media(settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

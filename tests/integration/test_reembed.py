@@ -182,3 +182,44 @@ def test_reembed_refuses_a_backbone_whose_weights_are_missing(catalog, settings)
     assert message.startswith("resnet50 cannot be used on this machine.") and "IMAGESEARCH_RESNET50_WEIGHTS" in message
     assert "URL fetch failure" not in message and "https://" not in message
     assert not CatalogJob.objects.exists() and CatalogState.objects.get().target_backbone == ""
+
+
+def test_a_new_pooling_leaves_the_catalog_searchable_until_a_reembed_to_the_same_network_switches_it(
+    catalog, butterflies, settings
+) -> None:  # type: ignore[no-untyped-def]
+    # The setting now asks for GeM-2: the catalog keeps answering from its GeM-3 vectors,
+    # queries included, and new uploads join it, until the operator re-embeds.
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0, "DBA_K": 0, "QE_K": 0}
+    gem2 = "efficientnet_lite0-gem2"
+    images, queries = catalog
+    for q in queries:
+        assert [pk for pk, _ in _search(q)] == _ranking_in(EFFICIENTNET_LITE0, q)
+    with open(list(butterflies.values())[9][0], "rb") as f:
+        late = catalog_services.image_create(file=f, original_name="late.jpg", queue=False)
+    catalog_services.images_embed_batch(image_id=late.pk)
+    assert list(Embedding.objects.filter(image=late).values_list("backbone", flat=True)) == [EFFICIENTNET_LITE0]
+
+    out = io.StringIO()
+    call_command("reembed", backbone=EFFICIENTNET_LITE0, foreground=True, stdout=out)  # the same network
+    state = CatalogState.objects.get()
+    assert (state.backbone, state.target_backbone) == (gem2, "")
+    assert set(Embedding.objects.values_list("backbone", flat=True)) == {gem2}
+    assert Embedding.objects.count() == 15
+    assert Reduction.objects.get(is_active=True).backbone == gem2
+    for q in queries:
+        assert [pk for pk, _ in _search(q)] == _ranking_in(gem2, q)
+    # A catalog photo searched for comes first, as itself: queries are pooled as the catalog is.
+    first = images[3]
+    hits = _search(Path(first.file.path))
+    assert hits[0][0] == first.pk and hits[0][1] > 0.999
+    with pytest.raises(Exception, match="already uses efficientnet_lite0-gem2"):
+        call_command("reembed", backbone=EFFICIENTNET_LITE0, foreground=True, stdout=io.StringIO())
+
+
+def test_a_new_catalog_is_embedded_with_the_default_pooling(butterflies, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}
+    with open(next(iter(butterflies.values()))[0], "rb") as f:
+        image = catalog_services.image_create(file=f, original_name="first.jpg", queue=False)
+    catalog_services.images_embed_batch(image_id=image.pk)
+    assert CatalogState.objects.get().backbone == "efficientnet_lite0-gem2"
+    assert list(Embedding.objects.filter(image=image).values_list("backbone", flat=True)) == ["efficientnet_lite0-gem2"]

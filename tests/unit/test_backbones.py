@@ -12,10 +12,14 @@ from skimage import data as skdata
 from gallery.vision.backbones import (
     EFFICIENTNET_LITE0,
     RESNET50,
+    backbone_availability,
     build_resnet50,
+    embedding_name,
     gem_pool,
     lite0_weights_path,
     load_backbone,
+    network_of,
+    parse_embedding_name,
 )
 from gallery.vision.torch_weights import CheckpointFormatError, load_legacy_state_dict
 
@@ -139,3 +143,32 @@ def test_deeper_lite_variants_port_correctly(variant: str) -> None:
         assert int(np.argmax(logits)) in expected, (variant, name, int(np.argmax(logits)))
     vectors = backbone.embed([PILImage.fromarray(skdata.chelsea()), PILImage.fromarray(skdata.coffee())])
     assert vectors.shape == (2, 1280) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_vectors_of_each_pooling_are_named_apart_and_share_one_network(lite0) -> None:  # type: ignore[no-untyped-def]
+    assert embedding_name(EFFICIENTNET_LITE0, 3.0) == EFFICIENTNET_LITE0  # catalogs embedded before keep their name
+    assert embedding_name(EFFICIENTNET_LITE0, 2.0) == "efficientnet_lite0-gem2"
+    assert parse_embedding_name("efficientnet_lite0-gem2.5") == (EFFICIENTNET_LITE0, 2.5)
+    assert network_of("efficientnet_lite0-gem2") == EFFICIENTNET_LITE0
+    for bad in ("efficientnet_lite0-gem0", "efficientnet_lite0-gem2.0", "efficientnet_lite0-gemx"):
+        with pytest.raises(ValueError):
+            parse_embedding_name(bad)
+    assert backbone_availability("efficientnet_lite0-gem2").available
+
+    gem2 = load_backbone(EFFICIENTNET_LITE0, gem_p=2.0)  # as the settings name it
+    assert gem2.name == "efficientnet_lite0-gem2" and gem2.network == EFFICIENTNET_LITE0
+    assert load_backbone("efficientnet_lite0-gem2") is gem2  # as the catalog names it
+    assert load_backbone(EFFICIENTNET_LITE0) is lite0 and lite0.gem_p == 3.0
+    assert gem2._spatial is lite0._spatial  # one network in memory, not two
+
+    image = PILImage.fromarray(skdata.chelsea())
+    batch = np.stack([lite0.preprocess(image), lite0.preprocess(image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT))])
+    maps = lite0.feature_maps(batch)
+    for backbone, p in ((gem2, 2.0), (lite0, 3.0)):
+        expected = gem_pool(maps, p)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(backbone.embed_arrays(batch), expected, atol=1e-5)
+        vectors, probs = backbone.embed_and_label_arrays(batch)
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+        assert probs is not None and int(np.argmax(probs[0])) in CAT_CLASSES
+    assert float(np.abs(gem2.embed_arrays(batch) - lite0.embed_arrays(batch)).max()) > 1e-3

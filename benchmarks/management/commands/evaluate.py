@@ -194,7 +194,9 @@ class Command(BaseCommand):
     def _variants(self, directories: list[Path], names: list[str], opts: dict[str, Any], quiet: bool) -> None:
         """Every standard variant on every set and backbone: one table per backbone."""
         conf = settings.IMAGESEARCH
-        default = Variant(variants.DEFAULT_POOLING, conf["PCA_DIMS"], conf["DBA_K"], conf["QE_K"], float(conf["QE_ALPHA"]))
+        default = Variant(
+            variants.product_pooling(conf["GEM_P"]), conf["PCA_DIMS"], conf["DBA_K"], conf["QE_K"], float(conf["QE_ALPHA"])
+        )
         candidates = variants.standard_variants(default)
         report: list[dict[str, Any]] = []
         for name in names:
@@ -365,7 +367,8 @@ class Command(BaseCommand):
         """Every configuration on one labelled set with one backbone."""
         images, labels, paths, fmap, embed_ms = self._feature_maps(pairs, backbone, quiet)
         y = np.asarray(labels)
-        descriptors = {"gem": gem_pool(fmap), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
+        # "gem": the product's pooling, with the configured exponent
+        descriptors = {"gem": gem_pool(fmap, settings.IMAGESEARCH["GEM_P"]), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
         descriptors["gem"] = l2_normalise(descriptors["gem"])
         del fmap
         return self._configurations(images, y, paths, descriptors, embed_ms, backbone, pcas, opts, quiet)
