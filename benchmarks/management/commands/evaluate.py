@@ -152,7 +152,7 @@ class Command(BaseCommand):
         if opts["words"]:
             self._words(directories, opts, quiet)
             return
-        names = opts["backbones"] or [pipeline.current_backbone().name]
+        names = opts["backbones"] or [pipeline.current_backbone().network]
         unknown = [n for n in names if n not in BACKBONES]
         if unknown:
             raise CommandError(f"unknown backbone {', '.join(unknown)}; choose from {', '.join(BACKBONES)}")
