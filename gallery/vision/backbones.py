@@ -80,7 +80,8 @@ def parse_embedding_name(name: str) -> tuple[str, float]:
     if not sep:
         return name, GEM_P
     exponent = float(p)
-    if not 1.0 <= exponent <= 8.0 or f"{exponent:g}" != p:
+    # One name per descriptor: GeM-3 is the bare network name, never "-gem3".
+    if not 1.0 <= exponent <= 8.0 or f"{exponent:g}" != p or exponent == GEM_P:
         raise ValueError(f"unknown pooling in backbone name {name!r}")
     return network, exponent
 

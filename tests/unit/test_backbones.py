@@ -150,7 +150,7 @@ def test_vectors_of_each_pooling_are_named_apart_and_share_one_network(lite0) ->
     assert embedding_name(EFFICIENTNET_LITE0, 2.0) == "efficientnet_lite0-gem2"
     assert parse_embedding_name("efficientnet_lite0-gem2.5") == (EFFICIENTNET_LITE0, 2.5)
     assert network_of("efficientnet_lite0-gem2") == EFFICIENTNET_LITE0
-    for bad in ("efficientnet_lite0-gem0", "efficientnet_lite0-gem2.0", "efficientnet_lite0-gemx"):
+    for bad in ("efficientnet_lite0-gem0", "efficientnet_lite0-gem2.0", "efficientnet_lite0-gemx", "efficientnet_lite0-gem3"):
         with pytest.raises(ValueError):
             parse_embedding_name(bad)
     assert backbone_availability("efficientnet_lite0-gem2").available
