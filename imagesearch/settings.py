@@ -297,7 +297,8 @@ IMAGESEARCH = {
     # The exponent of the generalised-mean pooling of the network's last feature map
     # (1 = average pooling). New catalogs are embedded with it; an existing catalog keeps
     # the one it was embedded with until a re-embed (its vectors are stored by a name that
-    # carries the exponent: efficientnet_lite0-gem2; a bare name is GeM-3).
+    # carries the exponent: efficientnet_lite0-gem2; a bare name is GeM-3). 2: the best
+    # measured over the three development sets (Lite0 mean mAP 0.791 against 0.784 for GeM-3).
     "GEM_P": (GEM_P := float(env("IMAGESEARCH_GEM_P", "2"))),
     # A local Keras weights file for ResNet50 (no-top), for air-gapped installs.
     "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),

@@ -61,10 +61,6 @@ SPECS = {
 # any other exponent is part of the name ("efficientnet_lite0-gem2"), so vectors of two
 # descriptors are never mixed and changing the setting is a re-embed.
 GEM_P = 3.0
-# The exponent new catalogs get (IMAGESEARCH_GEM_P): measured best over the three
-# development sets on Lite0 and Lite2 (mean leave-one-out mAP 0.791 against 0.784 for
-# GeM-3 on Lite0; grocery 0.579 against 0.563), and never worse than GeM-3 on any set.
-DEFAULT_GEM_P = 2.0
 _GEM_SUFFIX = "-gem"
 
 
@@ -460,7 +456,7 @@ def load_backbone(name: str, *, resnet50_weights: str | None = None, gem_p: floa
         base = _network(network, weights)
         backbone = base if p == base.gem_p else base.with_pooling(p)
         if backbone is not base:
-            backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
+            _warm(backbone)
         _cache[key] = backbone
         # `auto` resolved to a named backbone: asking for it by name (as search does, by the
         # catalog's backbone) finds the same network instead of building a second one.
@@ -485,10 +481,15 @@ def _network(name: str, weights: str) -> Backbone:
         backbone = build_efficientnet_lite(name)
     else:
         raise ValueError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
-    backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
+    _warm(backbone)
     _networks[(name, weights)] = backbone
     _networks.setdefault((backbone.network, weights), backbone)
     return backbone
+
+
+def _warm(backbone: Backbone) -> None:
+    """Trace the pooled graph once, so the first real batch does not pay for it."""
+    backbone.embed_arrays(np.zeros((1, backbone.spec.input_size, backbone.spec.input_size, 3), np.uint8))
 
 
 def backbone_loaded(name: str, *, resnet50_weights: str | None = None) -> bool:
