@@ -316,11 +316,15 @@ def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(bu
     before = index.match(_query(crop))[0]
     assert before.work_id == 103 and before.score >= THRESHOLD
     assert isinstance(index._votes._index, copydetect.faiss.IndexIVFPQ)
+    multi = copydetect.faiss.MultiIndexQuantizer
+    assert isinstance(copydetect.faiss.downcast_index(index._votes._index.quantizer), multi)
 
     index.save(tmp_path / "register")
     read.clear()
     again = copydetect.CopyIndex.load(tmp_path / "register", loader)
     assert again.ids == index.ids and 103 in again and len(again) == 7
+    assert isinstance(copydetect.faiss.downcast_index(again._votes._index.quantizer), multi)
+    assert again._votes._index.nprobe == copydetect.VOTE_IMI_PROBES
     after = again.match(_query(crop))[0]
     assert after.work_id == 103 and after.score == pytest.approx(before.score)
     assert 0 < len(set(read)) <= 5  # only the candidates' signatures were read
@@ -333,3 +337,24 @@ def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(bu
     assert again.cnn_scores(_query(pasted))[0].shape == (8,)  # mapped rows and the new one
     with pytest.raises(KeyError):
         again.signature(999)
+
+
+def test_a_register_filled_from_its_store_holds_one_batch_of_signatures_at_a_time(butterflies, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A large register read from the database must not hold every full signature at once.
+    monkeypatch.setattr(copydetect, "FLUSH_EVERY", 3)
+    rng = np.random.default_rng(6)
+    photos = [_photo(p) for species in ("001", "002", "003", "004") for p in butterflies[species][:2]]
+    stored = {200 + i: _light_signature(photo, rng) for i, photo in enumerate(photos)}
+    index = copydetect.CopyIndex(stored.__getitem__)
+    held = []
+    for work_id, signature in stored.items():
+        index.add(work_id, signature)
+        held.append(len(index._signatures))
+    assert max(held) <= 3 and len(index) == 8
+    # Every batch's vectors are there, in work order: each work is found by its own rows.
+    for position, work_id in enumerate(stored):
+        query = copydetect.QuerySignature(vectors=stored[work_id].globals[:1], hash=0)
+        best, _ = index.cnn_scores(query)
+        assert int(np.argmax(best)) == position
+    crop = attacks.crop(photos[5], np.random.default_rng(4))
+    assert index.match(_query(crop))[0].work_id == 205

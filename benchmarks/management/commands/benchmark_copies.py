@@ -170,11 +170,11 @@ class Command(BaseCommand):
         report["reference_recall_at_1"] = reference
         scratch = tempfile.TemporaryDirectory(prefix="copy-register-")
         for size in sizes:
-            building = copydetect.CopyIndex(stored)
-            for i in range(size):
-                building.add(i, stored(i))
             started = time.perf_counter()
-            building.match(building.describe(backbone, queries[0]))  # builds the matrices and the keypoint index
+            building = copydetect.CopyIndex(stored)  # indexed in batches as they are added
+            for i in tqdm(range(size), desc=f"register of {size}", disable=opts["json"], mininterval=10):
+                building.add(i, stored(i))
+            building.match(building.describe(backbone, queries[0]))  # the last batch, the projection
             build = time.perf_counter() - started
             folder = (opts["register_dir"] or Path(scratch.name)) / f"register-{size}"
             building.save(folder)
