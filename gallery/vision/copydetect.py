@@ -748,7 +748,7 @@ class KeypointVotes:
             quantiser = faiss.MultiIndexQuantizer(128, 2, bits)
             quantiser.pq.cp.niter = 10
             index = faiss.IndexIVFPQ(quantiser, 128, 1 << (2 * bits), VOTE_PQ_BYTES, 8)
-            index.quantizer_trains_alone = 1  # the multi-index is trained as it is, not by k-means
+            index.quantizer_trains_alone = chr(1)  # the multi-index is trained as it is, not by k-means
             # Codes of the descriptors themselves, not of their offsets from the cell: one
             # distance table per upload keypoint instead of one per cell probed (at 10k
             # works 16 against 29 ms a vote with 64 cells probed, the same copies voted for).
@@ -965,17 +965,19 @@ class CopyIndex:
         n = len(self.ids)
         if n < SHORTLIST_ABOVE:
             return
+        added = self._vectors
+        assert added is not None  # a batch was just appended
         if self._projection is None or n >= 2 * self._fitted_on:
-            mapped = self._mapped if self._mapped is not None else np.zeros((0, self._vectors.shape[1]), np.float16)
-            step = max(1, (len(mapped) + len(self._vectors)) // PROJECTION_SAMPLE)
-            sample = np.concatenate([mapped[::step], self._vectors[::step]]).astype(np.float32)
+            mapped = self._mapped if self._mapped is not None else np.zeros((0, added.shape[1]), np.float16)
+            step = max(1, (len(mapped) + len(added)) // PROJECTION_SAMPLE)
+            sample = np.concatenate([mapped[::step], added[::step]]).astype(np.float32)
             self._projection = _Projection(sample, PROJECTED_DIMS)
             self._fitted_on = n
             low, offset = self._project(mapped)
-            tail_low, tail_offset = self._project(self._vectors)
+            tail_low, tail_offset = self._project(added)
             self._low, self._offset = np.concatenate([low, tail_low]), np.concatenate([offset, tail_offset])
         else:
-            low, offset = self._project(self._vectors[len(self._low) - self._mapped_rows :])
+            low, offset = self._project(added[len(self._low) - self._mapped_rows :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -323,8 +323,10 @@ def test_a_saved_compressed_register_is_mapped_back_and_finds_the_same_copies(bu
     read.clear()
     again = copydetect.CopyIndex.load(tmp_path / "register", loader)
     assert again.ids == index.ids and 103 in again and len(again) == 7
-    assert isinstance(copydetect.faiss.downcast_index(again._votes._index.quantizer), multi)
-    assert again._votes._index.nprobe == copydetect.VOTE_IMI_PROBES
+    loaded = again._votes._index
+    assert isinstance(loaded, copydetect.faiss.IndexIVFPQ)
+    assert isinstance(copydetect.faiss.downcast_index(loaded.quantizer), multi)
+    assert loaded.nprobe == copydetect.VOTE_IMI_PROBES
     after = again.match(_query(crop))[0]
     assert after.work_id == 103 and after.score == pytest.approx(before.score)
     assert 0 < len(set(read)) <= 5  # only the candidates' signatures were read
