@@ -114,6 +114,13 @@ VOTE_RETRAIN_UNTIL = 2_000_000
 SHORTLIST_ABOVE = 512
 SHORTLIST = 64
 PROJECTED_DIMS = 128
+# Past this many works the shortlist is found in two steps: the first HEAD_DIMS projected
+# dimensions (the leading components, kept in their own contiguous rows) pick COARSE works,
+# whose full projected rows then pick the SHORTLIST. At 100k works (1.9M rows) 36 ms of CPU
+# against 84 ms for the full projection.
+COARSE_ABOVE = 16_384
+HEAD_DIMS = 32
+COARSE = 1024
 PROJECTION_SAMPLE = 4096
 # Works added are indexed (and, with a store, their full signatures let go) in batches of
 # at most this many, so filling a large register holds one batch of signatures at a time.
@@ -863,6 +870,7 @@ class CopyIndex:
         self._fitted_on = 0
         self._low = np.zeros((0, PROJECTED_DIMS), dtype=np.float32)
         self._offset = np.zeros(0, dtype=np.float32)
+        self._head = np.zeros((0, HEAD_DIMS), dtype=np.float32)  # _low's first columns, contiguous
         self._votes = KeypointVotes(lambda: [self.signature(i).keypoints for i in self.ids])
 
     def __len__(self) -> int:
@@ -891,7 +899,12 @@ class CopyIndex:
             + (0 if s.keypoints._root is None else s.keypoints._root.nbytes)
             for s in self._signatures.values()
         )  # fmt: skip
-        return vectors + int(self._low.nbytes + self._offset.nbytes + self._hashes.nbytes) + self._votes.nbytes + kept
+        return (
+            vectors
+            + int(self._low.nbytes + self._head.nbytes + self._offset.nbytes + self._hashes.nbytes)
+            + self._votes.nbytes
+            + kept
+        )
 
     def save(self, directory: Path) -> None:
         """Write the searchable parts to `directory` (replaced whole, atomically)."""
@@ -933,6 +946,7 @@ class CopyIndex:
         vectors = np.load(directory / "vectors.npy", mmap_mode="r")
         index._mapped = vectors if vectors.size else None
         index._low, index._offset = np.load(directory / "low.npy"), np.load(directory / "offset.npy")
+        index._head = np.ascontiguousarray(index._low[:, :HEAD_DIMS])
         if (directory / "projection_mean.npy").exists():
             projection = _Projection.__new__(_Projection)
             projection.mean = np.load(directory / "projection_mean.npy")
@@ -976,9 +990,11 @@ class CopyIndex:
             low, offset = self._project(mapped)
             tail_low, tail_offset = self._project(added)
             self._low, self._offset = np.concatenate([low, tail_low]), np.concatenate([offset, tail_offset])
+            self._head = np.ascontiguousarray(self._low[:, :HEAD_DIMS])
         else:
             low, offset = self._project(added[len(self._low) - self._mapped_rows :])
             self._low, self._offset = np.concatenate([self._low, low]), np.concatenate([self._offset, offset])
+            self._head = np.concatenate([self._head, low[:, :HEAD_DIMS]])
 
     def _project(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._projection is not None
@@ -1025,16 +1041,32 @@ class CopyIndex:
         """Per work: the best CNN similarity and which comparison gave it. Past
         SHORTLIST_ABOVE works only a shortlist is scored exactly; the rest get -1."""
         self._flush()
-        n, per_work = len(self.ids), self.per_work
+        n = len(self.ids)
         if self._projection is None:
             return self._scores(self._rows(np.arange(n)), query)
-        rough = self._projection.dots(self._low, self._offset, query.vectors[:1])[:, 0].reshape(n, per_work).max(axis=1)
-        shortlist = np.sort(np.argpartition(-rough, SHORTLIST)[:SHORTLIST]) if n > SHORTLIST else np.arange(n)
+        shortlist = self._shortlist(query.vectors[:1])
         exact, how = self._scores(self._rows(shortlist), query)
         best = np.full(n, -1.0, dtype=np.float32)
         which = np.zeros(n, dtype=np.int64)
         best[shortlist], which[shortlist] = exact, how
         return best, which
+
+    def _shortlist(self, query: np.ndarray) -> np.ndarray:
+        """Positions (sorted) of the SHORTLIST works whose projected rows score best."""
+        assert self._projection is not None
+        n, per_work = len(self.ids), self.per_work
+        if n <= SHORTLIST:
+            return np.arange(n)
+        considered = np.arange(n)
+        low, offset = self._low, self._offset
+        if n > max(COARSE_ABOVE, COARSE) and self._head.shape[1] == HEAD_DIMS:
+            q_low, _ = self._projection.project(query)
+            head = (self._head @ q_low[0, :HEAD_DIMS] + self._offset).reshape(n, per_work).max(axis=1)
+            considered = np.sort(np.argpartition(-head, COARSE)[:COARSE])
+            rows = (considered[:, None] * per_work + np.arange(per_work)[None, :]).ravel()
+            low, offset = self._low[rows], self._offset[rows]
+        rough = self._projection.dots(low, offset, query)[:, 0].reshape(len(considered), per_work).max(axis=1)
+        return np.sort(considered[np.argpartition(-rough, SHORTLIST)[:SHORTLIST]])
 
     def describe(self, backbone: Backbone, image: PILImage.Image, *, keypoints: Keypoints | None = None) -> QuerySignature:
         """An upload's signature, its keypoints looked up in this index while the forward

@@ -360,3 +360,37 @@ def test_a_register_filled_from_its_store_holds_one_batch_of_signatures_at_a_tim
         assert int(np.argmax(best)) == position
     crop = attacks.crop(photos[5], np.random.default_rng(4))
     assert index.match(_query(crop))[0].work_id == 205
+
+
+@pytest.mark.parametrize("coarse_above", [10**9, 10])
+def test_the_cnn_shortlist_finds_the_work_whose_view_the_upload_is_with_or_without_a_coarse_step(
+    monkeypatch, coarse_above
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(copydetect, "SHORTLIST_ABOVE", 4)
+    monkeypatch.setattr(copydetect, "SHORTLIST", 5)
+    monkeypatch.setattr(copydetect, "COARSE_ABOVE", coarse_above)
+    monkeypatch.setattr(copydetect, "COARSE", 12)
+    monkeypatch.setattr(copydetect, "HEAD_DIMS", 8)
+    rng = np.random.default_rng(7)
+    per_work = copydetect.CopyIndex().per_work
+    no_keypoints = copydetect.Keypoints(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    index = copydetect.CopyIndex()
+    signatures = []
+    # As CNN vectors, most of the variance in a few directions (which the coarse step reads).
+    scales = np.where(np.arange(32) < 8, 1.0, 0.15)
+    for work_id in range(80):
+        vectors = (rng.normal(size=(per_work, 32)) * scales).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        signature = copydetect.WorkSignature(
+            globals=vectors[:5], regions=vectors[6:], small=vectors[5], hashes=np.zeros(2, np.uint64),
+            keypoints=no_keypoints, mirrored_keypoints=no_keypoints,
+        )  # fmt: skip
+        signatures.append(signature)
+        index.add(work_id, signature)
+    for work_id in (3, 41, 79):
+        # An upload that looks like one of the work's windows (a crop of it), with noise.
+        view = signatures[work_id].regions[4] + (rng.normal(0, 0.05, 32) * scales).astype(np.float32)
+        best, which = index.cnn_scores(copydetect.QuerySignature(vectors=(view / np.linalg.norm(view))[None], hash=0))
+        assert int(np.argmax(best)) == work_id
+        assert which[work_id] == len(copydetect.VIEWS)  # found by a window of the work
+        assert (best >= 0).sum() == 5  # only the shortlist was scored exactly
