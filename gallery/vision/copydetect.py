@@ -98,12 +98,13 @@ VOTE_PROBES = 4
 # 10k works, ~20 at 100k works: ~21M descriptors, 0.84 GiB), so nothing is retrained past
 # VOTE_RETRAIN_UNTIL and the votes' cost grows slowly. Measured on real keypoints and
 # variants (60 edited copies; the copy among the 3 most voted, vote time): 10k works
-# 0.983 in 12 ms, 100k works 0.950 in 35 ms; the single-level file it replaced (2·√n
-# lists at 2M descriptors, 4 probed) 0.967 in 19 ms and 0.950 in ~120 ms.
+# 0.983 in 12 ms (32 cells), 100k works 0.950 in 35 ms (32 cells), 0.933 in 22 ms (16),
+# 0.950 in 18 ms (12): within one copy of each other; the single-level file it replaced
+# (2·√n lists at 2M descriptors, 4 probed) 0.967 in 19 ms and 0.950 in ~120 ms.
 VOTE_PQ_ABOVE = 1_000_000
 VOTE_PQ_BYTES = 32
 VOTE_IMI_BITS = 10
-VOTE_IMI_PROBES = 32
+VOTE_IMI_PROBES = 16
 VOTE_TRAIN_SAMPLE = 131_072
 # The quantisers are retrained when the count has doubled, until they were trained on this
 # many descriptors (about 10k works); past it new works are only added, so a large
