@@ -95,19 +95,20 @@ class _CopyIndexCache:
             if self._key != backbone.network:
                 self._key = backbone.network
                 self._fresh(backbone.network, rows)
-            for pk, work_id, data in (
-                rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data").iterator(chunk_size=500)
-            ):
-                self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
-                self._last_row = pk
+            self._add_since_last_row(rows)
             if len(self._index) != rows.count():
                 self._index = copydetect.CopyIndex(functools.partial(_stored_signature, backbone.network))
                 self._last_row, self._saved_works = 0, 0
-                for pk, work_id, data in rows.order_by("pk").values_list("pk", "work_id", "data").iterator(chunk_size=500):
-                    self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
-                    self._last_row = pk
+                self._add_since_last_row(rows)
             self._save(backbone.network)
             return LoadedCopyIndex(backbone, self._index)
+
+    def _add_since_last_row(self, rows: QuerySet[WorkSignature]) -> None:
+        """Add the rows after the last one held, in order, read in chunks."""
+        newer = rows.filter(pk__gt=self._last_row).order_by("pk").values_list("pk", "work_id", "data")
+        for pk, work_id, data in newer.iterator(chunk_size=500):
+            self._index.add(work_id, copydetect.WorkSignature.from_bytes(bytes(data)))
+            self._last_row = pk
 
     def clear(self) -> None:
         with self._lock:
