@@ -319,6 +319,9 @@ IMAGESEARCH = {
     # onnx: query photos run on ONNX Runtime (a conversion of the same graph, used only if it
     # matches TensorFlow within 1e-4 at start); tensorflow: TensorFlow, as the catalog.
     "QUERY_RUNTIME": env("IMAGESEARCH_QUERY_RUNTIME", "onnx"),
+    # The same for catalog photos' forward passes (imports, workers, re-embeds): vectors and
+    # labels from one converted graph, used only if both match TensorFlow within 1e-4.
+    "EMBED_RUNTIME": env("IMAGESEARCH_EMBED_RUNTIME", "onnx"),
     # Words search: how many ImageNet labels are kept per image, and how much of a
     # result's score comes from them (the rest is visual similarity to the best label hits).
     "LABELS_PER_IMAGE": env_int("IMAGESEARCH_LABELS_PER_IMAGE", 10),
@@ -423,8 +426,9 @@ IMAGESEARCH = {
 # The exponent is written into the vectors' name (six significant digits at most).
 if not 1.0 <= GEM_P <= 8.0 or float(f"{GEM_P:g}") != GEM_P:
     raise ImproperlyConfigured("IMAGESEARCH_GEM_P must be a number from 1 (average pooling) to 8, e.g. 2 or 2.5")
-if IMAGESEARCH["QUERY_RUNTIME"] not in ("onnx", "tensorflow"):
-    raise ImproperlyConfigured("IMAGESEARCH_QUERY_RUNTIME must be onnx or tensorflow")
+for _runtime in ("QUERY_RUNTIME", "EMBED_RUNTIME"):
+    if IMAGESEARCH[_runtime] not in ("onnx", "tensorflow"):
+        raise ImproperlyConfigured(f"IMAGESEARCH_{_runtime} must be onnx or tensorflow")
 
 # ---------------------------------------------------------------- Celery
 # Unset means the embedded Redis that `manage.py serve` starts on a unix socket.

@@ -73,8 +73,24 @@ def _decode_turn() -> Iterator[None]:
         slots.release()
 
 
+_forward_runtimes: dict[str, Backbone] = {}
+_forward_runtimes_lock = threading.Lock()
+
+
+def embedding_backbone(backbone: Backbone) -> Backbone:
+    """`backbone` as catalog photos are embedded: with EMBED_RUNTIME onnx, its vectors and
+    labels on ONNX Runtime, converted once per process and used only within
+    onnx_query.TOLERANCE of TensorFlow's."""
+    with _forward_runtimes_lock:
+        if _forward_runtimes.get(backbone.name) is not backbone:
+            onnx = settings.IMAGESEARCH["EMBED_RUNTIME"] == "onnx"
+            backbone.use_forward_runtime(onnx_query.build_forward(backbone) if onnx else None)
+            _forward_runtimes[backbone.name] = backbone
+    return backbone
+
+
 def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = None) -> np.ndarray:
-    backbone = backbone or current_backbone()
+    backbone = embedding_backbone(backbone or current_backbone())
     vectors = backbone.embed(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
     metrics.embeddings.labels(backbone=backbone.name).inc(len(images))
     return vectors
@@ -100,7 +116,7 @@ def _query_path(backbone: Backbone) -> _QueryPath:
             conf = settings.IMAGESEARCH
             forward = onnx_query.build(backbone) if conf["QUERY_RUNTIME"] == "onnx" else None
             batcher = MicroBatcher(
-                forward or backbone.embed_arrays,
+                forward or backbone.tensorflow_embed_arrays,
                 max_batch=max(1, int(conf["QUERY_BATCH_MAX"])),
                 window=max(0.0, float(conf["QUERY_BATCH_WINDOW_MS"])) / 1000.0,
             )
@@ -155,6 +171,7 @@ def network_input(image: PILImage.Image, *, backbone: Backbone) -> np.ndarray:
 def embed_and_label_inputs(inputs: np.ndarray, *, backbone: Backbone) -> tuple[np.ndarray, np.ndarray | None]:
     """`embed_and_label_images` for network inputs made by `network_input`, in the same
     batches, so the vectors are the same."""
+    backbone = embedding_backbone(backbone)
     batch_size = settings.IMAGESEARCH["BATCH_SIZE"]
     feats, probs = [], []
     for start in range(0, len(inputs), batch_size):
@@ -197,7 +214,7 @@ def embed_and_label_images(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Embeddings and ImageNet class probabilities from one forward pass (no
     probabilities when the backbone has no classifier)."""
-    backbone = backbone or current_backbone()
+    backbone = embedding_backbone(backbone or current_backbone())
     result = backbone.embed_and_label(images, batch_size=settings.IMAGESEARCH["BATCH_SIZE"], options=preprocess_options())
     metrics.embeddings.labels(backbone=backbone.name).inc(len(images))
     return result

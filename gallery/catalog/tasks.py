@@ -60,6 +60,7 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
         status=Image.Status.PENDING, claimed_at=None, claimed_by=""
     )
     queued = catalog_services.images_requeue_waiting(min_age_seconds=0, only_lost=False)
-    pipeline.catalog_backbone()  # build the network now, not on the first upload
+    # Build the network and its catalog runtime's conversion now, not on the first upload.
+    pipeline.embedding_backbone(pipeline.catalog_backbone())
     if released or queued:
         log.info("worker start: released %d stale claims, queued %d waiting images", released, queued)

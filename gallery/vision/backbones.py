@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -139,6 +140,8 @@ class Backbone:
         # One lock per network: descriptors of one network share its graph.
         self._lock = lock or threading.Lock()
         self._maps_runtime: Callable[[np.ndarray], np.ndarray] | None = None
+        self._forward_runtime: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._pooled_and_labelled: Callable[..., object] | None = None
 
     def with_pooling(self, gem_p: float) -> Backbone:
         """The same network (its weights shared, not copied) with another GeM exponent."""
@@ -161,6 +164,17 @@ class Backbone:
         TensorFlow; None gives them back to TensorFlow."""
         self._maps_runtime = run
 
+    def use_forward_runtime(self, run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None) -> None:
+        """Compute `embed_arrays` and `embed_and_label_arrays` with `run` (normalised float32
+        in; the unnormalised pooled descriptors and, with a classifier, class probabilities
+        out) instead of TensorFlow; None gives them back to TensorFlow."""
+        self._forward_runtime = run
+
+    @property
+    def forward_runtime(self) -> str:
+        """What computes this process's descriptors of the backbone: onnx or tensorflow."""
+        return "tensorflow" if self._forward_runtime is None else "onnx"
+
     @property
     def maps_runtime(self) -> str:
         """What computes this process's feature maps of the backbone: onnx or tensorflow."""
@@ -177,6 +191,13 @@ class Backbone:
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) uint8 → (n, dim) L2-normalised float32."""
+        run = self._forward_runtime
+        if run is not None and batch.shape[0]:
+            return l2_normalise(run(self._normalise(batch.astype(np.float32)))[0])
+        return self.tensorflow_embed_arrays(batch)
+
+    def tensorflow_embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """`embed_arrays` computed by TensorFlow whatever runtime is in use: the reference."""
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = self._normalise(batch.astype(np.float32))
@@ -223,31 +244,51 @@ class Backbone:
         except ValueError:
             return None
 
+    @property
+    def labelled_function(self) -> Callable[..., object] | None:
+        """The traced graph from normalised float32 input to the GeM-pooled (unnormalised)
+        descriptors and the ImageNet class probabilities of one forward pass, for the
+        backbones that carry their classifier (None otherwise)."""
+        head = self._classifier_head()
+        if head is None:
+            return None
+        with self._lock:
+            if self._pooled_and_labelled is None:
+                import tensorflow as tf
+
+                spatial, size, p = self._spatial, self.spec.input_size, self.gem_p
+
+                def both(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                    fmap = spatial(x, training=False)  # type: ignore[operator]
+                    clipped = tf.maximum(fmap, 1e-6)
+                    pooled = tf.reduce_mean(clipped**p, axis=[1, 2]) ** (1.0 / p)
+                    logits = head(tf.reduce_mean(fmap, axis=[1, 2]))  # type: ignore[operator]
+                    return pooled, tf.nn.softmax(logits, axis=-1)
+
+                self._pooled_and_labelled = tf.function(both, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+            return self._pooled_and_labelled
+
     def embed_and_label_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(n, h, w, 3) uint8 → the descriptors of `embed_arrays` and ImageNet class
         probabilities (n, 1000), both from one forward pass; None for the probabilities
         when the backbone has no classifier."""
-        head = self._classifier_head()
-        if head is None:
-            return self.embed_arrays(batch), None
+        run = self._forward_runtime
+        if run is not None and batch.shape[0]:
+            feats, probs = run(self._normalise(batch.astype(np.float32)))
+            return l2_normalise(feats), probs
+        return self.tensorflow_embed_and_label_arrays(batch)
+
+    def tensorflow_embed_and_label_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`embed_and_label_arrays` computed by TensorFlow whatever runtime is in use."""
+        graph = self.labelled_function
+        if graph is None:
+            return self.tensorflow_embed_arrays(batch), None
         if batch.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, 1000), dtype=np.float32)
-        if getattr(self, "_pooled_and_labelled", None) is None:
-            import tensorflow as tf
-
-            spatial, size, p = self._spatial, self.spec.input_size, self.gem_p
-
-            def both(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                fmap = spatial(x, training=False)  # type: ignore[operator]
-                clipped = tf.maximum(fmap, 1e-6)
-                pooled = tf.reduce_mean(clipped**p, axis=[1, 2]) ** (1.0 / p)
-                logits = head(tf.reduce_mean(fmap, axis=[1, 2]))  # type: ignore[operator]
-                return pooled, tf.nn.softmax(logits, axis=-1)
-
-            self._pooled_and_labelled = tf.function(both, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         x = self._normalise(batch.astype(np.float32))
         with self._lock:
-            feats, probs = self._pooled_and_labelled(x)
+            out: Any = graph(x)
+        feats, probs = out
         return l2_normalise(np.asarray(feats, dtype=np.float32)), np.asarray(probs, dtype=np.float32)
 
     def embed_and_label(

@@ -273,6 +273,7 @@ def test_benchmark_ingest_tells_where_each_millisecond_of_an_import_goes_and_sta
     call_command("benchmark", "--sections", "ingest", "--quick", "--dataset", str(folder))
     out = capsys.readouterr().out
     assert re.search(r"ingest: 20 photos; .* ratio [\d.]+ +\(target ≥ 0.85: (met|MISSED)\)", out)
+    assert re.search(r"forward pass runs on onnx, alone [\d.]+ img/s → import ÷ that [\d.]+", out)
     assert re.search(r"ms per photo: end to end [\d.]+, bare batched forward [\d.]+", out)
     for stage in ("decode", "display copy", "thumbnail", "network input", "file writes", "forward pass", "database writes"):
         assert re.search(rf"\n +{stage} +[\d.]+\n", out), stage

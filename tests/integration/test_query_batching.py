@@ -115,3 +115,47 @@ def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scor
     finally:
         backbone.use_maps_runtime(None)
         pipeline._maps_runtimes.clear()
+
+
+def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tensorflow(
+    butterflies, settings, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """Imports and workers embed catalog photos on ONNX Runtime by default: vectors and
+    labels within 1e-4 of TensorFlow's for real photos, and each photo's top labels the
+    same; set to tensorflow, or when a conversion does not match, TensorFlow."""
+    from gallery.vision import onnx_query
+
+    backbone = pipeline.current_backbone()
+    photos = [pipeline.decode(p.read_bytes()).image for s in ("002", "007") for p in butterflies[s][:3]]
+    inputs = np.stack([pipeline.network_input(p, backbone=backbone) for p in photos])
+    reference_vectors, reference_probs = backbone.tensorflow_embed_and_label_arrays(inputs)
+    assert reference_probs is not None
+    pipeline._forward_runtimes.clear()
+    try:
+        backbone.use_forward_runtime(None)
+        vectors, probs = pipeline.embed_and_label_images(photos, backbone=backbone)
+        assert backbone.forward_runtime == "onnx"
+        assert probs is not None
+        assert np.abs(vectors - reference_vectors).max() <= 1e-4
+        assert np.abs(probs - reference_probs).max() <= 1e-4
+        assert (np.argsort(-probs, axis=1)[:, :3] == np.argsort(-reference_probs, axis=1)[:, :3]).all()
+        assert np.abs(pipeline.embed_images(photos, backbone=backbone) - reference_vectors).max() <= 1e-4
+        # a search photo finds its own catalog vector first
+        assert int(np.argmax(vectors @ pipeline.embed_query(photos[4], backbone=backbone))) == 4
+
+        pipeline._forward_runtimes.clear()
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "EMBED_RUNTIME": "tensorflow"}
+        pipeline.embed_images(photos[:1], backbone=backbone)
+        assert backbone.forward_runtime == "tensorflow"
+
+        pipeline._forward_runtimes.clear()
+        settings.IMAGESEARCH = {**settings.IMAGESEARCH, "EMBED_RUNTIME": "onnx"}
+        monkeypatch.setattr(onnx_query, "TOLERANCE", -1.0)  # no conversion can match: TensorFlow stays
+        with caplog.at_level("WARNING"):
+            vectors, _ = pipeline.embed_and_label_images(photos, backbone=backbone)
+        assert backbone.forward_runtime == "tensorflow"
+        assert "TensorFlow embeds catalog photos" in caplog.text
+        assert np.abs(vectors - reference_vectors).max() <= 1e-6
+    finally:
+        backbone.use_forward_runtime(None)
+        pipeline._forward_runtimes.clear()
