@@ -112,7 +112,8 @@ def run_load(
     if measure_forward:
         report.forward_ips = forward_rate(queries)
     lock = threading.Lock()
-    with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8") as stack:
+    # As deployed: no debug bookkeeping (Django records every SQL query with DEBUG on).
+    with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8", DJANGO_DEBUG="0") as stack:
         admin = stack.browser("seeder")
         seeded: list[int] = []
         for start in range(0, len(seed), 20):

@@ -176,14 +176,21 @@ def query_decode(*, file: IO[bytes]) -> PILImage.Image:
 
 
 def search_by_picture(
-    *, picture: PILImage.Image, limit: int = 20, metric: str = "cosine", tag: str = "", filters: SearchFilters = NO_FILTERS
+    *,
+    picture: PILImage.Image,
+    limit: int = 20,
+    metric: str = "cosine",
+    tag: str = "",
+    filters: SearchFilters = NO_FILTERS,
+    space: Space | None = None,
 ) -> list[SearchHit]:
     """Search with a decoded query photo that is embedded here and never stored.
 
-    The space is read once, so the query is embedded with the backbone of the vectors
-    it is compared with even when the catalog switches meanwhile."""
+    The space is read once (or given by the caller, who read it), so the query is embedded
+    with the backbone of the vectors it is compared with even when the catalog switches
+    meanwhile."""
     check_metric(metric)
-    space = active_space()
+    space = space or active_space()
     with stage("embed"):
         embedding = pipeline.embed_query(picture, backbone=pipeline.backbone_named(space.backbone))
     return search_by_vector(embedding=embedding, space=space, limit=limit, metric=metric, tag=tag, filters=filters)

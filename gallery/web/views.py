@@ -189,10 +189,10 @@ def _inline_preview(picture: PILImage.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
 
 
-def _filters(request: HttpRequest, data: object) -> tuple[FiltersForm, SearchFilters | None]:
+def _filters(request: HttpRequest, data: object, *, tags: list[str] | None = None) -> tuple[FiltersForm, SearchFilters | None]:
     """The page's filters form and, when valid, the filters it asks for ("mine" needs a
-    signed-in user)."""
-    form = FiltersForm(data or None, tags=catalog_selectors.tags_in_use())
+    signed-in user); `tags` are the tags in use when the caller has read them already."""
+    form = FiltersForm(data or None, tags=catalog_selectors.tags_in_use() if tags is None else tags)
     if data and not form.is_valid():
         return form, None
     cleaned = form.cleaned_data if data else {}
@@ -215,16 +215,13 @@ def _filters(request: HttpRequest, data: object) -> tuple[FiltersForm, SearchFil
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited("search")
 def search(request: HttpRequest) -> HttpResponse:
+    tags = catalog_selectors.tags_in_use()  # read once: the tag list and the filters' choices
     if request.method in ("GET", "HEAD"):
         form = SearchForm(initial={"metric": search_selectors.default_metric()})
-        return render(
-            request,
-            "gallery/search.html",
-            {"form": form, "tags": catalog_selectors.tags_in_use(), "filters": FiltersForm(tags=catalog_selectors.tags_in_use())},
-        )
+        return render(request, "gallery/search.html", {"form": form, "tags": tags, "filters": FiltersForm(tags=tags)})
     form = SearchForm(request.POST, request.FILES)
-    filters_form, filters = _filters(request, request.POST)
-    context = {"form": form, "filters": filters_form, "tags": catalog_selectors.tags_in_use()}
+    filters_form, filters = _filters(request, request.POST, tags=tags)
+    context = {"form": form, "filters": filters_form, "tags": tags}
     if not form.is_valid() or filters is None:
         return render(request, "gallery/search.html", context, status=400)
     upload = form.cleaned_data["file"]
@@ -240,8 +237,9 @@ def search(request: HttpRequest) -> HttpResponse:
         form.add_error("file", str(exc))
         return render(request, "gallery/search.html", context, status=400)
     tag = request.POST.get("tag", "").strip().lower()
+    space = search_selectors.active_space()  # read once: searched and named on the page
     hits = search_selectors.search_by_picture(
-        picture=query, limit=form.cleaned_data["limit"], metric=metric, tag=tag, filters=filters
+        picture=query, limit=form.cleaned_data["limit"], metric=metric, tag=tag, filters=filters, space=space
     )
     return render(
         request,
@@ -254,7 +252,7 @@ def search(request: HttpRequest) -> HttpResponse:
             "query_name": upload.name,
             "query_preview": _inline_preview(query),
             "region": box is not None,
-            "space": search_selectors.active_space().label,
+            "space": space.label,
             "tag": tag,
             "empty": "" if hits else catalog_selectors.empty_reason(tag=tag, searchable=True),
         },
@@ -304,8 +302,11 @@ def search_region(request: HttpRequest, pk: int) -> HttpResponse:
     except SearchRejected as exc:
         context["problem"] = str(exc)
         return render(request, "gallery/search_region.html", context, status=400)
-    hits = search_selectors.search_by_picture(picture=region, limit=20, metric=search_selectors.default_metric(), filters=filters)
-    context.update(hits=hits, box=str(box), query_preview=_inline_preview(region), space=search_selectors.active_space().label)
+    space = search_selectors.active_space()
+    hits = search_selectors.search_by_picture(
+        picture=region, limit=20, metric=search_selectors.default_metric(), filters=filters, space=space
+    )
+    context.update(hits=hits, box=str(box), query_preview=_inline_preview(region), space=space.label)
     return render(request, "gallery/search_region.html", context)
 
 
