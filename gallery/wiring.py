@@ -3,7 +3,8 @@
 - an image became ready → check it against the protected works (copyright), on its lane;
 - migrations ran → the copyright reviewers' group exists (named by the setting);
 - a database connection opened → pgvector's types are registered (PostgreSQL);
-- a sign-in failed, at any door → it counts towards that account's and address's back-off.
+- a sign-in failed, at any door → it counts towards that account's and address's back-off;
+- tags, or which images are published, changed → the cached list of tags in use is renewed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.backends.signals import connection_created
-from django.db.models.signals import post_migrate
+from django.db.models.signals import m2m_changed, post_delete, post_migrate, post_save
 
 
 def _check_ready_images_for_copies(sender: Any, *, image_ids: list[int], lane: str, **_: Any) -> None:
@@ -33,6 +34,24 @@ def _register_pgvector(sender: Any, connection: Any, **_: Any) -> None:
     register_pgvector(connection)
 
 
+def _tags_changed(sender: Any, **kwargs: Any) -> None:
+    if kwargs.get("action", "post_").startswith("post_"):
+        _tags_in_use_renew()
+
+
+def _image_saved(sender: Any, *, created: bool, update_fields: Any = None, **_: Any) -> None:
+    """A whole-row save may change an image's visibility (an editor's form); a new image has
+    no tags yet, and saves of named fields other than visibility (a worker's) cannot."""
+    if not created and (update_fields is None or "visibility" in update_fields):
+        _tags_in_use_renew()
+
+
+def _tags_in_use_renew() -> None:
+    from gallery.catalog import tagcache
+
+    tagcache.changed()
+
+
 def connect(app_config: Any) -> None:
     from gallery.catalog.signals import images_ready
     from gallery.ratelimit import register_signal_handlers
@@ -41,3 +60,11 @@ def connect(app_config: Any) -> None:
     post_migrate.connect(_ensure_reviewer_group, sender=app_config, dispatch_uid="gallery.ensure_groups")
     connection_created.connect(_register_pgvector, dispatch_uid="gallery.register_pgvector")
     register_signal_handlers()
+    from gallery.catalog.models import Image, Tag
+
+    m2m_changed.connect(_tags_changed, sender=Tag.images.through, dispatch_uid="gallery.tags_changed")
+    # (Deleting link rows directly sends no signal: `images_remove_tags` renews the list itself.)
+    for model in (Tag, Image):
+        post_delete.connect(_tags_changed, sender=model, dispatch_uid=f"gallery.tags_changed.{model.__name__}.delete")
+    post_save.connect(_tags_changed, sender=Tag, dispatch_uid="gallery.tags_changed.Tag.save")
+    post_save.connect(_image_saved, sender=Image, dispatch_uid="gallery.tags_changed.Image.save")

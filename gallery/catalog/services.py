@@ -23,7 +23,7 @@ from django.db.models import Case, F, Max, Q, When
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from gallery.catalog import pipeline
+from gallery.catalog import pipeline, tagcache
 from gallery.catalog.models import LANE_INTERACTIVE, CatalogChange, Embedding, Image, ImageLabel
 from gallery.errors import CatalogUnavailable, DuplicateImage, ImageRejected
 from gallery.search.models import ReducedVector, Reduction
@@ -419,6 +419,8 @@ def images_set_visibility(*, image_ids: list[int], visibility: str, reason: str 
         changed = Image.objects.filter(pk__in=changed_ids).update(visibility=visibility, visibility_reason=reason)
         # The files follow once the change is committed (a rollback leaves them in place).
         transaction.on_commit(lambda: image_pictures_place(image_ids=changed_ids))
+        if changed:  # an update sends no signal: the tags in use are renewed here
+            tagcache.changed()
     return changed
 
 

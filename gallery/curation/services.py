@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image as PILImage
 
-from gallery.catalog import pipeline
+from gallery.catalog import pipeline, tagcache
 from gallery.catalog.models import LANE_BULK, Embedding, Image, Tag
 from gallery.catalog.services import (
     embedding_add,
@@ -73,7 +73,9 @@ def images_add_tags(*, image_ids: list[int], names: list[str]) -> int:
         have = set(links.objects.filter(image_id__in=image_ids, tag__in=tags).values_list("image_id", "tag_id"))
         ids = list(Image.objects.filter(pk__in=image_ids).values_list("pk", flat=True))
         new = [links(image_id=pk, tag_id=tag.pk) for pk in ids for tag in tags if (pk, tag.pk) not in have]
-        links.objects.bulk_create(new, ignore_conflicts=True)
+        links.objects.bulk_create(new, ignore_conflicts=True)  # link rows: no signal
+        if new:
+            tagcache.changed()
     return len({link.image_id for link in new})
 
 
@@ -109,7 +111,9 @@ def images_remove_tags(*, image_ids: list[int], names: list[str]) -> int:
     with transaction.atomic():
         found = links.objects.filter(image_id__in=image_ids, tag__name__in=names)
         changed = len(set(found.values_list("image_id", flat=True)))
-        found.delete()
+        found.delete()  # link rows: no signal, so the tags in use are renewed here
+        if changed:
+            tagcache.changed()
     return changed
 
 

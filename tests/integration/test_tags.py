@@ -38,3 +38,44 @@ def test_similar_to_this_tagged_poster(client, butterflies) -> None:  # type: ig
     }
     assert search_selectors.similar_to_image(image=query, tag="no such tag") == []
     assert Image.objects.get(pk=sibling.pk).tags.get().name == "poster"
+
+
+def test_the_filters_list_of_tags_follows_every_change_and_is_read_once(client, butterflies, django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    """Every page reads the tags in use; they come from the cache until an editor tags,
+    untags, hides, publishes, renames or deletes, and then the next page shows the change."""
+    from gallery.catalog import selectors as catalog_selectors
+    from gallery.catalog.models import Tag
+
+    images = []
+    for p in butterflies["001"][:3]:
+        with open(p, "rb") as f:
+            images.append(catalog_services.image_create(file=f, original_name=p.name, queue=False))
+    first, second, third = images
+
+    def shown() -> list[str]:
+        return list(client.get(reverse("gallery:search")).context["tags"])
+
+    assert shown() == []
+    curation_services.image_set_tags(image=first, names=["poster", "wing"])
+    curation_services.image_set_tags(image=second, names=["wing"])
+    assert shown() == ["poster", "wing"]
+    with django_assert_num_queries(0):
+        assert catalog_selectors.tags_in_use() == ["poster", "wing"]
+
+    catalog_services.images_set_visibility(image_ids=[first.pk], visibility="hidden")
+    assert shown() == ["wing"]
+    catalog_services.images_set_visibility(image_ids=[first.pk], visibility="published")
+    assert shown() == ["poster", "wing"]
+    curation_services.images_remove_tags(image_ids=[first.pk], names=["poster"])
+    assert shown() == ["wing"]
+    curation_services.images_add_tags(image_ids=[third.pk], names=["moth"])
+    assert shown() == ["moth", "wing"]
+    tag = Tag.objects.get(name="moth")
+    tag.name = "night moth"
+    tag.save()
+    assert shown() == ["night moth", "wing"]
+    tag.delete()
+    assert shown() == ["wing"]
+    for image in (first, second):
+        image.delete()
+    assert shown() == []
