@@ -68,7 +68,9 @@ def test_the_filters_list_of_tags_follows_every_change_and_is_read_once(client, 
     assert shown() == ["poster", "wing"]
     curation_services.images_remove_tags(image_ids=[first.pk], names=["poster"])
     assert shown() == ["wing"]
-    curation_services.images_add_tags(image_ids=[third.pk], names=["moth"])
+    curation_services.images_add_tags(image_ids=[third.pk], names=["poster"])  # a tag that exists, unused
+    assert shown() == ["poster", "wing"]
+    curation_services.image_set_tags(image=third, names=["moth"])
     assert shown() == ["moth", "wing"]
     tag = Tag.objects.get(name="moth")
     tag.name = "night moth"

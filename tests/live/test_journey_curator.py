@@ -101,6 +101,13 @@ def test_a_curator_tags_hides_deletes_resolves_duplicates_and_checks_jobs(
     page.get_by_role("link", name="Images", exact=True).click()
     expect(page.locator("#result_list tbody tr")).to_have_count(6)
 
+    # A visitor's search page offers the import's tags (written by the import's own process).
+    visitor = browser.new_page(viewport={"width": 1200, "height": 900})
+    visitor.goto(stack.url + "/")
+    visitor.get_by_role("link", name="Search by photo").click()
+    tagged = visitor.get_by_label("Tagged (all of)")
+    expect(tagged.locator("option")).to_have_text(["admiral", "peacock"])
+
     # Filter by a tag from the import, then tag the filtered images in bulk.
     page.locator("#changelist-filter").get_by_role("link", name="peacock").click()
     expect(page.locator("#result_list tbody tr")).to_have_count(2)
@@ -119,6 +126,10 @@ def test_a_curator_tags_hides_deletes_resolves_duplicates_and_checks_jobs(
     expect(page.locator("#result_list tbody tr")).to_have_count(2)  # the filter is kept
     expect(page.locator(".tag-list").first).to_have_text("favourite, peacock, spring show")
     page.screenshot(path=ARTIFACTS / "curator-tagged.png", full_page=True)
+    # The visitor's next search page offers the new tags at once.
+    visitor.reload()
+    expect(tagged.locator("option")).to_have_text(["admiral", "favourite", "peacock", "spring show"])
+    visitor.screenshot(path=ARTIFACTS / "visitor-search-new-tags.png", full_page=True)
 
     # Hide one of them, then find it with the visibility filter.
     page.get_by_role("link", name=re.compile("Clear all filters")).click()
