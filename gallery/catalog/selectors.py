@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import IO
 
-from django.core.cache import cache
 from django.db.models import Q, QuerySet
 
 from gallery.catalog import tagcache
 from gallery.catalog.models import Image, Tag
 from gallery.search.selectors import EMPTY_CATALOG, EMPTY_NO_MATCH, EMPTY_TAG
-
-log = logging.getLogger(__name__)
 
 
 def image_statuses(*, ids: Iterable[int], user: object = None) -> list[dict[str, object]]:
@@ -56,20 +52,7 @@ def empty_reason(*, tag: str = "", searchable: bool = False, exclude: int | None
 def tags_in_use() -> list[str]:
     """Tags carried by at least one published image, for the gallery's filter (cached until
     they change: `tagcache`)."""
-    try:
-        key = tagcache.key()
-        cached = cache.get(key)
-    except Exception as exc:  # the cache is unreachable: the database answers
-        log.debug("tags in use read from the database (cache: %s)", exc)
-        return _tags_in_use_now()
-    if cached is not None:
-        return list(cached)
-    tags = _tags_in_use_now()
-    try:
-        cache.set(key, tags, tagcache.SECONDS)
-    except Exception as exc:
-        log.debug("tags in use not cached (%s)", exc)
-    return tags
+    return tagcache.cached(_tags_in_use_now)
 
 
 def _tags_in_use_now() -> list[str]:

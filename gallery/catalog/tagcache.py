@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from django.core.cache import cache
 from django.db import transaction
@@ -21,9 +22,37 @@ _VERSION_KEY = "catalog:tags-in-use:version"
 SECONDS = 3600
 
 
-def key() -> str:
-    """The cache key of the current list (raises when the cache is unreachable)."""
-    return f"catalog:tags-in-use:{cache.get(_VERSION_KEY, 0)}"
+# This process's copy of the last list it saw, with its key: while the version stays, a page
+# costs one read of the shared cache (the version), not two.
+_last: tuple[str, list[str]] = ("", [])
+
+
+def cached(compute: Callable[[], list[str]]) -> list[str]:
+    """The tags in use: from this process's copy or the shared cache while the version has
+    not moved, else `compute()`d and cached; computed every time when the cache cannot be
+    reached."""
+    global _last
+    try:
+        version = cache.get(_VERSION_KEY)
+        if version is None:  # a fresh cache (or one restarted): a version never used before
+            cache.add(_VERSION_KEY, time.time_ns(), None)
+            version = cache.get(_VERSION_KEY)
+        key = f"catalog:tags-in-use:{version}"
+        seen_key, seen = _last
+        if seen_key == key:
+            return list(seen)
+        tags = cache.get(key)
+    except Exception as exc:  # the cache is unreachable: the database answers
+        log.debug("tags in use read from the database (cache: %s)", exc)
+        return compute()
+    if tags is None:
+        tags = compute()
+        try:
+            cache.set(key, tags, SECONDS)
+        except Exception as exc:
+            log.debug("tags in use not cached (%s)", exc)
+    _last = (key, list(tags))
+    return list(tags)
 
 
 def changed() -> None:
