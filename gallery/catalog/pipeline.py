@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,20 +73,28 @@ def _decode_turn() -> Iterator[None]:
         slots.release()
 
 
-_forward_runtimes: dict[str, Backbone] = {}
-_forward_runtimes_lock = threading.Lock()
+# Which backbone object of each name has had each runtime installed in this process:
+# (kind, name) → backbone.
+_runtimes: dict[tuple[str, str], Backbone] = {}
+_runtimes_lock = threading.Lock()
+
+
+def _runtime_once(backbone: Backbone, kind: str, install: Callable[[], None]) -> Backbone:
+    """`install()` the runtime of this `kind` on `backbone` once per process and backbone object."""
+    with _runtimes_lock:
+        if _runtimes.get((kind, backbone.name)) is not backbone:
+            install()
+            _runtimes[(kind, backbone.name)] = backbone
+    return backbone
 
 
 def embedding_backbone(backbone: Backbone) -> Backbone:
     """`backbone` as catalog photos are embedded: with EMBED_RUNTIME onnx, its vectors and
     labels on ONNX Runtime, converted once per process and used only within
     onnx_query.TOLERANCE of TensorFlow's."""
-    with _forward_runtimes_lock:
-        if _forward_runtimes.get(backbone.name) is not backbone:
-            onnx = settings.IMAGESEARCH["EMBED_RUNTIME"] == "onnx"
-            backbone.use_forward_runtime(onnx_query.build_forward(backbone) if onnx else None)
-            _forward_runtimes[backbone.name] = backbone
-    return backbone
+    onnx = settings.IMAGESEARCH["EMBED_RUNTIME"] == "onnx"
+    build = onnx_query.build_forward if onnx else None
+    return _runtime_once(backbone, "forward", lambda: backbone.use_forward_runtime(build(backbone) if build else None))
 
 
 def embed_images(images: list[PILImage.Image], *, backbone: Backbone | None = None) -> np.ndarray:
@@ -134,21 +142,14 @@ def query_runtime(backbone: Backbone) -> str:
     return _query_path(backbone).runtime
 
 
-_maps_runtimes: dict[str, Backbone] = {}
-_maps_runtimes_lock = threading.Lock()
-
-
 def copy_check_backbone() -> Backbone:
     """The configured backbone as copy checks run it: with QUERY_RUNTIME onnx, its feature
     maps (each upload's and work's forward passes) on ONNX Runtime, converted once per
     process and used only within onnx_query.TOLERANCE of TensorFlow's maps."""
     backbone = current_backbone()
-    with _maps_runtimes_lock:
-        if _maps_runtimes.get(backbone.name) is not backbone:
-            onnx = settings.IMAGESEARCH["QUERY_RUNTIME"] == "onnx"
-            backbone.use_maps_runtime(onnx_query.build_maps(backbone) if onnx else None)
-            _maps_runtimes[backbone.name] = backbone
-    return backbone
+    onnx = settings.IMAGESEARCH["QUERY_RUNTIME"] == "onnx"
+    build = onnx_query.build_maps if onnx else None
+    return _runtime_once(backbone, "maps", lambda: backbone.use_maps_runtime(build(backbone) if build else None))
 
 
 def embed_query(image: PILImage.Image, *, backbone: Backbone | None = None) -> np.ndarray:

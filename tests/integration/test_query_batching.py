@@ -86,7 +86,7 @@ def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scor
         index.add(1, copydetect.describe_work(backbone, work))
         return [next(c for c in index.match(index.describe(backbone, im)) if c.work_id == 1).score for im in (copy, other)]
 
-    pipeline._maps_runtimes.clear()
+    pipeline._runtimes.clear()
     try:
         backbone.use_maps_runtime(None)
         on_tensorflow = scores()
@@ -102,11 +102,11 @@ def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scor
         assert np.allclose(on_onnx, on_tensorflow, atol=1e-3)
         assert on_onnx[0] >= settings.COPYRIGHT["THRESHOLD"] > on_onnx[1]
 
-        pipeline._maps_runtimes.clear()
+        pipeline._runtimes.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "tensorflow"}
         assert pipeline.copy_check_backbone().maps_runtime == "tensorflow"
 
-        pipeline._maps_runtimes.clear()
+        pipeline._runtimes.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "QUERY_RUNTIME": "onnx"}
         monkeypatch.setattr(onnx_query, "TOLERANCE", -1.0)  # no conversion can match: TensorFlow stays
         with caplog.at_level("WARNING"):
@@ -114,7 +114,7 @@ def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scor
         assert "TensorFlow computes them" in caplog.text
     finally:
         backbone.use_maps_runtime(None)
-        pipeline._maps_runtimes.clear()
+        pipeline._runtimes.clear()
 
 
 def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tensorflow(
@@ -130,7 +130,7 @@ def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tenso
     inputs = np.stack([pipeline.network_input(p, backbone=backbone) for p in photos])
     reference_vectors, reference_probs = backbone.tensorflow_embed_and_label_arrays(inputs)
     assert reference_probs is not None
-    pipeline._forward_runtimes.clear()
+    pipeline._runtimes.clear()
     try:
         backbone.use_forward_runtime(None)
         vectors, probs = pipeline.embed_and_label_images(photos, backbone=backbone)
@@ -143,12 +143,12 @@ def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tenso
         # a search photo finds its own catalog vector first
         assert int(np.argmax(vectors @ pipeline.embed_query(photos[4], backbone=backbone))) == 4
 
-        pipeline._forward_runtimes.clear()
+        pipeline._runtimes.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "EMBED_RUNTIME": "tensorflow"}
         pipeline.embed_images(photos[:1], backbone=backbone)
         assert backbone.forward_runtime == "tensorflow"
 
-        pipeline._forward_runtimes.clear()
+        pipeline._runtimes.clear()
         settings.IMAGESEARCH = {**settings.IMAGESEARCH, "EMBED_RUNTIME": "onnx"}
         monkeypatch.setattr(onnx_query, "TOLERANCE", -1.0)  # no conversion can match: TensorFlow stays
         with caplog.at_level("WARNING"):
@@ -158,4 +158,4 @@ def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tenso
         assert np.abs(vectors - reference_vectors).max() <= 1e-6
     finally:
         backbone.use_forward_runtime(None)
-        pipeline._forward_runtimes.clear()
+        pipeline._runtimes.clear()
