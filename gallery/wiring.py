@@ -14,6 +14,8 @@ from typing import Any
 from django.db.backends.signals import connection_created
 from django.db.models.signals import m2m_changed, post_delete, post_migrate, post_save
 
+from gallery.catalog import tagcache
+
 
 def _check_ready_images_for_copies(sender: Any, *, image_ids: list[int], lane: str, **_: Any) -> None:
     from gallery.copyright.tasks import match_upload
@@ -36,20 +38,14 @@ def _register_pgvector(sender: Any, connection: Any, **_: Any) -> None:
 
 def _tags_changed(sender: Any, **kwargs: Any) -> None:
     if kwargs.get("action", "post_").startswith("post_"):
-        _tags_in_use_renew()
+        tagcache.changed()
 
 
 def _image_saved(sender: Any, *, created: bool, update_fields: Any = None, **_: Any) -> None:
     """A whole-row save may change an image's visibility (an editor's form); a new image has
     no tags yet, and saves of named fields other than visibility (a worker's) cannot."""
     if not created and (update_fields is None or "visibility" in update_fields):
-        _tags_in_use_renew()
-
-
-def _tags_in_use_renew() -> None:
-    from gallery.catalog import tagcache
-
-    tagcache.changed()
+        tagcache.changed()
 
 
 def connect(app_config: Any) -> None:

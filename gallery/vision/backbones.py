@@ -191,9 +191,8 @@ class Backbone:
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """(n, h, w, 3) uint8 → (n, dim) L2-normalised float32."""
-        run = self._forward_runtime
-        if run is not None and batch.shape[0]:
-            return l2_normalise(run(self._normalise(batch.astype(np.float32)))[0])
+        if self._forward_runtime is not None:  # one converted pass gives both
+            return self.embed_and_label_arrays(batch)[0]
         return self.tensorflow_embed_arrays(batch)
 
     def tensorflow_embed_arrays(self, batch: np.ndarray) -> np.ndarray:

@@ -1060,7 +1060,7 @@ class CopyIndex:
             return np.arange(n)
         considered = np.arange(n)
         low, offset = self._low, self._offset
-        if n > max(COARSE_ABOVE, COARSE) and self._head.shape[1] == HEAD_DIMS:
+        if n > max(COARSE_ABOVE, COARSE):
             q_low, _ = self._projection.project(query)
             head = (self._head @ q_low[0, :HEAD_DIMS] + self._offset).reshape(n, per_work).max(axis=1)
             considered = np.sort(np.argpartition(-head, COARSE)[:COARSE])
