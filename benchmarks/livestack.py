@@ -41,6 +41,12 @@ class Stack:
     # Each worker's metrics port (IMAGESEARCH_WORKER_METRICS_PORT), by worker name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
+    def web_pids(self) -> list[int]:
+        """The web server's process and the processes it runs (one per core by default)."""
+        path = Path(f"/proc/{self.web.pid}/task/{self.web.pid}/children")
+        children = [int(p) for p in path.read_text().split()] if path.exists() else []
+        return [self.web.pid, *children]
+
     def stop_broker(self) -> None:
         """Take the broker away (as if Redis went down)."""
         if self.redis is not None:

@@ -3,6 +3,7 @@ photo and M clients uploading, for a fixed time, then every upload must become r
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -65,6 +66,27 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(pids: list[int], *, timeout: float, busy_below: float = 0.05, window: float = 2.0) -> bool:
+    """Wait until these processes together use under `busy_below` of a core over `window`
+    seconds; False when they are still busy after `timeout` (or /proc cannot tell)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            before = sum(_cpu_seconds(p) for p in pids)
+            time.sleep(window)
+            if sum(_cpu_seconds(p) for p in pids) - before < busy_below * window:
+                return True
+    except (OSError, IndexError, ValueError):
+        return False
+    return False
+
+
 def forward_rate(photos: list[Path], *, seconds: float = 5.0) -> float:
     """Photos per second of the configured backbone's forward pass alone, in batches of
     the web process's largest query batch, over these photos (decoded and preprocessed
@@ -119,6 +141,9 @@ def run_load(
         for start in range(0, len(seed), 20):
             seeded += upload_ids(admin.upload(seed[start : start + 20]))
         admin.wait_ready(seeded, timeout=600)
+        # The seeded photos' copy checks and keypoints run after they are ready: the load
+        # starts once the workers are idle, so they take no cores from the searches.
+        wait_idle([w.pid for w in stack.workers], timeout=120)
 
         uploaders = [stack.browser(f"uploader{i}") for i in range(upload_clients)]
         stop_at = time.monotonic() + duration

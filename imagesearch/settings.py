@@ -229,6 +229,8 @@ REQUEST_BODY_FILES = {
 # waitress (imagesearch/webserver.py) reads every request whole in its I/O loop before a
 # thread sees it; a connection that sends nothing for CLIENT_TIMEOUT seconds is closed.
 WEB_SERVER = {
+    # Processes sharing the port (0: one per core, at most 4); threads in each.
+    "PROCESSES": env_int("IMAGESEARCH_WEB_PROCESSES", 0),
     "THREADS": env_int("IMAGESEARCH_WEB_THREADS", 8),
     "CLIENT_TIMEOUT": env_int("IMAGESEARCH_CLIENT_TIMEOUT", 30),
     # Bytes a second a request must average once it has taken longer than the timeout.

@@ -11,16 +11,30 @@ CLIENT_TIMEOUT seconds (half a request, a stalled body, an idle keep-alive) is c
 so is one whose request, after CLIENT_TIMEOUT seconds, has arrived at under CLIENT_MIN_RATE
 bytes a second (a body trickled just fast enough never to fall silent).
 
+With more than one process (`--processes`, settings.WEB_SERVER["PROCESSES"]; by default
+one per core, up to MAX_AUTO_PROCESSES), a light parent binds the socket and forks the
+processes before any of them loads Django, TensorFlow or the index; each accepts from the
+shared socket, so a busy process leaves new connections to an idle one. Python code holds
+one core per process at most, so one process cannot fill a machine. The parent restarts a
+process that dies (and gives up when they keep dying at once), passes SIGTERM on, and
+points prometheus-client at a shared folder so that /metrics, answered by any process,
+counts every process's requests.
+
 Run it with `python -m imagesearch.webserver --host 0.0.0.0 --port 8000`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import logging.config
+import mmap
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from typing import Any, cast
 
@@ -28,12 +42,30 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 log = logging.getLogger("imagesearch.webserver")
 
 # How long a refused upload's remaining input is drained before the connection closes.
 LINGER_SECONDS = 2.0
+# Processes by default: one per core, at most this many (each holds its own backbone and
+# search index in memory).
+MAX_AUTO_PROCESSES = 4
+# A process that dies is started again, unless CRASH_LIMIT of them died within CRASH_WINDOW
+# seconds: then something is wrong at start (settings, database) and the server stops.
+CRASH_LIMIT = 5
+CRASH_WINDOW = 60.0
+# A process holding more than ACCEPT_SLACK connections over the process holding fewest
+# leaves new connections to that one (keep-alive connections stay with the process that
+# accepted them: 50 clients connecting at once were otherwise split 13 / 37, the second
+# process's searches waiting three times longer); one waiting ACCEPT_FALLBACK seconds is
+# taken anyway, so a stuck process cannot hold connections back.
+ACCEPT_SLACK = 1
+ACCEPT_FALLBACK = 0.05
+# Deferrals further apart than this are for different connections.
+DEFERRAL_GAP = 0.01
+# How long stopping processes get to finish their requests before they are killed.
+STOP_GRACE = 20.0
 
 
 class _Discard:
@@ -86,6 +118,18 @@ class BodyLimitedParser(HTTPRequestParser):  # type: ignore[misc]
         self.channel.refusing = True
 
 
+class BalancingTask(WSGITask):  # type: ignore[misc]
+    """A response that closes its keep-alive connection (saying so in its headers) while
+    this process holds more connections than its share: the client connects again, and
+    a process holding fewer accepts it. Connections made at once (or to a process that
+    was busy for a moment) even out while they are used."""
+
+    def build_response_header(self) -> bytes:
+        if cast(WebServer, self.channel.server).over_share():
+            self.set_close_on_finish()
+        return cast(bytes, super().build_response_header())
+
+
 class BodyLimitedChannel(HTTPChannel):  # type: ignore[misc]
     """A connection whose refused body is discarded, with a lingering close after the 413.
 
@@ -94,6 +138,7 @@ class BodyLimitedChannel(HTTPChannel):  # type: ignore[misc]
     close, the channel shuts its sending side and drains input for a moment first.
     """
 
+    task_class = BalancingTask
     refusing = False
     linger_until: float | None = None
     # When the request now arriving began, and how many of its bytes have come.
@@ -144,11 +189,64 @@ class BodyLimitedChannel(HTTPChannel):  # type: ignore[misc]
         return elapsed > grace and self.request_bytes < min_rate * elapsed
 
 
+class ConnectionShare:
+    """How many connections each web process holds, in memory the parent maps before it
+    forks them; a slot reads IDLE while its process is not serving."""
+
+    IDLE = 2**31 - 1
+
+    def __init__(self, processes: int) -> None:
+        self.memory = mmap.mmap(-1, 4 * processes)  # anonymous and shared with children
+        self.slots = memoryview(self.memory).cast("i")
+        for slot in range(processes):
+            self.slots[slot] = self.IDLE
+
+    def set(self, slot: int, connections: int) -> None:
+        self.slots[slot] = connections
+
+    def fewest(self) -> int:
+        return min(self.slots)
+
+
 class WebServer(TcpWSGIServer):  # type: ignore[misc]
     channel_class = BodyLimitedChannel
     # A request must arrive at this many bytes a second on average once it has taken
     # longer than the client timeout (like Apache's mod_reqtimeout MinRate).
     min_rate = 500.0
+    # With several processes: the shared connection counts and this process's slot.
+    share: ConnectionShare | None = None
+    slot = 0
+    deferred_since: float | None = None
+    last_deferral = 0.0
+
+    def over_share(self) -> bool:
+        """Whether this process holds more than ACCEPT_SLACK connections over the process
+        holding fewest (recording how many it holds)."""
+        if self.share is None:
+            return False
+        mine = len(cast(dict[int, Any], self.active_channels))
+        self.share.set(self.slot, mine)
+        return mine > self.share.fewest() + ACCEPT_SLACK
+
+    def readable(self) -> bool:
+        if self.share is not None:  # each turn of the loop: what the other processes see
+            self.share.set(self.slot, len(cast(dict[int, Any], self.active_channels)))
+        return bool(super().readable())
+
+    def handle_accept(self) -> None:
+        if self.share is not None and self.over_share():
+            # Another process holds fewer connections: it takes this one, unless it has
+            # waited ACCEPT_FALLBACK seconds. The socket stays readable until one process
+            # accepts, so this is called again at once: each call yields a millisecond.
+            now = time.monotonic()
+            if self.deferred_since is None or now - self.last_deferral > DEFERRAL_GAP:
+                self.deferred_since = now  # a new connection waiting
+            self.last_deferral = now
+            if now - self.deferred_since < ACCEPT_FALLBACK:
+                time.sleep(0.001)
+                return
+        self.deferred_since = None
+        super().handle_accept()
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # type: ignore[arg-type]
@@ -196,27 +294,64 @@ def _warm_up() -> None:
     start_warm_up()
 
 
-def create(*, host: str, port: int) -> WebServer:
-    """The server for the Django application, listening but not yet serving."""
+def create(*, host: str, port: int, sock: socket.socket | None = None) -> WebServer:
+    """The server for the Django application, listening but not yet serving; on `sock`,
+    already bound, when given (shared by several processes)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imagesearch.settings")
     from imagesearch.wsgi import application
 
     adj = adjustments(host=host, port=port)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
-    server = WebServer(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])  # type: ignore[arg-type]
+    if sock is None:
+        server = WebServer(application, map={}, dispatcher=dispatcher, adj=adj, sockinfo=adj.listen[0])  # type: ignore[arg-type]
+    else:
+        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+        server = WebServer(application, map={}, _sock=sock, bind_socket=False, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)  # type: ignore[arg-type]
     from django.conf import settings
 
     server.min_rate = float(settings.WEB_SERVER["CLIENT_MIN_RATE"])
     return server
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default=os.environ.get("IMAGESEARCH_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("IMAGESEARCH_PORT", "8000")))
-    parser.add_argument("--no-warm-up", action="store_true", help="do not build the backbone and load the index at start")
-    args = parser.parse_args(argv)
+def process_count(requested: int | None = None) -> int:
+    """How many web processes: `requested`, else the setting; 0 means one per core this
+    process may run on, at most MAX_AUTO_PROCESSES."""
+    if requested is None:
+        from django.conf import settings
+
+        requested = int(settings.WEB_SERVER["PROCESSES"])
+    if requested < 0:
+        raise ValueError(f"web processes must be 0 (one per core) or more, not {requested}")
+    if requested > 0:
+        return requested
+    return max(1, min(MAX_AUTO_PROCESSES, len(os.sched_getaffinity(0))))
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port for the processes to share. It listens once the
+    first of them is ready to serve (waitress calls listen()): until then a client is
+    refused at once, as by one process, instead of waiting for processes still loading."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[
+        0
+    ]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(
+    args: argparse.Namespace, sock: socket.socket | None = None, share: ConnectionShare | None = None, slot: int = 0
+) -> None:
+    """Build the backbone, then serve until SIGTERM (one process; with `share`, one of
+    several on the shared `sock`, counting its connections in `slot`)."""
     if not args.no_warm_up:
         # Loading TensorFlow and building a network hold the interpreter lock for seconds:
         # done before listening, so no request (a probe included) waits behind them. The
@@ -228,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         from gallery.monitoring.health import build_backbones
 
         build_backbones()
-    server = create(host=args.host, port=args.port)
+    server = create(host=args.host, port=args.port, sock=sock)
+    server.share, server.slot = share, slot
     if not args.no_warm_up:
         _warm_up()
 
@@ -242,6 +378,127 @@ def main(argv: list[str] | None = None) -> None:
         args.host, getattr(server, "effective_port", args.port), adj.threads, adj.channel_timeout, adj.connection_limit,
     )  # fmt: skip
     server.run()
+
+
+class Supervisor:
+    """The parent of several web processes on one shared socket (see the module's notes)."""
+
+    def __init__(self, args: argparse.Namespace, count: int) -> None:
+        self.args, self.count = args, count
+        self.children: dict[int, int] = {}  # pid → its slot in the connection counts
+        self.share = ConnectionShare(count)
+        self.crashes: list[float] = []
+        self.stopping = False
+        self.sock: socket.socket | None = None
+        self.metrics_dir: str | None = None
+
+    def run(self) -> int:
+        from django.conf import settings
+
+        logging.config.dictConfig(settings.LOGGING)
+        self.sock = bound_socket(self.args.host, self.args.port)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Read by prometheus-client when a process first imports it: never in here.
+            self.metrics_dir = tempfile.mkdtemp(prefix="imagesearch-web-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        port = self.sock.getsockname()[1]
+        log.info("%s web processes on http://%s:%s", self.count, self.args.host, port)
+        try:
+            for slot in range(self.count):
+                self._spawn(slot)
+            return self._watch()
+        finally:
+            self._stop_all()
+            self.sock.close()
+            if self.metrics_dir is not None:
+                shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    def _stop(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def _spawn(self, slot: int) -> None:
+        self.share.set(slot, ConnectionShare.IDLE)  # until the new process serves
+        pid = os.fork()
+        if pid == 0:  # the new web process
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                serve(self.args, self.sock, self.share, slot)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0
+            except BaseException:
+                log.exception("web process %s failed", os.getpid())
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = slot
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = 0, 0
+            if pid == 0 or pid not in self.children:
+                time.sleep(0.2)
+                continue
+            slot = self.children.pop(pid)
+            self.share.set(slot, ConnectionShare.IDLE)
+            if self.stopping:
+                break
+            now = time.monotonic()
+            self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW] + [now]
+            code = os.waitstatus_to_exitcode(status)
+            if len(self.crashes) >= CRASH_LIMIT:
+                log.error(
+                    "web process %s exited with %s; %s exits within %.0f s: stopping", pid, code, len(self.crashes), CRASH_WINDOW
+                )
+                return 1
+            log.warning("web process %s exited with %s; starting another", pid, code)
+            time.sleep(min(5.0, 0.5 * len(self.crashes)))
+            self._spawn(slot)
+        return 0
+
+    def _stop_all(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while self.children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                break
+            if pid:
+                self.children.pop(pid, None)
+            else:
+                time.sleep(0.1)
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.children.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default=os.environ.get("IMAGESEARCH_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("IMAGESEARCH_PORT", "8000")))
+    parser.add_argument("--no-warm-up", action="store_true", help="do not build the backbone and load the index at start")
+    parser.add_argument("--processes", type=int, default=None, help="web processes (default: the setting; 0: one per core)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imagesearch.settings")
+    count = process_count(args.processes)
+    if count == 1:
+        serve(args)
+        return
+    raise SystemExit(Supervisor(args, count).run())
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@ no more than each check's name and state."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gallery.monitoring.access import Access, metrics_access
@@ -45,13 +46,19 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 
 class _WebRegistry:
-    """This process's metrics (the default registry) and the catalog's, read at scrape time."""
+    """The web processes' metrics and the catalog's, read at scrape time: this process's
+    (the default registry) or, when the server runs several processes
+    (imagesearch/webserver.py), all of theirs, summed from their shared folder."""
 
     def __init__(self) -> None:
         self.catalog = CatalogCollector()
+        self.processes: CollectorRegistry | None = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.processes = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(self.processes)
 
     def collect(self):  # type: ignore[no-untyped-def]
-        yield from REGISTRY.collect()
+        yield from (REGISTRY if self.processes is None else self.processes).collect()
         yield from self.catalog.collect()
 
 
