@@ -218,6 +218,8 @@ class WebServer(TcpWSGIServer):  # type: ignore[misc]
     slot = 0
     deferred_since: float | None = None
     last_deferral = 0.0
+    # With several processes: the parent's pid, checked at each maintenance.
+    parent: int | None = None
 
     def over_share(self) -> bool:
         """Whether this process holds more than ACCEPT_SLACK connections over the process
@@ -249,6 +251,10 @@ class WebServer(TcpWSGIServer):  # type: ignore[misc]
         super().handle_accept()
 
     def maintenance(self, now: float) -> None:
+        if self.parent is not None and os.getppid() != self.parent:
+            # The parent is gone (killed): nobody would stop or replace this process.
+            log.warning("web process %s: the server's parent process is gone; stopping", os.getpid())
+            raise SystemExit(0)
         super().maintenance(now)  # type: ignore[arg-type]
         grace = float(self.adj.channel_timeout)
         channels = cast(dict[int, Any], self.active_channels)
@@ -348,10 +354,15 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    args: argparse.Namespace, sock: socket.socket | None = None, share: ConnectionShare | None = None, slot: int = 0
+    args: argparse.Namespace,
+    sock: socket.socket | None = None,
+    share: ConnectionShare | None = None,
+    slot: int = 0,
+    parent: int | None = None,
 ) -> None:
     """Build the backbone, then serve until SIGTERM (one process; with `share`, one of
-    several on the shared `sock`, counting its connections in `slot`)."""
+    several on the shared `sock`, counting its connections in `slot`, stopping when the
+    `parent` process is gone)."""
     if not args.no_warm_up:
         # Loading TensorFlow and building a network hold the interpreter lock for seconds:
         # done before listening, so no request (a probe included) waits behind them. The
@@ -364,7 +375,7 @@ def serve(
 
         build_backbones()
     server = create(host=args.host, port=args.port, sock=sock)
-    server.share, server.slot = share, slot
+    server.share, server.slot, server.parent = share, slot, parent
     if not args.no_warm_up:
         _warm_up()
 
@@ -420,12 +431,16 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         self.share.set(slot, ConnectionShare.IDLE)  # until the new process serves
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the new web process
             code = 1
             try:
+                # Until it serves, a signal stops it at once (the parent's handlers only set
+                # its own flag); serving, SIGTERM stops it cleanly (serve).
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                serve(self.args, self.sock, self.share, slot)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                serve(self.args, self.sock, self.share, slot, parent)
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0

@@ -65,6 +65,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     tmp.mkdir()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesearch.settings", "IMAGESEARCH_VAR_DIR": str(var), "TMPDIR": str(tmp)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["IMAGESEARCH_CLIENT_TIMEOUT"] = "4"  # connections looked after each second
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = free_port()
     log = tmp_path / "web.log"
@@ -109,6 +110,15 @@ def test_processes_share_the_port_survive_a_crash_and_stop_together(server: Serv
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert not metrics_dirs[0].exists()  # removed with the server
+    assert not _answers(server.url)
+
+
+def test_processes_stop_when_the_server_is_killed(server: Server) -> None:
+    children = server.children()
+    assert len(children) == 2
+    server.proc.kill()  # no chance to stop them: they notice on their own
+    server.proc.wait(timeout=10)
+    _wait(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 30, "the processes to stop")
     assert not _answers(server.url)
 
 
