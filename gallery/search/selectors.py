@@ -9,6 +9,7 @@ from typing import IO
 
 import numpy as np
 from django.conf import settings
+from django.db.models import Subquery
 from PIL import Image as PILImage
 
 from gallery.catalog import pipeline
@@ -18,7 +19,7 @@ from gallery.errors import ImageRejected, SearchRejected
 from gallery.monitoring.metrics import stage
 from gallery.search.index import PgVectorIndex, space_index
 from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
-from gallery.search.models import ReducedVector, Reduction
+from gallery.search.models import CatalogState, ReducedVector, Reduction
 from gallery.search.services import reduction_load
 from gallery.storage import picture_open
 from gallery.vector_field import vector_from
@@ -106,12 +107,18 @@ class Space:
 
 
 def active_space() -> Space:
-    backbone = pipeline.catalog_state().backbone
-    # The PCA's arrays (half a megabyte) are read only when this process first loads them.
+    # One query while a PCA is active (every search reads this): the catalog's backbone
+    # and its active PCA together; the PCA's arrays (half a megabyte) are read only when
+    # this process first loads them.
+    catalog_backbone = CatalogState.objects.filter(pk=1).values("backbone")[:1]
     reduction = (
-        Reduction.objects.filter(backbone=backbone, is_active=True).defer("mean", "components", "explained_variance").first()
+        Reduction.objects.filter(backbone=Subquery(catalog_backbone), is_active=True)
+        .defer("mean", "components", "explained_variance")
+        .first()
     )
-    return Space(backbone, reduction)
+    if reduction is not None:
+        return Space(reduction.backbone, reduction)
+    return Space(pipeline.catalog_state().backbone, None)
 
 
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
