@@ -21,6 +21,15 @@ from imagesearch.broker import start_redis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started that still run (Linux: /proc); none once it has exited."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(p) for p in path.read_text().split()]
+    except OSError:
+        return []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,9 +52,7 @@ class Stack:
 
     def web_pids(self) -> list[int]:
         """The web server's process and the processes it runs (one per core by default)."""
-        path = Path(f"/proc/{self.web.pid}/task/{self.web.pid}/children")
-        children = [int(p) for p in path.read_text().split()] if path.exists() else []
-        return [self.web.pid, *children]
+        return [self.web.pid, *child_pids(self.web.pid)]
 
     def stop_broker(self) -> None:
         """Take the broker away (as if Redis went down)."""

@@ -14,7 +14,8 @@ bytes a second (a body trickled just fast enough never to fall silent).
 With more than one process (`--processes`, settings.WEB_SERVER["PROCESSES"]; by default
 one per core, up to MAX_AUTO_PROCESSES), a light parent binds the socket and forks the
 processes before any of them loads Django, TensorFlow or the index; each accepts from the
-shared socket, so a busy process leaves new connections to an idle one. Python code holds
+shared socket, and one holding more connections than the others leaves new ones to them
+(`ConnectionShare`, `WebServer.handle_accept`, `BalancingTask`). Python code holds
 one core per process at most, so one process cannot fill a machine. The parent restarts a
 process that dies (and gives up when they keep dying at once), passes SIGTERM on, and
 points prometheus-client at a shared folder so that /metrics, answered by any process,
@@ -221,22 +222,26 @@ class WebServer(TcpWSGIServer):  # type: ignore[misc]
     # With several processes: the parent's pid, checked at each maintenance.
     parent: int | None = None
 
+    def _record(self, share: ConnectionShare) -> int:
+        """Record, for the other processes to see, how many connections this one holds."""
+        mine = len(cast(dict[int, Any], self.active_channels))
+        share.set(self.slot, mine)
+        return mine
+
     def over_share(self) -> bool:
         """Whether this process holds more than ACCEPT_SLACK connections over the process
         holding fewest (recording how many it holds)."""
         if self.share is None:
             return False
-        mine = len(cast(dict[int, Any], self.active_channels))
-        self.share.set(self.slot, mine)
-        return mine > self.share.fewest() + ACCEPT_SLACK
+        return self._record(self.share) > self.share.fewest() + ACCEPT_SLACK
 
     def readable(self) -> bool:
-        if self.share is not None:  # each turn of the loop: what the other processes see
-            self.share.set(self.slot, len(cast(dict[int, Any], self.active_channels)))
+        if self.share is not None:  # each turn of the loop
+            self._record(self.share)
         return bool(super().readable())
 
     def handle_accept(self) -> None:
-        if self.share is not None and self.over_share():
+        if self.over_share():
             # Another process holds fewer connections: it takes this one, unless it has
             # waited ACCEPT_FALLBACK seconds. The socket stays readable until one process
             # accepts, so this is called again at once: each call yields a millisecond.

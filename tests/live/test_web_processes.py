@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from benchmarks.livestack import ROOT, free_port
+from benchmarks.livestack import ROOT, child_pids, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,7 @@ class Server:
     log: Path
 
     def children(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in path.read_text().split()] if path.exists() else []
+        return child_pids(self.proc.pid)
 
 
 def _wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
