@@ -130,6 +130,13 @@ def test_a_curator_tags_hides_deletes_resolves_duplicates_and_checks_jobs(
     visitor.reload()
     expect(tagged.locator("option")).to_have_text(["admiral", "favourite", "peacock", "spring show"])
     visitor.screenshot(path=ARTIFACTS / "visitor-search-new-tags.png", full_page=True)
+    # In the gallery, a tag on an image's card shows the images that carry it.
+    visitor.get_by_role("link", name="Gallery", exact=True).click()
+    visitor.locator(".card a.tag", has_text="spring show").first.click()
+    expect(visitor.locator(".card")).to_have_count(2)
+    expect(visitor.locator(".card a.tag", has_text="spring show")).to_have_count(2)
+    assert "tag=spring%20show" in visitor.url
+    visitor.screenshot(path=ARTIFACTS / "visitor-gallery-by-tag.png", full_page=True)
 
     # Hide one of them, then find it with the visibility filter.
     page.get_by_role("link", name=re.compile("Clear all filters")).click()
