@@ -30,6 +30,8 @@ class LoadReport:
     drain_s: float = 0.0
     # The bare backbone's batched forward rate over the same query photos, photos/s.
     forward_ips: float = 0.0
+    # CPU seconds the clients themselves used during the load (they share the machine).
+    client_cpu_s: float = 0.0
 
     def requests(self, kind: str) -> int:
         return len(self.latencies[kind])
@@ -58,6 +60,8 @@ class LoadReport:
                 f"→ ratio {ratio:.2f} (target ≥ 0.8: {'met' if ratio >= 0.8 else 'MISSED'}); "
                 f"p99 {p99:.2f} s (target ≤ 1 s: {'met' if p99 <= 1.0 else 'MISSED'}){alone}"
             )
+        if self.duration_s:
+            lines.append(f"  the clients themselves: {self.client_cpu_s / self.duration_s:.2f} cores")
         lines.append(f"  errors: {len(self.errors)}" + (f" (first: {self.errors[0]})" if self.errors else ""))
         lines.append(
             f"  uploads: {len(self.uploaded_ids)} accepted, {self.ready} ready, {self.failed} failed, "
@@ -187,12 +191,13 @@ def run_load(
 
         threads = [threading.Thread(target=search_client, args=(i,)) for i in range(search_clients)]
         threads += [threading.Thread(target=upload_client, args=(i,)) for i in range(upload_clients)]
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         report.duration_s = time.monotonic() - began
+        report.client_cpu_s = time.process_time() - cpu_began
         drain_began = time.monotonic()
         states = admin.wait_ready(report.uploaded_ids, timeout=drain_timeout) if report.uploaded_ids else {}
         report.drain_s = time.monotonic() - drain_began

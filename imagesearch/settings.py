@@ -109,6 +109,9 @@ CONTENT_SECURITY_POLICY = {
 ROOT_URLCONF = "imagesearch.urls"
 WSGI_APPLICATION = "imagesearch.wsgi.application"
 
+# Widgets drawn with the same plain values are drawn once per process (gallery/web/renderers.py).
+FORM_RENDERER = "gallery.web.renderers.MemoWidgetRenderer"
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",

@@ -148,7 +148,10 @@
   function open(section, card, button) {
     if (!dialog) build();
     opener = button;
-    show(panes[0], section.dataset.compareWith, "Query: " + section.dataset.compareLabel);
+    // "#id" names the page's own picture of the query (a search's inline preview, sent once).
+    var query = section.dataset.compareWith;
+    if (query.charAt(0) === "#") query = document.getElementById(query.slice(1)).src;
+    show(panes[0], query, "Query: " + section.dataset.compareLabel);
     var score = card.querySelector(".score");
     show(panes[1], card.dataset.fullSrc, "Result: " + card.dataset.title + (score ? " (" + score.textContent.trim() + ")" : ""));
     dialog.showModal();
