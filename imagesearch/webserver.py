@@ -289,6 +289,9 @@ def adjustments(*, host: str, port: int) -> Adjustments:
         connection_limit=int(conf["CONNECTION_LIMIT"]),
         # poll(): select() cannot watch descriptors above 1024.
         asyncore_use_poll=True,
+        # A photo's body in a few reads, not one per 8 KiB: each read is a turn of the loop,
+        # which asks every open connection whether it wants to read or write.
+        recv_bytes=64 * 1024,
         # The per-path limits refuse first; this is only waitress's own backstop.
         max_request_body_size=largest_body_limit() + 1024 * 1024,
         # From any other peer than the trusted proxy, X-Forwarded-* headers are removed.

@@ -27,9 +27,11 @@ def _media_root(settings, tmp_path):  # type: ignore[no-untyped-def]
     }
     settings.COPYRIGHT = {**settings.COPYRIGHT, "INDEX_DIR": str(tmp_path / "copy-index")}
     from gallery.copyright.selectors import catalog_keypoints, copy_index
+    from gallery.search import spacememo
     from gallery.search.index import catalog_index
 
     catalog_index.clear()
+    spacememo.clear()
     copy_index.clear()
     catalog_keypoints.clear()
 

@@ -23,6 +23,7 @@ from gallery.catalog.services import (
 )
 from gallery.curation.models import CatalogJob, DuplicateGroup
 from gallery.errors import CurationError
+from gallery.search import spacememo
 from gallery.search.models import CatalogState, ReducedVector, Reduction
 from gallery.search.services import _embedding_matrix, _project_into, pca_images_needed, reduction_fit, reduction_load
 from gallery.tasking import task_named
@@ -310,6 +311,7 @@ def _reembed_switch(*, target: str) -> bool:
                 _project_into(reduction, reduction_load(reduction), late_ids, late_x)
         state.backbone, state.target_backbone, state.switched_at = target, "", timezone.now()
         state.save()
+        spacememo.forget()
     log.info("catalog switched to %s", target)
     return True
 

@@ -489,9 +489,11 @@ def backup_restore(*, directory: Path, force: bool = False) -> RestoreReport:
 
     call_command("migrate", verbosity=0, interactive=False)  # a backup from an older version
     from gallery.copyright.selectors import copy_index
+    from gallery.search import spacememo
     from gallery.search.index import catalog_index
 
     catalog_index.clear()  # both indexes reload from the restored rows on their next use
+    spacememo.forget()
     copy_index.clear()
     size = int(manifest["database"]["size"]) + sum(int(e["size"]) for e in manifest["files"])
     BackupRecord.objects.create(

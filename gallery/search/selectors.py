@@ -17,6 +17,7 @@ from gallery.catalog.models import Embedding, Image
 from gallery.catalog.services import read_upload
 from gallery.errors import ImageRejected, SearchRejected
 from gallery.monitoring.metrics import stage
+from gallery.search import spacememo
 from gallery.search.index import PgVectorIndex, space_index
 from gallery.search.index import catalog_index as catalog_index  # re-exported for tests and commands
 from gallery.search.models import CatalogState, ReducedVector, Reduction
@@ -107,9 +108,13 @@ class Space:
 
 
 def active_space() -> Space:
-    # One query while a PCA is active (every search reads this): the catalog's backbone
-    # and its active PCA together; the PCA's arrays (half a megabyte) are read only when
-    # this process first loads them.
+    """The catalog's space, from this process's copy (`spacememo`)."""
+    return spacememo.cached(_active_space_now)
+
+
+def _active_space_now() -> Space:
+    # One query while a PCA is active: the catalog's backbone and its active PCA together;
+    # the PCA's arrays (half a megabyte) are read only when this process first loads them.
     catalog_backbone = CatalogState.objects.filter(pk=1).values("backbone")[:1]
     reduction = (
         Reduction.objects.filter(backbone=Subquery(catalog_backbone), is_active=True)

@@ -11,6 +11,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from gallery.catalog.models import Embedding, Image
+from gallery.search import spacememo
 from gallery.search.models import ReducedVector, Reduction
 from gallery.vector_field import vector_bytes, vector_from
 from gallery.vision.reduction import FittedPCA, fit_pca
@@ -123,6 +124,7 @@ def reduction_fit(*, backbone: str, dims: int | None = None, whiten: bool | None
         if current is not None:
             Reduction.objects.filter(pk=current.pk).update(is_active=False)
         Reduction.objects.filter(pk=reduction.pk).update(is_active=True, activated_at=timezone.now())
+        spacememo.forget()
         ReducedVector.objects.filter(reduction__backbone=backbone).exclude(reduction=reduction).delete()
     reduction.refresh_from_db()
     log.info("activated %s (fitted on %d, %.1f%% variance kept)", reduction, len(ids), 100 * fitted.explained_variance_ratio)

@@ -15,6 +15,7 @@ from gallery.catalog.models import LANE_BULK, LANE_INTERACTIVE, Embedding, Image
 from gallery.curation import services as curation_services
 from gallery.errors import DuplicateImage, ImageRejected
 from gallery.search import selectors as search_selectors
+from gallery.search import services as search_services
 from gallery.search.models import ReducedVector, Reduction
 from tests.conftest import photo_bytes
 
@@ -247,3 +248,37 @@ def test_an_image_deleted_while_its_batch_is_embedded_does_not_fail_the_batch(ma
     assert not Embedding.objects.filter(image_id=second.pk).exists()
     assert not ImageLabel.objects.filter(image_id=second.pk).exists()
     assert ImageLabel.objects.filter(image_id=third.pk).count() == 10
+
+
+def test_a_pca_activated_elsewhere_is_searched_within_a_second_and_here_at_once(
+    butterflies, monkeypatch, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    """Searches read this process's copy of the space: another process's switch shows up
+    once the copy is a second old; a switch made by this process shows up at once."""
+    from gallery.search import spacememo
+
+    photos = [p for group in butterflies.values() for p in group[:2]][:12]
+    with django_capture_on_commit_callbacks(execute=True):
+        for path in photos:
+            _upload_path(path)
+    first = Reduction.objects.get(is_active=True)
+    clock = [1000.0]
+    monkeypatch.setattr(spacememo.time, "monotonic", lambda: clock[0])
+    spacememo.forget()
+    assert search_selectors.active_space().reduction == first
+    # Another process activates a new PCA (rows changed, nothing said to this process).
+    other = Reduction.objects.create(
+        backbone=first.backbone, version=first.version + 1, dims=first.dims, input_dim=first.input_dim,
+        mean=first.mean, components=first.components, explained_variance=first.explained_variance,
+        fitted_on=first.fitted_on, explained_variance_ratio=first.explained_variance_ratio,
+    )  # fmt: skip
+    Reduction.objects.filter(pk=first.pk).update(is_active=False)
+    Reduction.objects.filter(pk=other.pk).update(is_active=True)
+    clock[0] += 0.9
+    assert search_selectors.active_space().reduction == first  # the copy, still under a second old
+    clock[0] += 0.2
+    assert search_selectors.active_space().reduction == other
+    # This process refits: its next search uses the new PCA at once.
+    refit = search_services.reduction_fit(backbone=first.backbone)
+    assert refit is not None and refit not in (first, other)
+    assert search_selectors.active_space().reduction == refit
