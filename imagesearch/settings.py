@@ -324,6 +324,9 @@ IMAGESEARCH = {
     # onnx: query photos run on ONNX Runtime (a conversion of the same graph, used only if it
     # matches TensorFlow within 1e-4 at start); tensorflow: TensorFlow, as the catalog.
     "QUERY_RUNTIME": env("IMAGESEARCH_QUERY_RUNTIME", "onnx"),
+    # Threads of a query photo's forward pass; 0: every core, or with several web
+    # processes each process's share of them (the web server sets it for its processes).
+    "QUERY_THREADS": env_int("IMAGESEARCH_QUERY_THREADS", 0),
     # The same for catalog photos' forward passes (imports, workers, re-embeds): vectors and
     # labels from one converted graph, used only if both match TensorFlow within 1e-4.
     "EMBED_RUNTIME": env("IMAGESEARCH_EMBED_RUNTIME", "onnx"),

@@ -431,6 +431,10 @@ class Supervisor:
             # Read by prometheus-client when a process first imports it: never in here.
             self.metrics_dir = tempfile.mkdtemp(prefix="imagesearch-web-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
+        if not settings.IMAGESEARCH["QUERY_THREADS"]:
+            # The processes share the cores: a query's forward pass runs on its process's
+            # share of them (more threads than cores only contend for them).
+            settings.IMAGESEARCH["QUERY_THREADS"] = max(1, len(os.sched_getaffinity(0)) // self.count)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         port = self.sock.getsockname()[1]

@@ -9,6 +9,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from gallery.catalog import tagnames
 from gallery.catalog.models import Image
 from gallery.vision.index import METRICS
 
@@ -50,7 +51,7 @@ class ImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_tags(self, image: Image) -> list[str]:
-        return sorted(t.name for t in image.tags.all())
+        return sorted(tagnames.names_of(image))
 
     @extend_schema_field(serializers.URLField())
     def get_url(self, image: Image) -> str:

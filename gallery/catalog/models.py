@@ -72,6 +72,9 @@ class Image(models.Model):
             models.Index(fields=["lane", "embedded_at"]),
         ]
 
+    # Set on the images of a page of cards (catalog.tagnames): their tags' names, sorted.
+    tag_names: list[str]
+
     def __str__(self) -> str:
         return self.title or self.original_name or f"image {self.pk}"
 

@@ -122,7 +122,8 @@ def _query_path(backbone: Backbone) -> _QueryPath:
         path = _query_paths.get(backbone.name)
         if path is None or path.backbone is not backbone:
             conf = settings.IMAGESEARCH
-            forward = onnx_query.build(backbone) if conf["QUERY_RUNTIME"] == "onnx" else None
+            threads = max(0, int(conf["QUERY_THREADS"]))
+            forward = onnx_query.build(backbone, threads=threads) if conf["QUERY_RUNTIME"] == "onnx" else None
             batcher = MicroBatcher(
                 forward or backbone.tensorflow_embed_arrays,
                 max_batch=max(1, int(conf["QUERY_BATCH_MAX"])),

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db.models import Subquery
 from PIL import Image as PILImage
 
-from gallery.catalog import pipeline
+from gallery.catalog import pipeline, tagnames
 from gallery.catalog.models import Embedding, Image
 from gallery.catalog.services import read_upload
 from gallery.errors import ImageRejected, SearchRejected
@@ -129,7 +129,8 @@ def _active_space_now() -> Space:
 def _hydrate(hits: Iterable[Hit]) -> list[SearchHit]:
     hits = list(hits)
     with stage("hydrate"):
-        images = Image.objects.prefetch_related("tags").in_bulk([h.id for h in hits])
+        images = Image.objects.in_bulk([h.id for h in hits])
+        tagnames.attach(images.values())
     return [SearchHit(images[h.id], h.score, rank) for rank, h in enumerate((h for h in hits if h.id in images), 1)]
 
 

@@ -89,3 +89,24 @@ def test_the_filters_list_of_tags_follows_every_change_and_is_read_once(client, 
     for image in (first, second):
         image.delete()
     assert shown() == []
+
+
+def test_a_page_of_cards_reads_its_tags_in_one_query(make_photo, django_assert_num_queries) -> None:  # type: ignore[no-untyped-def]
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from gallery.catalog import tagnames
+
+    images = [
+        catalog_services.image_create(
+            file=SimpleUploadedFile(f"p{i}.jpg", make_photo(seed=i), "image/jpeg"), original_name=f"p{i}.jpg", queue=False
+        )
+        for i in range(6)
+    ]
+    curation_services.image_set_tags(image=images[0], names=["wings", "Spring show", "a&b"])
+    curation_services.image_set_tags(image=images[3], names=["wings"])
+    fresh = list(Image.objects.filter(pk__in=[im.pk for im in images]).order_by("pk"))
+    with django_assert_num_queries(1):
+        tagnames.attach(fresh)
+    assert [im.tag_names for im in fresh] == [["Spring show", "a&b", "wings"], [], [], ["wings"], [], []]
+    # The same names as the tags themselves give, for an image without them attached.
+    assert tagnames.names_of(Image.objects.get(pk=images[0].pk)) == fresh[0].tag_names
