@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from django import template
-from django.template.defaultfilters import floatformat, urlencode
+from django.template.defaultfilters import urlencode
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -30,6 +30,13 @@ def _index_url(_prefix: str, _urlconf: str | None) -> str:
     return reverse("gallery:index")
 
 
+def _score_text(score: float) -> str:
+    """The score to three decimals ("0.873"; never "-0.000"): floatformat:3's text, without
+    its decimal arithmetic (they differ only on exact halves such as 1.0005)."""
+    text = f"{score:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 @register.simple_tag(takes_context=True)
 def card(context: template.Context, image: Image, score: float | None = None) -> SafeString:
     """`image` as a card: its thumbnail linking to its page, title, score (under the
@@ -44,7 +51,7 @@ def card(context: template.Context, image: Image, score: float | None = None) ->
             '<span class="score" title="{}"><span class="visually-hidden">{} </span>{}</span>',
             metric,
             metric,
-            floatformat(score, 3),
+            _score_text(score),
         )
     names = tagnames.names_of(image)
     tagged: SafeString | str = ""

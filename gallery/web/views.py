@@ -11,6 +11,7 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image as PILImage
 
@@ -180,13 +181,19 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-def _inline_preview(picture: PILImage.Image) -> str:
+PREVIEW_SIZE = 640  # the query photo's preview, longest side in pixels
+
+
+def _inline_preview(picture: PILImage.Image) -> SafeString:
     """A small data-URL preview of the query photo, which is never stored."""
-    preview = picture.copy()
-    preview.thumbnail((640, 640))
+    preview = picture
+    if max(picture.size) > PREVIEW_SIZE:
+        preview = picture.copy()
+        preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
     out = io.BytesIO()
     preview.save(out, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+    # Base64 holds no character HTML would escape: marked safe, the page does not scan it.
+    return mark_safe("data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode())
 
 
 def _filters(request: HttpRequest, data: object, *, tags: list[str] | None = None) -> tuple[FiltersForm, SearchFilters | None]:
