@@ -28,8 +28,10 @@ class LoadReport:
     ready: int = 0
     failed: int = 0
     drain_s: float = 0.0
-    # The bare backbone's batched forward rate over the same query photos, photos/s.
+    # The bare backbone's batched forward rate over the same query photos, photos/s: the
+    # mean of its measures before and after the load (this machine's speed drifts).
     forward_ips: float = 0.0
+    forward_measures: list[float] = field(default_factory=list)
     # CPU seconds the clients themselves used during the load (they share the machine).
     client_cpu_s: float = 0.0
 
@@ -57,6 +59,7 @@ class LoadReport:
             alone = "" if not self.upload_clients else " (the targets are for searching clients alone)"
             lines.append(
                 f"  capacity: {rate:.1f} searches/s vs the bare batched forward pass {self.forward_ips:.1f} photos/s "
+                f"(before / after the load: {' / '.join(f'{m:.1f}' for m in self.forward_measures)}) "
                 f"→ ratio {ratio:.2f} (target ≥ 0.8: {'met' if ratio >= 0.8 else 'MISSED'}); "
                 f"p99 {p99:.2f} s (target ≤ 1 s: {'met' if p99 <= 1.0 else 'MISSED'}){alone}"
             )
@@ -127,8 +130,8 @@ def run_load(
 ) -> LoadReport:
     """Start a throw-away stack (rate limiter off: this measures capacity), seed a
     catalog, run the clients for `duration` seconds, wait for the uploads to be ready.
-    `measure_forward` first times the bare forward pass on the query photos (the reference
-    of search capacity), before the stack starts."""
+    `measure_forward` times the bare forward pass on the query photos (the reference of
+    search capacity) before the stack starts and after it stops, and keeps their mean."""
     var = var or Path(tempfile.mkdtemp(prefix="imagesearch-load-"))
     seed, queries, pool = photos[:seed_catalog], photos[seed_catalog : seed_catalog + 50], photos[seed_catalog + 50 :]
     if not queries or not pool:
@@ -136,7 +139,7 @@ def run_load(
     query_bytes = [(p.name, p.read_bytes()) for p in queries]
     report = LoadReport(search_clients, upload_clients, duration)
     if measure_forward:
-        report.forward_ips = forward_rate(queries)
+        report.forward_measures.append(forward_rate(queries))
     lock = threading.Lock()
     # As deployed: no debug bookkeeping (Django records every SQL query with DEBUG on).
     with live_stack(var / "stack", **LIMITS_OFF_ENV, IMAGESEARCH_WEB_THREADS="8", DJANGO_DEBUG="0") as stack:
@@ -203,4 +206,7 @@ def run_load(
         report.drain_s = time.monotonic() - drain_began
         report.ready = sum(1 for s in states.values() if s == "ready")
         report.failed = sum(1 for s in states.values() if s == "failed")
+    if measure_forward:  # again once the stack is gone, on the same idle machine
+        report.forward_measures.append(forward_rate(queries))
+        report.forward_ips = sum(report.forward_measures) / len(report.forward_measures)
     return report

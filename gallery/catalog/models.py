@@ -3,9 +3,13 @@ and the change log every process's search index reads."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage, Storage
 from django.db import models
+from django.db.models.fields.files import FieldFile
 from django.db.models.functions import Now
 from django.urls import reverse
 
@@ -17,6 +21,20 @@ LANE_INTERACTIVE = "interactive"
 
 
 LANE_BULK = "bulk"
+
+
+def _public_url(f: FieldFile) -> str:
+    """A published picture's URL. A file system's URL for a name depends only on the name
+    and MEDIA_URL, so it is kept for the pictures drawn lately (a page of cards asked for two
+    per image); another storage (signed, expiring URLs) is asked every time."""
+    if isinstance(f.storage, FileSystemStorage):
+        return _file_system_url(f.storage, settings.MEDIA_URL, f.name)
+    return f.url
+
+
+@functools.lru_cache(maxsize=8192)
+def _file_system_url(storage: Storage, _media_url: str, name: str) -> str:
+    return storage.url(name)
 
 
 class Image(models.Model):
@@ -88,7 +106,7 @@ class Image(models.Model):
             return ""
         if self.visibility == self.Visibility.HIDDEN:
             return reverse("gallery:picture", args=[self.pk, "display" if self.display else "thumbnail"])
-        return f.url
+        return _public_url(f)
 
     @property
     def thumbnail_url(self) -> str:
@@ -96,7 +114,7 @@ class Image(models.Model):
             return ""
         if self.visibility == self.Visibility.HIDDEN:
             return reverse("gallery:picture", args=[self.pk, "thumbnail"])
-        return self.thumbnail.url
+        return _public_url(self.thumbnail)
 
     @property
     def display_title(self) -> str:

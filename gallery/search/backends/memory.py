@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Max, Q
+from django.db import connection
+from django.db.models import Max
 from django.utils import timezone
 
 from gallery.catalog.models import CatalogChange, Embedding, Image
@@ -55,6 +56,21 @@ def _public_rows(backbone: str, reduction: Reduction | None):  # type: ignore[no
 def _matrix(rows: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     return ids, np.stack([vector_from(r[1]) for r in rows])
+
+
+def _changes_since(last: int, recent: datetime) -> list[tuple[int, int, int | None]]:
+    """The change log's entries after `last` or at `recent` and later, as (id, image id,
+    pruned through). Every search reads them: the statement is written once here instead of
+    built by the ORM each time (a third of a search's time in the database layer)."""
+    quote = connection.ops.quote_name
+    table = quote(CatalogChange._meta.db_table)
+    sql = (
+        f"SELECT {quote('id')}, {quote('image_id')}, {quote('pruned_through')} FROM {table} "
+        f"WHERE {quote('id')} > %s OR {quote('at')} >= %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [last, connection.ops.adapt_datetimefield_value(recent)])
+        return [(int(pk), int(image_id), None if pruned is None else int(pruned)) for pk, image_id, pruned in cursor.fetchall()]
 
 
 def _same(stored: np.ndarray | None, vector: np.ndarray) -> bool:
@@ -130,11 +146,8 @@ class CatalogIndex:
         index read them (it must reload)."""
         window = settings.IMAGESEARCH["INDEX_CHANGE_WINDOW_SECONDS"]
         recent = timezone.now() - timedelta(seconds=window)
-        rows = CatalogChange.objects.filter(Q(pk__gt=self._last_change) | Q(at__gte=recent)).values_list(
-            "pk", "image_id", "pruned_through"
-        )
         changes = []
-        for pk, image_id, pruned_through in rows:
+        for pk, image_id, pruned_through in _changes_since(self._last_change, recent):
             if pruned_through is not None:
                 if pruned_through > self._last_change:
                     return False
