@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
 from django.http import HttpRequest
-from django.urls import get_script_prefix, get_urlconf, reverse
 
+from . import links
 from .access import user_is_copyright_reviewer, user_is_staff
 
 # The navigation's links, by the name the page uses.
@@ -24,16 +22,10 @@ NAV_LINKS = {
 }
 
 
-@functools.lru_cache(maxsize=8)
-def _nav_urls(_prefix: str, _urlconf: str | None) -> dict[str, str]:
-    """Reversed once per process (and URL prefix), not on every page."""
-    return {key: reverse(name) for key, name in NAV_LINKS.items()}
-
-
 def navigation(request: HttpRequest) -> dict[str, object]:
     """The navigation's links (`nav_urls`), and whether to show those to the review queue,
     the admin and the operations page, shown only to those allowed there."""
-    urls = _nav_urls(get_script_prefix(), get_urlconf())
+    urls = {key: links.reverse_once(name) for key, name in NAV_LINKS.items()}
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav_urls": urls, "nav_copyright": False, "nav_admin": False}

@@ -4,30 +4,16 @@ rendering time. The markup is the card's one definition."""
 
 from __future__ import annotations
 
-import functools
-
 from django import template
 from django.template.defaultfilters import urlencode
-from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from gallery import links
 from gallery.catalog import tagnames
 from gallery.catalog.models import Image
 
 register = template.Library()
-
-
-# Links are reversed once per image (and URL prefix) while the image is among the recently
-# drawn: reversing took as long as drawing the rest of a card.
-@functools.lru_cache(maxsize=4096)
-def _detail_url(_prefix: str, _urlconf: str | None, pk: int) -> str:
-    return reverse("gallery:detail", args=[pk])
-
-
-@functools.lru_cache(maxsize=8)
-def _index_url(_prefix: str, _urlconf: str | None) -> str:
-    return reverse("gallery:index")
 
 
 def _score_text(score: float) -> str:
@@ -41,7 +27,7 @@ def _score_text(score: float) -> str:
 def card(context: template.Context, image: Image, score: float | None = None) -> SafeString:
     """`image` as a card: its thumbnail linking to its page, title, score (under the
     page's `metric`), tags linking to the gallery, status and "More like this"."""
-    detail_url = _detail_url(get_script_prefix(), get_urlconf(), image.pk)
+    detail_url = links.reverse_once("gallery:detail", image.pk)
     title = image.display_title
     status = image.status
     scored: SafeString | str = ""
@@ -56,7 +42,7 @@ def card(context: template.Context, image: Image, score: float | None = None) ->
     names = tagnames.names_of(image)
     tagged: SafeString | str = ""
     if names:
-        index_url = _index_url(get_script_prefix(), get_urlconf())
+        index_url = links.reverse_once("gallery:index")
         tagged = format_html_join("", '<a class="tag" href="{}?tag={}">{}</a>', ((index_url, urlencode(n), n) for n in names))
     more: SafeString | str = ""
     if status == Image.Status.READY:
