@@ -60,6 +60,10 @@ class CatalogCollector(Collector):
     def _index(self) -> Iterator[Metric]:
         from gallery.search.index import catalog_index
 
+        try:
+            catalog_index.catch_up()
+        except Exception as exc:
+            log.warning("metrics: the search index could not catch up with the catalog: %s", exc)
         yield GaugeMetricFamily(
             "imagesearch_search_index_vectors", "Vectors in this process's in-memory search index.", value=catalog_index.size()
         )

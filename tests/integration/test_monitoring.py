@@ -164,6 +164,22 @@ def test_a_search_moves_the_route_stage_and_embedding_metrics(client, user_clien
     assert _sample(text, "imagesearch_http_responses_total", route="unmatched", method="GET", status="404") >= 2
 
 
+def test_a_scrape_reports_the_catalog_a_process_will_search_without_searching(
+    client, user_client, django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    # Several web processes share a port: the one a scrape reaches may not have served the
+    # last search. Its index still counts what was published since it loaded.
+    with django_capture_on_commit_callbacks(execute=True):
+        user_client.post(reverse("gallery:upload"), {"files": [_photo(i, f"p{i}.jpg") for i in range(2)]})
+    assert client.post(reverse("gallery:search"), {"file": _photo(9), "metric": "cosine", "limit": 3}).status_code == 200
+    assert _sample(_scrape(client), "imagesearch_search_index_vectors") == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        user_client.post(reverse("gallery:upload"), {"files": [_photo(i, f"q{i}.jpg") for i in range(3, 6)]})
+    text = _scrape(client)
+    assert _sample(text, "imagesearch_search_index_vectors") == 5
+    assert _sample(text, "imagesearch_search_index_loaded") == 1
+
+
 def test_request_id_comes_back_and_marks_the_requests_access_line(
     client, user_client, caplog, django_capture_on_commit_callbacks
 ) -> None:  # type: ignore[no-untyped-def]

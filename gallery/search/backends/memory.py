@@ -98,6 +98,27 @@ class CatalogIndex:
         index = self._index  # read without the lock: a scrape never waits for a rebuild
         return len(index) if index is not None else 0
 
+    def catch_up(self) -> None:
+        """Apply the change log's new entries to the loaded index, unless a search or a
+        rebuild holds it now. For a metrics scrape: a process that has served no search
+        since the catalog changed reports the catalog it will search, not the one it
+        loaded. Never waits for the lock and never rebuilds: an index that must reload
+        does so on its next search."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._key is None:
+                return
+            backbone, reduction_pk = self._key
+            reduction = None
+            if reduction_pk is not None:
+                reduction = Reduction.objects.filter(pk=reduction_pk).first()
+                if reduction is None:
+                    return
+            self._apply_changes(backbone, reduction)
+        finally:
+            self._lock.release()
+
     def clear(self) -> None:
         with self._lock:
             self._key, self._index, self._last_change, self._window, self._checked = None, None, 0, {}, 0.0
