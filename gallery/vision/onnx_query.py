@@ -109,7 +109,7 @@ def build(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray], np.
     def embed(batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] == 0:
             return np.zeros((0, backbone.dim), dtype=np.float32)
-        x = normalise(np.asarray(batch).astype(np.float32))
+        x = normalise(np.asarray(batch))
         return l2_normalise(np.asarray(session.run(None, {name: x})[0], dtype=np.float32))  # type: ignore[attr-defined]
 
     sample = check_batch(backbone)
@@ -143,7 +143,7 @@ def build_forward(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarr
         return np.asarray(out[0], dtype=np.float32), probs
 
     sample = check_batch(backbone)
-    vectors, probs = run(backbone.normalise(sample.astype(np.float32)))
+    vectors, probs = run(backbone.normalise(sample))
     ref_vectors, ref_probs = backbone.tensorflow_embed_and_label_arrays(sample)
     difference = float(np.abs(l2_normalise(vectors) - ref_vectors).max())
     if probs is not None and ref_probs is not None:
@@ -181,7 +181,7 @@ def build_maps(backbone: Backbone, *, threads: int = 0) -> Callable[[np.ndarray]
     for h, w in MAP_CHECK_SHAPES:
         photo = check_photos(h, w, 1, rng)
         reference = backbone.tensorflow_maps(photo)
-        got = maps(backbone.normalise(photo.astype(np.float32)))
+        got = maps(backbone.normalise(photo))
         if got.shape != reference.shape:
             worst = float("inf")
             break

@@ -172,3 +172,20 @@ def test_vectors_of_each_pooling_are_named_apart_and_share_one_network(lite0) ->
         np.testing.assert_allclose(vectors, expected, atol=1e-5)
         assert probs is not None and int(np.argmax(probs[0])) in CAT_CLASSES
     assert float(np.abs(gem2.embed_arrays(batch) - lite0.embed_arrays(batch)).max()) > 1e-3
+
+
+def test_input_scaling_gives_the_networks_formulas_and_leaves_the_pixels_alone() -> None:
+    from gallery.vision.backbones import _lite0_normalise, _resnet50_normalise
+
+    pixels = np.random.default_rng(3).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+    before = pixels.copy()
+    lite = _lite0_normalise(pixels)
+    assert lite.dtype == np.float32
+    assert np.array_equal(lite, (pixels.astype(np.float32) - 127.0) / 128.0)  # exactly: 1/128 is a power of two
+    caffe = _resnet50_normalise(pixels)
+    assert caffe.dtype == np.float32
+    assert np.array_equal(caffe, pixels[..., ::-1].astype(np.float32) - np.array([103.939, 116.779, 123.68], np.float32))
+    floats = pixels.astype(np.float32)
+    _lite0_normalise(floats)
+    _resnet50_normalise(floats)
+    assert np.array_equal(pixels, before) and np.array_equal(floats, before.astype(np.float32))  # inputs unchanged
