@@ -439,7 +439,7 @@ class SearchView(LimitedView):
         if upload is not None:
             filters, box = _filters(request, options), _box(options)
             try:
-                picture = search_selectors.query_decode(file=upload)
+                picture = search_selectors.query_decode(file=upload, box=box)
                 if box is not None:
                     hits = search_selectors.search_by_region(
                         picture=picture, box=box, limit=options["limit"], metric=options["metric"], filters=filters

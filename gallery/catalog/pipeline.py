@@ -40,11 +40,17 @@ def preprocess_options() -> PreprocessOptions:
     return PreprocessOptions(grayscale=conf["GRAYSCALE"], denoise=conf["DENOISE"])
 
 
-def decode(data: bytes) -> DecodedImage:
+def decode(data: bytes, *, enough: tuple[float, float] | None = None) -> DecodedImage:
     """Decode an upload's first frame within the per-decode memory budget, at most
-    DECODE_CONCURRENCY at a time in this process."""
+    DECODE_CONCURRENCY at a time in this process (`enough` as for `decode_image`)."""
     conf = settings.IMAGESEARCH
-    return decode_image(data, max_pixels=conf["MAX_PIXELS"], max_memory=conf["DECODE_MEMORY_MB"] * 2**20, gate=_decode_turn())
+    return decode_image(
+        data,
+        max_pixels=conf["MAX_PIXELS"],
+        max_memory=conf["DECODE_MEMORY_MB"] * 2**20,
+        enough=enough,
+        gate=_decode_turn(),
+    )
 
 
 _slots_lock = threading.Lock()

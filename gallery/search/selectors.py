@@ -25,6 +25,7 @@ from gallery.search.services import reduction_load
 from gallery.storage import picture_open
 from gallery.vector_field import vector_from
 from gallery.vision.ann import TieredIndex
+from gallery.vision.backbones import SPECS
 from gallery.vision.index import Hit, check_metric
 from gallery.vision.phash import hamming, phash
 from gallery.vision.preprocess import ImageDecodeError
@@ -177,13 +178,26 @@ def similar_to_image(
     )
 
 
-def query_decode(*, file: IO[bytes]) -> PILImage.Image:
-    """Read and decode a query photo (upright RGB); raises ImageRejected with a message
-    for the user."""
+# A query photo is decoded no larger than its uses need: the results page's preview (this
+# many pixels on the long side) and the network input (the largest short side any
+# backbone resizes to). A 12-megapixel phone photo then decodes at a quarter of its size
+# (~55 instead of ~265 ms); a photo already that small is decoded as it is.
+QUERY_PREVIEW_SIDE = 640
+QUERY_SHORT_SIDE = max(spec.resize_short for spec in SPECS.values())
+
+
+def query_decode(*, file: IO[bytes], box: Box | None = None) -> PILImage.Image:
+    """Read and decode a query photo (upright RGB), large enough for its preview and the
+    network input, of the `box` when one is given; raises ImageRejected with a message for
+    the user."""
     data = read_upload(file)
+    # A region must itself be that large: the smaller the box, the larger the picture
+    # (never above the working size every photo is decoded at).
+    part = min(box.right - box.left, box.bottom - box.top) if box is not None else 1.0
+    enough = (QUERY_PREVIEW_SIDE / part, QUERY_SHORT_SIDE / part)
     try:
         with stage("decode"):
-            return pipeline.decode(data).image
+            return pipeline.decode(data, enough=enough).image
     except ImageDecodeError as exc:
         raise ImageRejected(str(exc), code=exc.code) from None
 

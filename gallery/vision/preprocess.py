@@ -115,13 +115,17 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int = DEFAULT_MAX_MEMORY,
     max_side: int = WORKING_SIDE,
+    enough: tuple[float, float] | None = None,
     gate: AbstractContextManager[object] | None = None,
 ) -> DecodedImage:
     """Decode the first frame of an image within `max_memory` bytes, reduced to at most
     `max_side` pixels on its long side; raise ImageDecodeError with a readable reason.
 
-    `gate` is held while pixels are decoded (a bound on concurrent decodes); the header
-    checks run before it, so a refused file never waits."""
+    `enough` = (long, short): the caller needs no more than `long` pixels on the long side
+    or `short` on the short side, whichever is larger, so the picture is reduced further
+    (a JPEG decoded at a fraction of its size). `gate` is held while pixels are decoded
+    (a bound on concurrent decodes); the header checks run before it, so a refused file
+    never waits."""
     raw = data if isinstance(data, bytes) else data.read()
     if not raw:
         raise ImageDecodeError("The file is empty.", code="empty_file")
@@ -134,7 +138,7 @@ def decode_image(
             f"The image is damaged or truncated: its header could not be read ({exc.__class__.__name__})."
         ) from None
     with im:
-        plan = plan_decode(im, raw, max_pixels=max_pixels, max_memory=max_memory, max_side=max_side)
+        plan = plan_decode(im, raw, max_pixels=max_pixels, max_memory=max_memory, max_side=max_side, enough=enough)
         with gate or contextlib.nullcontext():
             try:
                 if plan.draft_scale > 1:
@@ -184,9 +188,11 @@ def plan_decode(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int = DEFAULT_MAX_MEMORY,
     max_side: int = WORKING_SIDE,
+    enough: tuple[float, float] | None = None,
 ) -> DecodePlan:
     """Check an opened (not yet decoded) image against the limits and return what its
-    decode will take; raise ImageDecodeError when it is refused."""
+    decode will take (`max_side` and `enough` as for `decode_image`); raise
+    ImageDecodeError when it is refused."""
     fmt = im.format or ""
     width, height = im.size
     if fmt not in ALLOWED_FORMATS:
@@ -206,6 +212,8 @@ def plan_decode(
             code="too_large_to_decode",
         )
     scale = min(1.0, max_side / max(width, height))
+    if enough is not None:
+        scale = min(scale, max(enough[0] / max(width, height), enough[1] / min(width, height)))
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     draft_scale = 1
     if fmt in ("JPEG", "MPO") and len(tiles) == 1:

@@ -181,7 +181,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-PREVIEW_SIZE = 640  # the query photo's preview, longest side in pixels
+PREVIEW_SIZE = search_selectors.QUERY_PREVIEW_SIDE  # the query photo's preview, longest side in pixels
 
 
 def _inline_preview(picture: PILImage.Image) -> SafeString:
@@ -235,7 +235,7 @@ def search(request: HttpRequest) -> HttpResponse:
     metric = form.cleaned_data["metric"]
     try:
         box = Box.parse(form.cleaned_data["box"]) if form.cleaned_data["box"] else None
-        picture = search_selectors.query_decode(file=upload)
+        picture = search_selectors.query_decode(file=upload, box=box)
         query = box.crop(picture) if box is not None else picture
     except SearchRejected as exc:
         form.add_error("box", str(exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import pytest
@@ -130,6 +131,41 @@ def test_search_by_photo_ranks_without_adding_it(client, butterflies, media_file
         # The preview is sent once; the compare view takes it from the page's picture.
         assert response.content.decode().count("data:image/jpeg;base64,") == 1
     assert (Image.objects.count(), media_files()) == before
+
+
+def test_a_phone_sized_photo_finds_itself_and_its_region(client, butterflies) -> None:  # type: ignore[no-untyped-def]
+    # Queries are decoded no larger than the preview and the network need, catalog photos
+    # at the working size: the same big photo must still find itself first.
+    from PIL import Image as PILImage
+
+    def big(path, size=(4032, 3024)) -> bytes:  # type: ignore[no-untyped-def]
+        with PILImage.open(path) as im:
+            out = io.BytesIO()
+            im.convert("RGB").resize(size, PILImage.Resampling.LANCZOS).save(out, "JPEG", quality=90)
+            return out.getvalue()
+
+    photo = big(butterflies["005"][10])
+    images = _catalog(butterflies["001"][:3] + butterflies["008"][:3])
+    own = catalog_services.image_create(file=_file(photo, "phone.jpg"), original_name="phone.jpg", queue=False)
+    catalog_services.images_embed_batch(image_id=own.pk)
+    assert len(images) == 6
+    response = client.post(reverse("gallery:search"), {"file": _file(photo, "phone.jpg"), "metric": "cosine", "limit": 3})
+    assert response.status_code == 200
+    hits = response.context["hits"]
+    assert hits[0].image.pk == own.pk and hits[0].score > 0.99
+    preview = response.context["query_preview"].split(",", 1)[1]
+    with PILImage.open(io.BytesIO(base64.b64decode(preview))) as shown:
+        assert shown.size == (640, 480)
+    # A region of it, small enough that it needs more of the photo's pixels than the whole does.
+    region = client.post(
+        reverse("gallery:search"),
+        {"file": _file(photo, "phone.jpg"), "metric": "cosine", "limit": 3, "box": "0.3,0.3,0.5,0.5"},
+    )
+    assert region.status_code == 200 and region.context["region"]
+    assert len(region.context["hits"]) == 3
+    preview = region.context["query_preview"].split(",", 1)[1]
+    with PILImage.open(io.BytesIO(base64.b64decode(preview))) as shown:
+        assert shown.size == (410, 307)  # a fifth of the photo at the working size (2048), not of its preview
 
 
 def test_search_rejects_bad_input(client) -> None:  # type: ignore[no-untyped-def]

@@ -199,3 +199,26 @@ def test_over_the_memory_budget_is_refused_with_what_it_would_take() -> None:
     assert refused.value.code == "too_large_to_decode"
     assert "3000×3000" in str(refused.value) and "32 MB" in str(refused.value)
     assert decode_image(data).width == 3000
+
+
+@pytest.mark.parametrize(
+    ("size", "enough", "expected"),
+    [
+        ((4000, 3000), (640, 297), (640, 480)),  # a phone photo for a search: its preview's size
+        ((3000, 4000), (640, 297), (480, 640)),
+        ((4000, 800), (640, 297), (1485, 297)),  # a panorama: its short side still feeds the network
+        ((500, 375), (640, 297), (500, 375)),  # already small: as it is
+        ((4000, 3000), (6400, 2970), (2048, 1536)),  # a small region asks for more: never above the working size
+    ],
+)
+def test_a_decode_is_no_larger_than_its_caller_needs(
+    size: tuple[int, int], enough: tuple[float, float], expected: tuple[int, int]
+) -> None:
+    arr = _scene(*size)
+    data = io.BytesIO()
+    PILImage.fromarray(arr).save(data, "JPEG", quality=90)
+    decoded = decode_image(data.getvalue(), enough=enough)
+    assert decoded.image.size == expected
+    assert (decoded.width, decoded.height) == size  # the file's own size is still what is recorded
+    reference = _reference(arr, expected)
+    assert np.abs(np.asarray(decoded.image, dtype=np.float32) - reference).mean() < 3.0
