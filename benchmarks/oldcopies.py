@@ -115,7 +115,13 @@ def measure(
             picture = functools.partial(catalog.pictures.__getitem__, image_id)
             checks.append(localfeatures.FullCheck(image_id, picture, screened, catalog.keys[image_id].keypoints))
         results = localfeatures.check_all_in_full(
-            position, signature, backbone, checks, threshold=threshold, threads=conf["SCAN_THREADS"]
+            position,
+            signature,
+            backbone,
+            checks,
+            threshold=threshold,
+            threads=conf["SCAN_THREADS"],
+            work=functools.partial(works.__getitem__, position),
         )
         hits = {image_id for image_id, candidate, _ in results if candidate.score >= threshold}
         checked = len(checks)

@@ -316,7 +316,13 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     single = copydetect.CopyIndex()
     single.add(work.pk, signature)
     checked = localfeatures.check_all_in_full(
-        work.pk, signature, index.backbone, checks, threshold=_threshold(), threads=conf["SCAN_THREADS"]
+        work.pk,
+        signature,
+        index.backbone,
+        checks,
+        threshold=_threshold(),
+        threads=conf["SCAN_THREADS"],
+        work=partial(_work_for_closer_looks, work),
     )
     for image_id, candidate, query in checked:
         if match := _copy_match_if_likely(candidate=candidate, image_id=image_id, found_by="scan", works=single, query=query):
@@ -330,6 +336,16 @@ def _decoded_or_none(image: Image) -> PILImage.Image | None:
     try:
         with image.file.open("rb") as f:
             return pipeline.decode(f.read()).image
+    except (FileNotFoundError, ImageDecodeError):
+        return None
+
+
+def _work_for_closer_looks(work: ProtectedWork) -> PILImage.Image | None:
+    """A work's original, decoded no larger than its keypoints are found at (a closer look
+    shrinks it from there); None when its file is gone or unreadable."""
+    try:
+        with work.file.open("rb") as f:
+            return pipeline.decode(f.read(), enough=(copydetect.SIFT_LONG_SIDE, 0)).image
     except (FileNotFoundError, ImageDecodeError):
         return None
 

@@ -74,6 +74,19 @@ REGION_MARGIN = 0.04
 # part that shows the work instead of the whole poster.
 FOCUS_MARGIN = 0.15
 FOCUS_LARGEST = 0.5
+# A copy that shows the work smaller than its keypoints were found at has lost its fine
+# detail, and its keypoints match the sharp work's poorly (a work pasted at a quarter of a
+# photo's width: 13-19 consistent keypoints). When the work's pixels are at hand, a closer
+# look also matches the part against keypoints of the work shrunk to the size the copy
+# shows it (31-188 on the same pastes): when it shows at most AS_SHOWN_BELOW of the size
+# the work's keypoints were found at. That geometry stands for the whole work shown small,
+# so it counts only when its inliers span the work (support at least AS_SHOWN_SUPPORT;
+# such pastes: 0.74-1.0); a cluster of matches on a shared logo does not (sibling products
+# of one brand on shelf photos: 40-44 inliers at support 0.5). A part described at more than
+# AS_SHOWN_LARGEST times its usual resolution means a geometry at odds with the part: none.
+AS_SHOWN_BELOW = 0.9
+AS_SHOWN_SUPPORT = 0.6
+AS_SHOWN_LARGEST = 2.0
 # Candidates besides the keypoint votes: the nearest works by CNN descriptor and by hash.
 CANDIDATES = 1
 # This many consistent keypoints settle it: later candidates need no verifying.
@@ -539,6 +552,28 @@ class QuerySignature:
                 raise ValueError("the query image is needed for keypoints")
             self.keypoints = sift_keypoints(self.image, long_side=QUERY_SIFT_LONG_SIDE, features=QUERY_SIFT_FEATURES)
         return self.keypoints
+
+
+def keypoints_as_shown(
+    work: PILImage.Image, frame: tuple[float, float], *, shown: float, long_side: int
+) -> tuple[Keypoints, Keypoints] | None:
+    """The work's keypoints, and its mirror image's, found on the work shrunk to `shown`
+    pixels on its long side (how large a copy shows it) and then resized to `long_side`
+    (the resolution the copy's part is described at), with positions in the work's keypoint
+    `frame` as a signature keeps them; None when the copy shows the work about as large as
+    its keypoints were found at (nothing to gain, see AS_SHOWN_BELOW)."""
+    found_at = min(max(work.size), max(frame))
+    if shown >= AS_SHOWN_BELOW * found_at or shown < 16 or not 32 <= long_side <= AS_SHOWN_LARGEST * QUERY_SIFT_LONG_SIDE:
+        return None
+    shrunk = fit_long_side(work, round(shown), min_side=8)
+    size = (round(frame[0]), round(frame[1]))
+
+    def keypoints(image: PILImage.Image) -> Keypoints:
+        found = sift_keypoints(image, long_side=long_side, features=QUERY_SIFT_FEATURES)
+        to_frame = max(frame) / max(found.frame)
+        return Keypoints(found.xy * np.float32(to_frame), found.desc, size)
+
+    return keypoints(shrunk), keypoints(ImageOps.mirror(shrunk))
 
 
 def describe_work(backbone: Backbone, image: PILImage.Image) -> WorkSignature:
@@ -1123,10 +1158,15 @@ class CopyIndex:
         work_id: int,
         *,
         inliers_half: float = INLIERS_HALF,
+        work_as_shown: tuple[PILImage.Image, float] | None = None,
     ) -> Candidate | None:
         """The work's candidate on the part `box` (fractions) of the image, its evidence
         and geometry expressed on the whole image, scored with keypoints counting at
-        `inliers_half` (see `fuse`); None when the part is too small."""
+        `inliers_half` (see `fuse`); None when the part is too small.
+
+        Given `work_as_shown` (the work's pixels, and how many pixels long the image shows
+        it), the part's keypoints are also matched against the work's shrunk to that size
+        (`keypoints_as_shown`), and the geometry with more copy-like inliers kept."""
         w, h = image.size
         pixels = (round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h))
         if pixels[2] - pixels[0] < 32 or pixels[3] - pixels[1] < 32:
@@ -1137,10 +1177,35 @@ class CopyIndex:
         found = next((c for c in self.match(query, verify_all=True) if c.work_id == work_id), None)
         if found is None:
             return None
-        geometry = found.evidence.geometry
-        view = f"{found.evidence.cnn_view}, on the part of the image that shows it"
-        evidence = replace(found.evidence, cnn_view=view, geometry=None if geometry is None else geometry.in_whole(exact))
-        return Candidate(work_id, fuse(found.evidence, inliers_half=inliers_half), evidence)
+        evidence = found.evidence
+        if work_as_shown is not None:
+            evidence = self._closer_as_shown(query, work_id, evidence, work_as_shown, scale=QUERY_SIFT_LONG_SIDE / max(part.size))
+        geometry = evidence.geometry
+        view = f"{evidence.cnn_view}, on the part of the image that shows it"
+        whole = replace(evidence, cnn_view=view, geometry=None if geometry is None else geometry.in_whole(exact))
+        return Candidate(work_id, fuse(evidence, inliers_half=inliers_half), whole)
+
+    def _closer_as_shown(
+        self,
+        query: QuerySignature,
+        work_id: int,
+        evidence: Evidence,
+        work_as_shown: tuple[PILImage.Image, float],
+        *,
+        scale: float,
+    ) -> Evidence:
+        """`evidence` with the geometry against the work as the part shows it, when that
+        spans the work and has more copy-like inliers (`scale`: how much the part was
+        resized for its keypoints)."""
+        work, shown = work_as_shown
+        signature = self.signature(work_id)
+        found = keypoints_as_shown(work, signature.keypoints.frame, shown=shown, long_side=round(shown * scale))
+        if found is None:
+            return evidence
+        geometry, mirrored = locate(query.ensure_keypoints(), replace(signature, keypoints=found[0], mirrored_keypoints=found[1]))
+        if geometry.support < AS_SHOWN_SUPPORT or geometry.inliers * geometry.support <= evidence.effective_inliers:
+            return evidence
+        return replace(evidence, inliers=geometry.inliers, mirrored=mirrored, geometry=geometry)
 
     def with_geometry(self, query: QuerySignature, candidate: Candidate) -> Evidence:
         """The candidate's evidence with the geometry a reviewer is shown, found now when an

@@ -159,21 +159,31 @@ def check_in_full(
     screened: Geometry | None,
     threshold: float,
     keypoints: Keypoints | None = None,
+    work: Callable[[], PILImage.Image | None] | None = None,
 ) -> tuple[Candidate, QuerySignature]:
     """Describe a screened catalog image as an upload is and score it against the work;
     `keypoints`, its stored ones, stand for the upload's (the screen has just matched
     them, and extracting them again is most of a check's time).
     When that falls short and the screen found the work in a small part of the image (a
-    paste, a collage cell), that part is looked at again alone (`CopyIndex.match_part`)
-    and the better of the two kept, if its geometry looks like a copy's."""
+    paste, a collage cell), that part is looked at again alone (`CopyIndex.match_part`;
+    given `work`, the work's pixels, also against the work shrunk to the size the image
+    shows it) and the better of the two kept, if its geometry looks like a copy's."""
     query = works.describe(backbone, picture, keypoints=keypoints)
     best = next(c for c in works.match(query) if c.work_id == work_id)
     box = screened.focus() if screened is not None and best.score < threshold else None
-    if box is not None:
-        part = works.match_part(backbone, picture, box, work_id, inliers_half=PART_INLIERS_HALF)
+    if screened is not None and box is not None:
+        pixels = work() if work is not None else None
+        as_shown = None if pixels is None else (pixels, shown_size(screened, picture.size))
+        part = works.match_part(backbone, picture, box, work_id, inliers_half=PART_INLIERS_HALF, work_as_shown=as_shown)
         if part is not None and part.score > best.score and _copy_like(part.evidence):
             best = part
     return best, query
+
+
+def shown_size(screened: Geometry, size: tuple[int, int]) -> float:
+    """How many pixels long an image of `size` shows the work, by the geometry the screen
+    found on its stored keypoints (work pixels per keypoint pixel)."""
+    return max(screened.work_size) / max(screened.scale, 1e-6) * max(size) / max(screened.query_size)
 
 
 @dataclass(frozen=True)
@@ -195,11 +205,14 @@ def check_all_in_full(
     *,
     threshold: float,
     threads: int,
+    work: Callable[[], PILImage.Image | None] | None = None,
 ) -> list[tuple[int, Candidate, QuerySignature]]:
     """`check_in_full` for each image, `threads` at a time (reading, forward passes and
     keypoints release the interpreter lock), in the order given; images whose pixels
-    cannot be read are left out. Each thread scores against its own one-work index."""
+    cannot be read are left out. Each thread scores against its own one-work index.
+    `work` reads the work's pixels, once, when a closer look first needs them."""
     local = threading.local()
+    work = None if work is None else _once(work)
 
     def one(check: FullCheck) -> tuple[int, Candidate, QuerySignature] | None:
         picture = check.picture()
@@ -216,6 +229,7 @@ def check_all_in_full(
             screened=check.screened,
             threshold=threshold,
             keypoints=check.keypoints,
+            work=work,
         )
         return check.image_id, candidate, query
 
@@ -225,6 +239,19 @@ def check_all_in_full(
         with ThreadPoolExecutor(max_workers=min(threads, len(checks)), thread_name_prefix="copy-scan") as pool:
             done = list(pool.map(one, checks))
     return [d for d in done if d is not None]
+
+
+def _once(read: Callable[[], PILImage.Image | None]) -> Callable[[], PILImage.Image | None]:
+    """`read`, called at most once however many threads ask."""
+    lock, done = threading.Lock(), list[PILImage.Image | None]()
+
+    def once() -> PILImage.Image | None:
+        with lock:
+            if not done:
+                done.append(read())
+            return done[0]
+
+    return once
 
 
 def _copy_like(evidence: Evidence) -> bool:

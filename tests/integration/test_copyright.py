@@ -165,6 +165,41 @@ def test_a_small_paste_the_screen_would_stop_is_checked_because_the_votes_single
     assert not CopyMatch.objects.exists()
 
 
+def test_a_work_pasted_very_small_is_found_against_the_work_shrunk_as_the_poster_shows_it(
+    staff_client, butterflies, django_capture_on_commit_callbacks, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A work pasted at a fifth of a poster's width has lost its fine detail: the scan
+    reads the work's private original and matches the poster's part against the work
+    shrunk to that size. Without the work's pixels the same scan misses it."""
+    from gallery.copyright import services as copyright_services
+
+    work_path = butterflies["003"][0]
+    work, photo = PILImage.open(work_path).convert("RGB"), PILImage.open(butterflies["007"][3]).convert("RGB")
+    width = round(0.2 * photo.width)
+    poster_image = photo.copy()
+    poster_image.paste(
+        work.resize((width, round(work.height * width / work.width))), (photo.width // 2 - width // 2, photo.height // 3)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        poster = _upload(_jpeg(poster_image), "poster.jpg")
+        _upload(butterflies["003"][1].read_bytes(), "same-species.jpg")
+
+    monkeypatch.setattr(copyright_services, "_work_for_closer_looks", lambda work: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, work_path.read_bytes(), title="Brush-foot, sharp only").status_code == 302
+    assert not CopyMatch.objects.exists()
+
+    ProtectedWork.objects.all().delete()
+    copyright_selectors.copy_index.clear()
+    monkeypatch.undo()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, work_path.read_bytes(), title="Brush-foot").status_code == 302
+    match = CopyMatch.objects.get()
+    assert (match.image_id, match.found_by) == (poster.pk, "scan")
+    # The review page outlines the paste: about the twenty-fifth of the poster it covers.
+    assert 0.02 < match.signals["geometry"]["upload_covered"] < 0.1
+
+
 def test_the_catalog_page_stores_keypoints_of_images_uploaded_before(
     settings, django_capture_on_commit_callbacks, client
 ) -> None:  # type: ignore[no-untyped-def]

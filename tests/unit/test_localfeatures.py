@@ -157,7 +157,7 @@ def test_a_full_check_on_the_stored_keypoints_finds_the_copies_without_extractin
     def check(picture: PILImage.Image, keys: localfeatures.ImageKeys) -> copydetect.Candidate:
         _, screened = localfeatures.screen(keys, signature, min_inliers=settings.COPYRIGHT["SCAN_SCREEN_INLIERS"])
         candidate, _ = localfeatures.check_in_full(
-            single, backbone, picture, 1, screened=screened, threshold=threshold, keypoints=keys.keypoints
+            single, backbone, picture, 1, screened=screened, threshold=threshold, keypoints=keys.keypoints, work=lambda: work
         )
         return candidate
 
@@ -203,7 +203,16 @@ def test_full_checks_two_at_a_time_score_as_one_at_a_time_and_skip_unreadable_im
     threshold = float(settings.COPYRIGHT["THRESHOLD"])
 
     def scores(threads: int) -> list[tuple[int, float]]:
-        done = localfeatures.check_all_in_full(7, signature, backbone, checks, threshold=threshold, threads=threads)
+        reads: list[int] = []
+
+        def read_work() -> PILImage.Image:
+            reads.append(1)
+            return work
+
+        done = localfeatures.check_all_in_full(
+            7, signature, backbone, checks, threshold=threshold, threads=threads, work=read_work
+        )
+        assert len(reads) <= 1  # the work's pixels are read once per scan at most
         assert all(candidate.work_id == 7 for _, candidate, _ in done)
         return [(image_id, candidate.score) for image_id, candidate, _ in done]
 
@@ -211,3 +220,60 @@ def test_full_checks_two_at_a_time_score_as_one_at_a_time_and_skip_unreadable_im
     assert [i for i, _ in together] == [10, 11, 12, 105, 106, 107]  # in the order given, the unreadable one left out
     assert np.allclose([s for _, s in alone], [s for _, s in together], atol=1e-4)
     assert {i for i, s in together if s >= threshold} == {10, 11, 12}
+
+
+def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike(butterflies) -> None:  # type: ignore[no-untyped-def]
+    """A work pasted at a fifth of a photo's width has lost its fine detail: its keypoints
+    match the sharp work's poorly, and those of the work shrunk to the same size well."""
+    from gallery.vision.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    threshold = float(settings.COPYRIGHT["THRESHOLD"])
+    work, photo = _photo(butterflies["003"][0]), _photo(butterflies["007"][3])
+    width = round(0.2 * photo.width)
+    height = round(work.height * width / work.width)
+    at = (photo.width // 2 - width // 2, photo.height // 3)
+    poster = photo.copy()
+    poster.paste(work.resize((width, height), PILImage.Resampling.BILINEAR), at)
+    single = copydetect.CopyIndex()
+    single.add(1, copydetect.describe_work(backbone, work))
+    keys = localfeatures.describe_image(poster)
+    _, screened = localfeatures.screen(keys, single.signature(1), min_inliers=settings.COPYRIGHT["SCAN_SCREEN_INLIERS"])
+    assert screened is not None
+    assert abs(localfeatures.shown_size(screened, poster.size) - width) < 0.15 * width
+
+    def check(work_pixels: PILImage.Image | None) -> copydetect.Candidate:
+        candidate, _ = localfeatures.check_in_full(
+            single,
+            backbone,
+            poster,
+            1,
+            screened=screened,
+            threshold=threshold,
+            keypoints=keys.keypoints,
+            work=None if work_pixels is None else lambda: work_pixels,
+        )
+        return candidate
+
+    sharp, alike = check(None), check(work)
+    assert alike.score >= threshold > sharp.score
+    assert alike.evidence.inliers >= 2 * sharp.evidence.inliers
+    # The review page outlines the paste where it is on the whole poster.
+    assert alike.evidence.geometry is not None
+    geometry = alike.evidence.geometry
+    region = geometry.region_on_upload() / np.array(geometry.query_size)  # fractions of the poster
+    pasted = np.array([at[0], at[1], at[0] + width, at[1] + height]) / np.array(poster.size * 2)
+    assert np.allclose([*region.min(axis=0), *region.max(axis=0)], pasted, atol=0.03)
+
+
+def test_the_work_as_shown_is_described_only_when_shown_smaller_than_its_keypoints(butterflies) -> None:  # type: ignore[no-untyped-def]
+    work = _photo(butterflies["003"][0])
+    frame = copydetect.sift_keypoints(work).frame
+    assert copydetect.keypoints_as_shown(work, frame, shown=0.95 * max(frame), long_side=400) is None
+    found = copydetect.keypoints_as_shown(work, frame, shown=100, long_side=300)
+    assert found is not None
+    plain, mirrored = found
+    assert len(plain) > 50 and len(mirrored) > 50
+    # Positions in the work's keypoint frame, as a signature keeps them.
+    assert plain.size == (round(frame[0]), round(frame[1]))
+    assert plain.xy.max(axis=0)[0] > 0.8 * frame[0] and (plain.xy <= np.array(frame) + 1).all()
