@@ -53,19 +53,27 @@ def measure(
     catalog_size: int,
     seed: int,
     subjects: list[str] | None = None,
+    background_subjects: list[str] | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Build the catalog, register every work, scan; the figures of `report`.
 
-    `subjects` (one per work, then one per real photo: e.g. the folder it came from)
-    tells other photos of the work's subject (the same product on another shelf photo)
-    from unrelated ones among the other images matched."""
+    `subjects` (one per work, then one per real photo: e.g. the folder it came from) and
+    `background_subjects` (one per background) tell other photos of the work's subject
+    (the same product on another shelf photo, also as the background of another work's
+    copy) from unrelated ones among the other images matched."""
     rng = np.random.default_rng([seed, 17])
     families = [attacks.OLD_COPY_FAMILIES[i % len(attacks.OLD_COPY_FAMILIES)] for i in range(len(works))]
     catalog = _Catalog({}, {})
     copy_of: dict[int, int] = {}  # catalog id → work position
+    shows: dict[int, set[str]] = {}  # catalog id of a copy → the subjects it shows
+    used = {"crop": 0, "paste_small": 1, "collage": 3}  # backgrounds each edit shows
     for i, (work, family) in enumerate(zip(works, families, strict=True)):
-        others = [backgrounds[(3 * i + k) % len(backgrounds)] for k in range(3)]
+        around = [(3 * i + k) % len(backgrounds) for k in range(3)]
+        others = [backgrounds[k] for k in around]
+        if subjects is not None:
+            also = [] if background_subjects is None else [background_subjects[k] for k in around[: used[family]]]
+            shows[len(catalog.keys)] = {subjects[i], *also}
         copy = attacks.old_copy(family, work, others, rng)
         catalog.pictures[len(catalog.keys)] = copy
         copy_of[len(catalog.keys)] = i
@@ -100,7 +108,8 @@ def measure(
     for position, work in enumerate(tqdm(works, desc="register and scan", disable=quiet)):
         signature = copydetect.describe_work(backbone, work)  # done when the work is registered, before its scan
         started = time.perf_counter()
-        voted, votes = index.vote(signature.keypoints, signature.mirrored_keypoints)
+        small = localfeatures.small_work_keypoints(work, signature)
+        voted, votes = index.vote(signature.keypoints, signature.mirrored_keypoints, *(small or ()))
         stand_ins = min(conf["SCAN_ALWAYS_VERIFIED"], last_real - first_real)
         always = [int(i) for i in rng.choice(np.arange(first_real, last_real), stand_ins, replace=False)]
         if (most_voted := localfeatures.dominant(voted, votes)) is not None:
@@ -108,7 +117,9 @@ def measure(
         candidates = list(dict.fromkeys([*voted[: conf["SCAN_VOTED"]].tolist(), *always]))
         checks, stopped = [], set()
         for image_id in candidates:
-            worth, screened = localfeatures.screen(catalog.keys[image_id], signature, min_inliers=conf["SCAN_SCREEN_INLIERS"])
+            worth, screened = localfeatures.screen(
+                catalog.keys[image_id], signature, min_inliers=conf["SCAN_SCREEN_INLIERS"], small=small
+            )
             if not worth and image_id not in always:
                 stopped.add(image_id)
                 continue
@@ -133,7 +144,12 @@ def measure(
         found.append(copy_id in hits)
         screened_out.append(copy_id in stopped)
         for other in {source[i] for i in hits - {copy_id}}:
-            alike = subjects is not None and subjects[position] == subjects[len(works) + other - first_real]
+            if subjects is None:
+                alike = False
+            elif other < first_real:  # another work's copy: that work, and the photos around it
+                alike = subjects[position] in shows[other]
+            else:
+                alike = subjects[position] == subjects[len(works) + other - first_real]
             (same_subject if alike else unrelated).add((position, other))
         per_family[families[position]].append(copy_id in hits)
     ranks = np.array(voted_ranks)

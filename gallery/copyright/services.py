@@ -275,9 +275,9 @@ _NO_EVIDENCE = copydetect.Evidence(cnn=1.0, cnn_view="original", hash_distance=0
 def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     """Check the existing catalog for copies of a newly registered work.
 
-    Candidates: the catalog images most of the work's keypoints vote for (crops, small
-    pastes, collages), and the nearest by stored embedding to the work's views and
-    windows. Each is screened on its stored keypoints and hash (no decoding); those that
+    Candidates: the catalog images most of the work's keypoints (also of the work shrunk,
+    as a small paste shows it) vote for (crops, small pastes, collages), and the nearest
+    by stored embedding to the work's views and windows. Each is screened on its stored keypoints and hash (no decoding); those that
     pass, the few nearest by embedding and the image the votes single out (if any) are
     described and verified in full, as an upload is.
     """
@@ -291,7 +291,9 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         return []
     signature = index.works.signature(work.pk)
     conf = settings.COPYRIGHT
-    voted, votes = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints)
+    pixels = _work_for_closer_looks(work)
+    small = localfeatures.small_work_keypoints(pixels, signature)
+    voted, votes = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints, *(small or ()))
     nearest = _nearest_by_embedding(_stored_vectors_name(index.backbone), signature)
     always = set(nearest[: conf["SCAN_ALWAYS_VERIFIED"]])
     if (most_voted := localfeatures.dominant(voted, votes)) is not None:
@@ -305,7 +307,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     for image in Image.objects.filter(pk__in=candidates, status=Image.Status.READY).order_by("pk"):
         keys, screened = stored.get(image.pk), None
         if keys is not None:
-            worth, screened = localfeatures.screen(keys, signature, min_inliers=conf["SCAN_SCREEN_INLIERS"])
+            worth, screened = localfeatures.screen(keys, signature, min_inliers=conf["SCAN_SCREEN_INLIERS"], small=small)
             if not worth and image.pk not in always:
                 continue
         checks.append(
@@ -322,7 +324,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         checks,
         threshold=_threshold(),
         threads=conf["SCAN_THREADS"],
-        work=partial(_work_for_closer_looks, work),
+        work=lambda: pixels,
     )
     for image_id, candidate, query in checked:
         if match := _copy_match_if_likely(candidate=candidate, image_id=image_id, found_by="scan", works=single, query=query):
@@ -341,7 +343,7 @@ def _decoded_or_none(image: Image) -> PILImage.Image | None:
 
 
 def _work_for_closer_looks(work: ProtectedWork) -> PILImage.Image | None:
-    """A work's original, decoded no larger than its keypoints are found at (a closer look
+    """A work's original, decoded no larger than its keypoints are found at (a scan
     shrinks it from there); None when its file is gone or unreadable."""
     try:
         with work.file.open("rb") as f:

@@ -6,9 +6,11 @@ once per process, and turns a batch of RGB images into L2-normalised float32 vec
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -474,7 +476,10 @@ def build_resnet50(weights_path: str | Path | None = None) -> Backbone:
             raise BackboneUnavailable(f"ResNet50 weights at {path} could not be loaded: {exc}") from exc
     else:
         try:
-            model = keras.applications.ResNet50(include_top=False, pooling=None, weights="imagenet")
+            # Keras announces a download on standard output, which commands keep for
+            # their results (`--json`): it goes to standard error instead.
+            with contextlib.redirect_stdout(sys.stderr):
+                model = keras.applications.ResNet50(include_top=False, pooling=None, weights="imagenet")
         except Exception as exc:
             raise BackboneUnavailable(f"ResNet50 ImageNet weights are not cached and cannot be downloaded: {exc}") from exc
     return Backbone(SPECS[RESNET50], model, None, _resnet50_normalise)

@@ -27,7 +27,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -44,6 +44,7 @@ from .copydetect import (
     Keypoints,
     QuerySignature,
     WorkSignature,
+    keypoints_as_shown,
     locate,
     sift_keypoints,
 )
@@ -93,6 +94,12 @@ PART_INLIERS_HALF = 15
 # votes and DOMINANT_RATIO times the next image's.
 DOMINANT_VOTES = 5
 DOMINANT_RATIO = 1.5
+# A work pasted small spans 128-205 px of a catalog image's keypoint frame (LONG_SIDE) at a
+# quarter to two fifths of its width, and has lost the detail the work's own keypoints
+# (found at 400 px) keep. So a scan also votes, and screens, with the keypoints of the work
+# shrunk to SMALL_WORK_SIDE. On two draws of 200 old copies: the copy among the voted
+# 0.985 / 0.960 → 0.990 / 0.985, two more copies found on each, scan p50 +0.1 s.
+SMALL_WORK_SIDE = 160
 
 
 @dataclass
@@ -139,15 +146,31 @@ def dominant(images: np.ndarray, votes: np.ndarray) -> int | None:
     return int(images[0])
 
 
-def screen(keys: ImageKeys, work: WorkSignature, *, min_inliers: float) -> tuple[bool, Geometry | None]:
+def small_work_keypoints(work: PILImage.Image | None, signature: WorkSignature) -> tuple[Keypoints, Keypoints] | None:
+    """The keypoints of the work (and of its mirror image) shrunk to SMALL_WORK_SIDE, in
+    the signature's keypoint frame; None without the work's pixels."""
+    if work is None:
+        return None
+    return keypoints_as_shown(work, signature.keypoints.frame, shown=SMALL_WORK_SIDE, long_side=SMALL_WORK_SIDE)
+
+
+def screen(
+    keys: ImageKeys, work: WorkSignature, *, min_inliers: float, small: tuple[Keypoints, Keypoints] | None = None
+) -> tuple[bool, Geometry | None]:
     """Whether a catalog image's stored keypoints or hash come near enough to a work's to
     be worth describing it in full (`min_inliers` keypoints agreeing on one geometry,
     weighted by how copy-like it is, or a hash close enough to count as evidence), with
-    that geometry (None when the hash settled it)."""
+    that geometry (None when the hash settled it). When the work's keypoints fall short,
+    those of the work shrunk (`small`, see SMALL_WORK_SIDE) are tried."""
     if int(hamming(work.hashes, keys.hash).min()) < HASH_COUNTS_BELOW:
         return True, None
     geometry, _ = locate(keys.keypoints, work)
-    return geometry.inliers * geometry.support >= min_inliers, geometry
+    if geometry.inliers * geometry.support >= min_inliers or small is None:
+        return geometry.inliers * geometry.support >= min_inliers, geometry
+    shrunk, _ = locate(keys.keypoints, replace(work, keypoints=small[0], mirrored_keypoints=small[1]))
+    if shrunk.inliers * shrunk.support >= min_inliers:
+        return True, shrunk
+    return False, geometry
 
 
 def check_in_full(

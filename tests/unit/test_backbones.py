@@ -189,3 +189,21 @@ def test_input_scaling_gives_the_networks_formulas_and_leaves_the_pixels_alone()
     _lite0_normalise(floats)
     _resnet50_normalise(floats)
     assert np.array_equal(pixels, before) and np.array_equal(floats, before.astype(np.float32))  # inputs unchanged
+
+
+def test_a_failed_resnet50_download_says_so_on_standard_error_not_in_a_commands_output(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`benchmark --json` and the like print their results on standard output: Keras'
+    download notice must not land in the middle of them."""
+    import keras
+
+    from gallery.vision.backbones import BackboneUnavailable
+
+    def offline(**kwargs: object) -> None:
+        print("Downloading data from https://storage.example/resnet50_notop.h5")
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "ResNet50", offline)
+    with pytest.raises(BackboneUnavailable, match="not cached and cannot be downloaded"):
+        build_resnet50()
+    out, err = capsys.readouterr()
+    assert out == "" and "Downloading data" in err

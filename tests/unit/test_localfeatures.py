@@ -277,3 +277,37 @@ def test_the_work_as_shown_is_described_only_when_shown_smaller_than_its_keypoin
     # Positions in the work's keypoint frame, as a signature keeps them.
     assert plain.size == (round(frame[0]), round(frame[1]))
     assert plain.xy.max(axis=0)[0] > 0.8 * frame[0] and (plain.xy <= np.array(frame) + 1).all()
+
+
+def test_the_work_shrunk_as_a_small_paste_shows_it_lets_the_screen_pass_that_paste(butterflies) -> None:  # type: ignore[no-untyped-def]
+    """A work pasted at a fifth of a poster's width: its own keypoints agree with too few
+    of the poster's stored ones for the screen; those of the work shrunk pass it, on the
+    paste, and raise the poster's votes."""
+    from gallery.vision.backbones import load_backbone
+
+    work, photo = _photo(butterflies["002"][0]), _photo(butterflies["007"][3])
+    width = round(0.2 * photo.width)
+    poster = photo.copy()
+    at = (photo.width // 2 - width // 2, photo.height // 3)
+    poster.paste(work.resize((width, round(work.height * width / work.width)), PILImage.Resampling.BILINEAR), at)
+    signature = copydetect.describe_work(load_backbone("efficientnet_lite0"), work)
+    keys = localfeatures.describe_image(poster)
+    small = localfeatures.small_work_keypoints(work, signature)
+    assert small is not None and localfeatures.small_work_keypoints(None, signature) is None
+    inliers = settings.COPYRIGHT["SCAN_SCREEN_INLIERS"]
+
+    assert not localfeatures.screen(keys, signature, min_inliers=inliers)[0]
+    worth, geometry = localfeatures.screen(keys, signature, min_inliers=inliers, small=small)
+    assert worth and geometry is not None
+    # The geometry places the work on the paste, as a closer look then frames it.
+    box = geometry.focus()
+    assert box is not None
+    x0, y0, x1, y1 = box
+    centre = ((at[0] + width / 2) / poster.width, (at[1] + width * work.height / work.width / 2) / poster.height)
+    assert x0 < centre[0] < x1 and y0 < centre[1] < y1 and (x1 - x0) < 0.35
+
+    others = {100 + i: localfeatures.describe_image(_photo(p)) for i, p in enumerate(butterflies["002"][1:12])}
+    index = _index({**others, 1: keys})
+    plain = dict(zip(*index.vote(signature.keypoints, signature.mirrored_keypoints), strict=True))
+    shrunk = dict(zip(*index.vote(signature.keypoints, signature.mirrored_keypoints, *small), strict=True))
+    assert shrunk.get(1, 0) > plain.get(1, 0)

@@ -121,6 +121,7 @@ class Command(BaseCommand):
             catalog_size=max(opts["catalog"], n + len(catalog)),
             seed=opts["seed"],
             subjects=[subjects.get(paths[i], paths[i].parent.name) for i in chosen],
+            background_subjects=[subjects.get(paths[i], paths[i].parent.name) for i in order[n : n + backgrounds]],
             quiet=opts["json"],
         )
 
