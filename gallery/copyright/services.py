@@ -277,9 +277,10 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
 
     Candidates: the catalog images most of the work's keypoints (also of the work shrunk,
     as a small paste shows it) vote for (crops, small pastes, collages), and the nearest
-    by stored embedding to the work's views and windows. Each is screened on its stored keypoints and hash (no decoding); those that
-    pass, the few nearest by embedding and the image the votes single out (if any) are
-    described and verified in full, as an upload is.
+    by stored embedding to the work's views and windows. Each is screened on its stored
+    keypoints and hash (no decoding); those that pass, the few nearest by embedding and
+    the image the votes single out (if any) are described and verified in full, as an
+    upload is.
     """
     from .selectors import catalog_keypoints, copy_index, image_keys
 
@@ -291,7 +292,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         return []
     signature = index.works.signature(work.pk)
     conf = settings.COPYRIGHT
-    pixels = _work_for_closer_looks(work)
+    pixels = _work_for_scan(work)
     small = localfeatures.small_work_keypoints(pixels, signature)
     voted, votes = catalog_keypoints.get().vote(signature.keypoints, signature.mirrored_keypoints, *(small or ()))
     nearest = _nearest_by_embedding(_stored_vectors_name(index.backbone), signature)
@@ -342,7 +343,7 @@ def _decoded_or_none(image: Image) -> PILImage.Image | None:
         return None
 
 
-def _work_for_closer_looks(work: ProtectedWork) -> PILImage.Image | None:
+def _work_for_scan(work: ProtectedWork) -> PILImage.Image | None:
     """A work's original, decoded no larger than its keypoints are found at (a scan
     shrinks it from there); None when its file is gone or unreadable."""
     try:

@@ -184,7 +184,7 @@ def test_a_work_pasted_very_small_is_found_against_the_work_shrunk_as_the_poster
         poster = _upload(_jpeg(poster_image), "poster.jpg")
         _upload(butterflies["003"][1].read_bytes(), "same-species.jpg")
 
-    monkeypatch.setattr(copyright_services, "_work_for_closer_looks", lambda work: None)
+    monkeypatch.setattr(copyright_services, "_work_for_scan", lambda work: None)
     with django_capture_on_commit_callbacks(execute=True):
         assert _register(staff_client, work_path.read_bytes(), title="Brush-foot, sharp only").status_code == 302
     assert not CopyMatch.objects.exists()
