@@ -132,7 +132,7 @@ def measure(
             checks,
             threshold=threshold,
             threads=conf["SCAN_THREADS"],
-            work=functools.partial(works.__getitem__, position),
+            work=work,
         )
         hits = {image_id for image_id, candidate, _ in results if candidate.score >= threshold}
         checked = len(checks)

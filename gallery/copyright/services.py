@@ -325,7 +325,7 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
         checks,
         threshold=_threshold(),
         threads=conf["SCAN_THREADS"],
-        work=lambda: pixels,
+        work=pixels,
     )
     for image_id, candidate, query in checked:
         if match := _copy_match_if_likely(candidate=candidate, image_id=image_id, found_by="scan", works=single, query=query):
@@ -334,11 +334,12 @@ def protected_work_scan_catalog(*, work_id: int) -> list[CopyMatch]:
     return matches
 
 
-def _decoded_or_none(image: Image) -> PILImage.Image | None:
-    """A catalog image's original, decoded; None when its file is gone or unreadable."""
+def _decoded_or_none(image: Image | ProtectedWork, *, enough: tuple[float, float] | None = None) -> PILImage.Image | None:
+    """A catalog image's or a work's original, decoded (`enough` as for `pipeline.decode`);
+    None when its file is gone or unreadable."""
     try:
         with image.file.open("rb") as f:
-            return pipeline.decode(f.read()).image
+            return pipeline.decode(f.read(), enough=enough).image
     except (FileNotFoundError, ImageDecodeError):
         return None
 
@@ -346,11 +347,7 @@ def _decoded_or_none(image: Image) -> PILImage.Image | None:
 def _work_for_scan(work: ProtectedWork) -> PILImage.Image | None:
     """A work's original, decoded no larger than its keypoints are found at (a scan
     shrinks it from there); None when its file is gone or unreadable."""
-    try:
-        with work.file.open("rb") as f:
-            return pipeline.decode(f.read(), enough=(copydetect.SIFT_LONG_SIDE, 0)).image
-    except (FileNotFoundError, ImageDecodeError):
-        return None
+    return _decoded_or_none(work, enough=(copydetect.SIFT_LONG_SIDE, 0))
 
 
 def _stored_vectors_name(backbone: Backbone) -> str:

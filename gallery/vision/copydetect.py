@@ -1179,7 +1179,8 @@ class CopyIndex:
             return None
         evidence = found.evidence
         if work_as_shown is not None:
-            evidence = self._closer_as_shown(query, work_id, evidence, work_as_shown, scale=QUERY_SIFT_LONG_SIDE / max(part.size))
+            scale = max(query.ensure_keypoints().frame) / max(part.size)  # how much the part was resized for its keypoints
+            evidence = self._closer_as_shown(query, work_id, evidence, work_as_shown, scale=scale)
         geometry = evidence.geometry
         view = f"{evidence.cnn_view}, on the part of the image that shows it"
         whole = replace(evidence, cnn_view=view, geometry=None if geometry is None else geometry.in_whole(exact))

@@ -165,11 +165,12 @@ def screen(
     if int(hamming(work.hashes, keys.hash).min()) < HASH_COUNTS_BELOW:
         return True, None
     geometry, _ = locate(keys.keypoints, work)
-    if geometry.inliers * geometry.support >= min_inliers or small is None:
-        return geometry.inliers * geometry.support >= min_inliers, geometry
-    shrunk, _ = locate(keys.keypoints, replace(work, keypoints=small[0], mirrored_keypoints=small[1]))
-    if shrunk.inliers * shrunk.support >= min_inliers:
-        return True, shrunk
+    if geometry.inliers * geometry.support >= min_inliers:
+        return True, geometry
+    if small is not None:
+        shrunk, _ = locate(keys.keypoints, replace(work, keypoints=small[0], mirrored_keypoints=small[1]))
+        if shrunk.inliers * shrunk.support >= min_inliers:
+            return True, shrunk
     return False, geometry
 
 
@@ -182,7 +183,7 @@ def check_in_full(
     screened: Geometry | None,
     threshold: float,
     keypoints: Keypoints | None = None,
-    work: Callable[[], PILImage.Image | None] | None = None,
+    work: PILImage.Image | None = None,
 ) -> tuple[Candidate, QuerySignature]:
     """Describe a screened catalog image as an upload is and score it against the work;
     `keypoints`, its stored ones, stand for the upload's (the screen has just matched
@@ -195,8 +196,7 @@ def check_in_full(
     best = next(c for c in works.match(query) if c.work_id == work_id)
     box = screened.focus() if screened is not None and best.score < threshold else None
     if screened is not None and box is not None:
-        pixels = work() if work is not None else None
-        as_shown = None if pixels is None else (pixels, shown_size(screened, picture.size))
+        as_shown = None if work is None else (work, shown_size(screened, picture.size))
         part = works.match_part(backbone, picture, box, work_id, inliers_half=PART_INLIERS_HALF, work_as_shown=as_shown)
         if part is not None and part.score > best.score and _copy_like(part.evidence):
             best = part
@@ -228,14 +228,13 @@ def check_all_in_full(
     *,
     threshold: float,
     threads: int,
-    work: Callable[[], PILImage.Image | None] | None = None,
+    work: PILImage.Image | None = None,
 ) -> list[tuple[int, Candidate, QuerySignature]]:
     """`check_in_full` for each image, `threads` at a time (reading, forward passes and
     keypoints release the interpreter lock), in the order given; images whose pixels
     cannot be read are left out. Each thread scores against its own one-work index.
-    `work` reads the work's pixels, once, when a closer look first needs them."""
+    `work`, the work's pixels, is for closer looks (see `check_in_full`)."""
     local = threading.local()
-    work = None if work is None else _once(work)
 
     def one(check: FullCheck) -> tuple[int, Candidate, QuerySignature] | None:
         picture = check.picture()
@@ -262,19 +261,6 @@ def check_all_in_full(
         with ThreadPoolExecutor(max_workers=min(threads, len(checks)), thread_name_prefix="copy-scan") as pool:
             done = list(pool.map(one, checks))
     return [d for d in done if d is not None]
-
-
-def _once(read: Callable[[], PILImage.Image | None]) -> Callable[[], PILImage.Image | None]:
-    """`read`, called at most once however many threads ask."""
-    lock, done = threading.Lock(), list[PILImage.Image | None]()
-
-    def once() -> PILImage.Image | None:
-        with lock:
-            if not done:
-                done.append(read())
-            return done[0]
-
-    return once
 
 
 def _copy_like(evidence: Evidence) -> bool:

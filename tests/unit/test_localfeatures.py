@@ -157,7 +157,7 @@ def test_a_full_check_on_the_stored_keypoints_finds_the_copies_without_extractin
     def check(picture: PILImage.Image, keys: localfeatures.ImageKeys) -> copydetect.Candidate:
         _, screened = localfeatures.screen(keys, signature, min_inliers=settings.COPYRIGHT["SCAN_SCREEN_INLIERS"])
         candidate, _ = localfeatures.check_in_full(
-            single, backbone, picture, 1, screened=screened, threshold=threshold, keypoints=keys.keypoints, work=lambda: work
+            single, backbone, picture, 1, screened=screened, threshold=threshold, keypoints=keys.keypoints, work=work
         )
         return candidate
 
@@ -203,16 +203,7 @@ def test_full_checks_two_at_a_time_score_as_one_at_a_time_and_skip_unreadable_im
     threshold = float(settings.COPYRIGHT["THRESHOLD"])
 
     def scores(threads: int) -> list[tuple[int, float]]:
-        reads: list[int] = []
-
-        def read_work() -> PILImage.Image:
-            reads.append(1)
-            return work
-
-        done = localfeatures.check_all_in_full(
-            7, signature, backbone, checks, threshold=threshold, threads=threads, work=read_work
-        )
-        assert len(reads) <= 1  # the work's pixels are read once per scan at most
+        done = localfeatures.check_all_in_full(7, signature, backbone, checks, threshold=threshold, threads=threads, work=work)
         assert all(candidate.work_id == 7 for _, candidate, _ in done)
         return [(image_id, candidate.score) for image_id, candidate, _ in done]
 
@@ -251,7 +242,7 @@ def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike
             screened=screened,
             threshold=threshold,
             keypoints=keys.keypoints,
-            work=None if work_pixels is None else lambda: work_pixels,
+            work=work_pixels,
         )
         return candidate
 
