@@ -20,7 +20,7 @@ import ctypes
 import ctypes.util
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -154,6 +154,9 @@ def decode_image(
                 ) from None
     if plan.peak_bytes > _TRIM_ABOVE:
         _return_freed_memory()
+    # Nothing of the file but its pixels goes on: Pillow keeps a JPEG's comment (and more)
+    # with the picture and writes it again into every JPEG encoded from it.
+    picture.info = {}
     width, height = plan.width, plan.height
     if orientation in _TRANSPOSE_FOR_ORIENTATION:
         picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
@@ -449,3 +452,71 @@ def prepare(image: PILImage.Image, *, size: int, resize_short: int, options: Pre
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
     im = im.resize((size, size), PILImage.Resampling.BICUBIC, box=box, reducing_gap=3.0)
     return np.asarray(im, dtype=np.uint8)
+
+
+# Marker segments a browser needs to show a JPEG as its decoder does: JFIF (APP0), an ICC
+# colour profile (APP2) and Adobe's colour transform (APP14). Every other application
+# segment (EXIF with its GPS position and camera serial, XMP, maker data, thumbnails) and
+# comments are metadata.
+_SHOWN_SEGMENTS = {0xE0: b"JFIF\0", 0xE2: b"ICC_PROFILE\0", 0xEE: b"Adobe"}
+_START_OF_SCAN = 0xDA
+
+
+def jpeg_as_shown(raw: bytes, *, size: tuple[int, int]) -> bytes | None:
+    """The bytes of a JPEG that shows exactly the decoded picture of `size` (upright: no
+    EXIF rotation to apply, 8-bit grey or colour) with its metadata segments left out and
+    its image data unchanged, or None when it is not such a file: a browser may show it as
+    it is instead of a re-encoded copy."""
+    try:
+        with PILImage.open(io.BytesIO(raw)) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or im.size != size or _orientation(im) != 1:
+                return None
+    except Exception:
+        return None
+    return jpeg_without_metadata(raw)
+
+
+def _jpeg_segments(raw: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of a JPEG's segments up to its first scan, which comes last
+    with end = len(raw); stops early where the bytes are not well formed, and after a
+    segment that runs past their end (given cut at len(raw))."""
+    if raw[:2] != b"\xff\xd8":
+        return
+    at = 2
+    while at + 4 <= len(raw) and raw[at] == 0xFF:
+        marker = raw[at + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            at += 1
+            continue
+        if marker == _START_OF_SCAN:  # from here on, image data
+            yield marker, at, len(raw)
+            return
+        end = at + 2 + int.from_bytes(raw[at + 2 : at + 4], "big")
+        if end <= at + 3:
+            return
+        yield marker, at, min(end, len(raw))
+        at = end
+
+
+def _is_metadata(raw: bytes, marker: int, start: int) -> bool:
+    if not (0xE0 <= marker <= 0xEF or marker == 0xFE):
+        return False
+    signature = _SHOWN_SEGMENTS.get(marker)
+    return signature is None or raw[start + 4 : start + 4 + len(signature)] != signature
+
+
+def jpeg_without_metadata(raw: bytes) -> bytes | None:
+    """A JPEG's bytes with its metadata segments left out and everything from its first
+    scan on unchanged, or None when its segments up to that scan are not well formed."""
+    kept = [raw[:2]]
+    for marker, start, end in _jpeg_segments(raw):
+        if not _is_metadata(raw, marker, start):
+            kept.append(raw[start:end])
+        if marker == _START_OF_SCAN:
+            return b"".join(kept)
+    return None
+
+
+def jpeg_has_metadata(head: bytes) -> bool:
+    """Whether the first bytes of a JPEG show a metadata segment before its first scan."""
+    return any(_is_metadata(head, marker, start) for marker, start, _ in _jpeg_segments(head))

@@ -7,6 +7,7 @@ import io
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.files.uploadedfile import UploadedFile
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,6 +26,7 @@ from gallery.ratelimit import rate_limited
 from gallery.search import selectors as search_selectors
 from gallery.search import words as words_selectors
 from gallery.search.selectors import Box, SearchFilters
+from gallery.vision.preprocess import jpeg_as_shown
 from gallery.web.forms import FiltersForm, MetricForm, SearchForm, UploadForm, WordsForm
 
 MAX_ROW_ID = 2**63 - 1
@@ -182,18 +184,31 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 PREVIEW_SIZE = search_selectors.QUERY_PREVIEW_SIDE  # the query photo's preview, longest side in pixels
+# A web-sized JPEG up to this size is shown as it was sent (its metadata left out), not
+# re-encoded: a search costs ~1 ms less CPU and the preview loses nothing to a second encode.
+PREVIEW_AS_SENT_BYTES = 256 * 1024
 
 
-def _inline_preview(picture: PILImage.Image) -> SafeString:
-    """A small data-URL preview of the query photo, which is never stored."""
+def _inline_preview(picture: PILImage.Image, *, sent: UploadedFile | None = None) -> SafeString:
+    """A small data-URL preview of the query photo, which is never stored. `sent`: the
+    file the picture was decoded from, whole (no region cut from it)."""
+    if sent is not None and max(picture.size) <= PREVIEW_SIZE and (sent.size or 0) <= PREVIEW_AS_SENT_BYTES:
+        sent.seek(0)
+        as_sent = jpeg_as_shown(sent.read(PREVIEW_AS_SENT_BYTES + 1), size=picture.size)
+        if as_sent is not None:
+            return _data_url(as_sent)
     preview = picture
     if max(picture.size) > PREVIEW_SIZE:
         preview = picture.copy()
         preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
     out = io.BytesIO()
     preview.save(out, format="JPEG", quality=80)
+    return _data_url(out.getvalue())
+
+
+def _data_url(jpeg: bytes) -> SafeString:
     # Base64 holds no character HTML would escape: marked safe, the page does not scan it.
-    return mark_safe("data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode())
+    return mark_safe("data:image/jpeg;base64," + base64.b64encode(jpeg).decode())
 
 
 def _filters(request: HttpRequest, data: object, *, tags: list[str] | None = None) -> tuple[FiltersForm, SearchFilters | None]:
@@ -257,7 +272,7 @@ def search(request: HttpRequest) -> HttpResponse:
             "searched": True,
             "metric": metric,
             "query_name": upload.name,
-            "query_preview": _inline_preview(query),
+            "query_preview": _inline_preview(query, sent=upload if box is None else None),
             "region": box is not None,
             "space": space.label,
             "tag": tag,

@@ -47,6 +47,59 @@ def test_upload_is_stored_pending_then_embedded_on_commit(make_photo, media_file
     assert np.linalg.norm(emb.as_array()) == pytest.approx(1.0, abs=1e-5)
 
 
+def _commented_jpeg(comment: bytes) -> bytes:
+    from PIL import Image as PILImage
+
+    exif = PILImage.Exif()
+    exif[0x010F] = "Camera maker"
+    out = io.BytesIO()
+    PILImage.open(io.BytesIO(photo_bytes(seed=5))).save(out, format="JPEG", quality=92, exif=exif, comment=comment)
+    return out.getvalue()
+
+
+def test_public_copies_carry_nothing_of_the_uploaded_file_but_its_pixels(settings) -> None:  # type: ignore[no-untyped-def]
+    image = _upload(_commented_jpeg(b"home address"), queue=False)
+    for public in (image.display, image.thumbnail):
+        data = public.read()
+        assert data[:2] == b"\xff\xd8" and b"home address" not in data and b"Camera maker" not in data
+    with image.file.open("rb") as original:  # the private original is kept as sent
+        assert b"home address" in original.read()
+
+
+def test_public_copies_made_before_are_rewritten_without_the_uploads_comment(media_files) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    from django.apps import apps
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from PIL import Image as PILImage
+
+    cleaning = importlib.import_module("gallery.migrations.0013_public_copies_without_metadata")
+    image = _upload(photo_bytes(seed=6), queue=False)
+    old = {}
+    for field in ("display", "thumbnail"):  # as such copies were written: the upload's comment inside
+        with PILImage.open(getattr(image, field)) as copy:
+            out = io.BytesIO()
+            copy.save(out, format="JPEG", quality=90, comment=b"home address")
+        name = default_storage.save(f"{field}/old-{image.pk}.jpg", ContentFile(out.getvalue()))
+        old[field] = (name, out.getvalue())
+    Image.objects.filter(pk=image.pk).update(display=old["display"][0], thumbnail=old["thumbnail"][0])
+
+    cleaning.rewrite_public_copies_without_metadata(apps, None)
+
+    image.refresh_from_db()
+    for field, (name, before) in old.items():
+        now = getattr(image, field)
+        assert now.name != name and not default_storage.exists(name)  # a new URL; the old file gone
+        data = now.read()
+        assert b"home address" not in data
+        with PILImage.open(io.BytesIO(data)) as cleaned, PILImage.open(io.BytesIO(before)) as was:
+            assert np.array_equal(np.asarray(cleaned), np.asarray(was))  # the same picture
+    files = media_files()
+    cleaning.rewrite_public_copies_without_metadata(apps, None)  # again: nothing left to do
+    assert media_files() == files
+
+
 def test_duplicate_upload_is_refused_and_stores_nothing(make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
     first = _upload(make_photo(), queue=False)
     before = media_files()

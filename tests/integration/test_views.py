@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -131,6 +132,35 @@ def test_search_by_photo_ranks_without_adding_it(client, butterflies, media_file
         # The preview is sent once; the compare view takes it from the page's picture.
         assert response.content.decode().count("data:image/jpeg;base64,") == 1
     assert (Image.objects.count(), media_files()) == before
+
+
+def _preview(response) -> bytes:  # type: ignore[no-untyped-def]
+    page = response.content.decode()
+    start = page.index("data:image/jpeg;base64,") + len("data:image/jpeg;base64,")
+    return base64.b64decode(page[start : page.index('"', start)])
+
+
+def test_the_query_preview_shows_the_photo_upright_and_without_its_metadata(client, butterflies) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image as PILImage
+
+    _catalog(butterflies["001"][:3] + butterflies["005"][:3])
+    photo = PILImage.open(butterflies["005"][10]).convert("RGB")
+    exif = PILImage.Exif()
+    exif[0x010F] = "Camera maker"
+    for orientation, shown_size in ((1, photo.size), (6, photo.size[::-1])):
+        exif[0x0112] = orientation
+        sent = io.BytesIO()
+        photo.save(sent, format="JPEG", quality=90, exif=exif, comment=b"taken at home")
+        response = client.post(
+            reverse("gallery:search"), {"file": _file(sent.getvalue(), "mine.jpg"), "metric": "cosine", "limit": 5}
+        )
+        assert response.status_code == 200
+        preview = _preview(response)
+        assert b"Camera maker" not in preview and b"taken at home" not in preview
+        with PILImage.open(io.BytesIO(preview)) as shown:
+            assert shown.size == shown_size and not shown.getexif().get(0x0112)
+            if orientation == 1:  # a web-sized upright JPEG is shown as it was sent, not encoded again
+                assert np.array_equal(np.asarray(shown), np.asarray(PILImage.open(sent)))
 
 
 def test_a_phone_sized_photo_finds_itself_and_its_region(client, butterflies) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from gallery.vision.preprocess import ImageDecodeError, PreprocessOptions, decode_image, prepare, thumbnail_bytes
+from gallery.vision.preprocess import (
+    ImageDecodeError,
+    PreprocessOptions,
+    decode_image,
+    jpeg_as_shown,
+    prepare,
+    thumbnail_bytes,
+)
 
 
 def _encode(im: PILImage.Image, fmt: str, **kw: object) -> bytes:
@@ -222,3 +229,54 @@ def test_a_decode_is_no_larger_than_its_caller_needs(
     assert (decoded.width, decoded.height) == size  # the file's own size is still what is recorded
     reference = _reference(arr, expected)
     assert np.abs(np.asarray(decoded.image, dtype=np.float32) - reference).mean() < 3.0
+
+
+def _photo_jpeg(size: tuple[int, int] = (320, 240), mode: str = "RGB", **save: object) -> tuple[PILImage.Image, bytes]:
+    rng = np.random.default_rng(3)
+    ramp = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    picture = PILImage.fromarray(np.clip(ramp + rng.normal(0, 20, ramp.shape), 0, 255).astype(np.uint8)).convert(mode)
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", **save)
+    return picture, out.getvalue()
+
+
+def test_a_jpeg_shown_as_sent_keeps_its_pixels_and_loses_its_metadata() -> None:
+    exif = PILImage.Exif()
+    exif[0x010F] = "Camera maker"
+    exif[0x0112] = 1  # upright
+    icc = b"\0\0\0\x10" + b"a colour profile"
+    _, raw = _photo_jpeg(exif=exif, comment=b"taken at home", icc_profile=icc, progressive=True)
+    shown = jpeg_as_shown(raw, size=(320, 240))
+    assert shown is not None and len(shown) < len(raw)
+    for private in (b"Camera maker", b"taken at home", b"Exif"):
+        assert private in raw and private not in shown
+    with PILImage.open(io.BytesIO(shown)) as kept, PILImage.open(io.BytesIO(raw)) as sent:
+        assert kept.info.get("icc_profile") == icc  # colours show as sent
+        assert np.array_equal(np.asarray(kept), np.asarray(sent))  # the image data untouched
+
+
+@pytest.mark.parametrize(
+    ("what", "make", "size"),
+    [
+        ("rotated by EXIF", lambda: _photo_jpeg(exif=_rotated())[1], (320, 240)),
+        ("another size", lambda: _photo_jpeg()[1], (160, 120)),
+        ("CMYK", lambda: _photo_jpeg(mode="CMYK")[1], (320, 240)),
+        ("PNG", lambda: _png(), (320, 240)),
+        ("cut short in its headers", lambda: _photo_jpeg()[1][:300], (320, 240)),
+        ("not an image", lambda: b"\xff\xd8\xff\xe0 not a jpeg", (320, 240)),
+    ],
+)
+def test_a_file_not_shown_as_its_decoded_picture_is_not_passed_on(what: str, make, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    assert jpeg_as_shown(make(), size=size) is None, what
+
+
+def _rotated() -> PILImage.Exif:
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    return exif
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    _photo_jpeg()[0].save(out, format="PNG")
+    return out.getvalue()

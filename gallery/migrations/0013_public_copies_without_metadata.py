@@ -1,0 +1,52 @@
+from django.db import migrations
+
+# A JPEG's header, metadata segments included, fits in this many bytes (a segment holds
+# at most 64 KiB).
+HEAD = 96 * 1024
+
+
+def rewrite_public_copies_without_metadata(apps, schema_editor):
+    """Display copies and thumbnails encoded before the decoder dropped a file's metadata
+    carry the uploaded JPEG's comment, in the public media. Each such copy is written again
+    without it (its image data unchanged) under a new name, the image is pointed at it,
+    then the old file is deleted: an interrupted run leaves every image with a working
+    copy and is finished by running it again."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from gallery.vision.preprocess import jpeg_has_metadata, jpeg_without_metadata
+
+    Image = apps.get_model("gallery", "Image")
+    for image in Image.objects.only("display", "thumbnail").iterator():
+        for field in ("display", "thumbnail"):
+            name = getattr(image, field).name
+            if not name:
+                continue
+            try:
+                with default_storage.open(name, "rb") as f:
+                    head = f.read(HEAD)
+                    if not jpeg_has_metadata(head):
+                        continue
+                    data = head + f.read()
+            except OSError:
+                continue
+            clean = jpeg_without_metadata(data)
+            if clean is None:
+                continue
+            stem, _, extension = name.rpartition(".")
+            renamed = default_storage.save(f"{stem}-clean.{extension}", ContentFile(clean))
+            Image.objects.filter(pk=image.pk).update(**{field: renamed})
+            default_storage.delete(name)
+
+
+class Migration(migrations.Migration):
+    # Row by row, each committed before its old file is deleted.
+    atomic = False
+
+    dependencies = [
+        ("gallery", "0012_image_keypoints"),
+    ]
+
+    operations = [
+        migrations.RunPython(rewrite_public_copies_without_metadata, migrations.RunPython.noop),
+    ]
