@@ -195,7 +195,7 @@ def test_a_phone_sized_photo_finds_itself_and_its_region(client, butterflies) ->
     assert len(region.context["hits"]) == 3
     preview = region.context["query_preview"].split(",", 1)[1]
     with PILImage.open(io.BytesIO(base64.b64decode(preview))) as shown:
-        assert shown.size == (410, 307)  # a fifth of the photo at the working size (2048), not of its preview
+        assert shown.size == (403, 302)  # a fifth of the photo at the working size (2016: half of 4032), not of its preview
 
 
 def test_search_rejects_bad_input(client) -> None:  # type: ignore[no-untyped-def]

@@ -155,6 +155,25 @@ def test_a_big_photo_is_decoded_at_the_display_size_and_looks_the_same(fmt: str)
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12
 
 
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [
+        ((4032, 3024), 2048, (2016, 1512)),  # a 12-megapixel phone photo: decoded at half size
+        ((4000, 3000), 2048, (2000, 1500)),
+        ((4032, 3024), 512, (504, 378)),  # an eighth rather than a quarter and resampled
+        ((3264, 2448), 2048, (2048, 1536)),  # half would be far under the working side: resampled to it
+        ((2100, 1400), 2048, (2048, 1365)),
+    ],
+)
+def test_a_phone_photo_just_over_twice_the_working_size_decodes_at_a_fraction(
+    size: tuple[int, int], max_side: int, expected: tuple[int, int]
+) -> None:
+    arr = _scene(*size)
+    decoded = decode_image(_encode(PILImage.fromarray(arr), "JPEG", quality=90), max_side=max_side)
+    assert decoded.image.size == expected and (decoded.width, decoded.height) == size
+    assert np.abs(np.asarray(decoded.image, dtype=np.float32) - _reference(arr, expected)).mean() < 3.0
+
+
 def test_a_big_rotated_jpeg_is_reduced_and_upright() -> None:
     arr = _scene(4400, 2200)
     exif = PILImage.Exif()
@@ -215,7 +234,7 @@ def test_over_the_memory_budget_is_refused_with_what_it_would_take() -> None:
         ((3000, 4000), (640, 297), (480, 640)),
         ((4000, 800), (640, 297), (1485, 297)),  # a panorama: its short side still feeds the network
         ((500, 375), (640, 297), (500, 375)),  # already small: as it is
-        ((4000, 3000), (6400, 2970), (2048, 1536)),  # a small region asks for more: never above the working size
+        ((4000, 3000), (6400, 2970), (2000, 1500)),  # a small region asks for more: never above the working size
     ],
 )
 def test_a_decode_is_no_larger_than_its_caller_needs(
