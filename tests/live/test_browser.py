@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from PIL import Image as PILImage
 from playwright.sync_api import Browser, expect
 
 from benchmarks.livestack import Stack
@@ -54,7 +55,11 @@ def test_upload_watch_ready_search_and_compare(stack: Stack, browser: Browser, b
     page.get_by_label("Results").fill("5")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_role("heading", name="Results for your photo")).to_be_visible()
-    expect(page.get_by_role("img", name=f"Your query photo {query.name}")).to_be_visible()
+    query_photo = page.get_by_role("img", name=f"Your query photo {query.name}")
+    expect(query_photo).to_be_visible()
+    # A web-sized JPEG comes back as it was sent (its metadata left out): the browser shows it whole.
+    with PILImage.open(query) as sent:
+        assert query_photo.evaluate("i => i.complete ? [i.naturalWidth, i.naturalHeight] : null") == list(sent.size)
     results = page.locator(".search-results .card")
     expect(results).to_have_count(2)
     expect(results.first.locator(".name")).to_have_text(second.name)  # same species first
