@@ -7,13 +7,15 @@ HEAD = 96 * 1024
 
 def rewrite_public_copies_without_metadata(apps, schema_editor):
     """Display copies and thumbnails encoded before the decoder dropped a file's metadata
-    carry the uploaded JPEG's comment, in the public media. Each such copy is written again
-    without it (its image data unchanged) under a new name, the image is pointed at it,
-    then the old file is deleted: an interrupted run leaves every image with a working
-    copy and is finished by running it again."""
+    carry the uploaded JPEG's comment, in the public media (or withheld in the private
+    storage while their image is hidden, until it is published again). Each such copy is
+    written again without it (its image data unchanged) under a new name beside it, the
+    image is pointed at it, then the old file is deleted: an interrupted run leaves every
+    image with a working copy and is finished by running it again."""
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
+    from gallery.storage import WITHHELD_PREFIX, private_storage
     from gallery.vision.preprocess import jpeg_has_metadata, jpeg_without_metadata
 
     Image = apps.get_model("gallery", "Image")
@@ -22,21 +24,23 @@ def rewrite_public_copies_without_metadata(apps, schema_editor):
             name = getattr(image, field).name
             if not name:
                 continue
-            try:
-                with default_storage.open(name, "rb") as f:
-                    head = f.read(HEAD)
-                    if not jpeg_has_metadata(head):
-                        continue
-                    data = head + f.read()
-            except OSError:
-                continue
-            clean = jpeg_without_metadata(data)
-            if clean is None:
-                continue
-            stem, _, extension = name.rpartition(".")
-            renamed = default_storage.save(f"{stem}-clean.{extension}", ContentFile(clean))
-            Image.objects.filter(pk=image.pk).update(**{field: renamed})
-            default_storage.delete(name)
+            for storage, prefix in ((default_storage, ""), (private_storage, WITHHELD_PREFIX)):
+                stored = prefix + name
+                try:
+                    with storage.open(stored, "rb") as f:
+                        head = f.read(HEAD)
+                        if not jpeg_has_metadata(head):
+                            continue
+                        data = head + f.read()
+                except OSError:  # not in this place
+                    continue
+                clean = jpeg_without_metadata(data)
+                if clean is None:
+                    continue
+                stem, _, extension = stored.rpartition(".")
+                saved = storage.save(f"{stem}-clean.{extension}", ContentFile(clean))
+                Image.objects.filter(pk=image.pk).update(**{field: saved[len(prefix) :]})
+                storage.delete(stored)
 
 
 class Migration(migrations.Migration):

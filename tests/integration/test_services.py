@@ -74,30 +74,42 @@ def test_public_copies_made_before_are_rewritten_without_the_uploads_comment(med
     from django.core.files.storage import default_storage
     from PIL import Image as PILImage
 
+    from gallery.storage import private_storage, withheld_name
+
     cleaning = importlib.import_module("gallery.migrations.0013_public_copies_without_metadata")
-    image = _upload(photo_bytes(seed=6), queue=False)
+    shown, hidden = _upload(photo_bytes(seed=6), queue=False), _upload(photo_bytes(seed=7), queue=False)
     old = {}
-    for field in ("display", "thumbnail"):  # as such copies were written: the upload's comment inside
-        with PILImage.open(getattr(image, field)) as copy:
-            out = io.BytesIO()
-            copy.save(out, format="JPEG", quality=90, comment=b"home address")
-        name = default_storage.save(f"{field}/old-{image.pk}.jpg", ContentFile(out.getvalue()))
-        old[field] = (name, out.getvalue())
-    Image.objects.filter(pk=image.pk).update(display=old["display"][0], thumbnail=old["thumbnail"][0])
+    for image, storage in ((shown, default_storage), (hidden, private_storage)):
+        for field in ("display", "thumbnail"):  # as such copies were written: the upload's comment inside
+            with PILImage.open(getattr(image, field)) as copy:
+                out = io.BytesIO()
+                copy.save(out, format="JPEG", quality=90, comment=b"home address")
+            name = f"{field}/old-{image.pk}.jpg"
+            stored = withheld_name(name) if storage is private_storage else name
+            assert storage.save(stored, ContentFile(out.getvalue())) == stored
+            old[image.pk, field] = (storage, stored, out.getvalue())
+        # The hidden image's copies are withheld in the private storage under its names.
+        Image.objects.filter(pk=image.pk).update(display=f"display/old-{image.pk}.jpg", thumbnail=f"thumbnail/old-{image.pk}.jpg")
+    Image.objects.filter(pk=hidden.pk).update(visibility=Image.Visibility.HIDDEN)
 
     cleaning.rewrite_public_copies_without_metadata(apps, None)
 
-    image.refresh_from_db()
-    for field, (name, before) in old.items():
-        now = getattr(image, field)
-        assert now.name != name and not default_storage.exists(name)  # a new URL; the old file gone
-        data = now.read()
+    for (pk, field), (storage, stored, before) in old.items():
+        name = getattr(Image.objects.get(pk=pk), field).name
+        now = withheld_name(name) if storage is private_storage else name
+        assert now != stored and not storage.exists(stored)  # a new URL; the old file gone
+        with storage.open(now, "rb") as f:
+            data = f.read()
         assert b"home address" not in data
         with PILImage.open(io.BytesIO(data)) as cleaned, PILImage.open(io.BytesIO(before)) as was:
             assert np.array_equal(np.asarray(cleaned), np.asarray(was))  # the same picture
     files = media_files()
     cleaning.rewrite_public_copies_without_metadata(apps, None)  # again: nothing left to do
     assert media_files() == files
+    # Published again, the hidden image shows its clean copy.
+    Image.objects.filter(pk=hidden.pk).update(visibility=Image.Visibility.PUBLISHED)
+    assert catalog_services.image_pictures_place(image_ids=[hidden.pk]) == 2
+    assert b"home address" not in Image.objects.get(pk=hidden.pk).display.read()
 
 
 def test_duplicate_upload_is_refused_and_stores_nothing(make_photo, media_files) -> None:  # type: ignore[no-untyped-def]
