@@ -13,6 +13,7 @@ from gallery.vision.preprocess import (
     PreprocessOptions,
     decode_image,
     jpeg_as_shown,
+    jpeg_has_metadata,
     prepare,
     thumbnail_bytes,
 )
@@ -299,3 +300,11 @@ def _png() -> bytes:
     out = io.BytesIO()
     _photo_jpeg()[0].save(out, format="PNG")
     return out.getvalue()
+
+
+def test_a_metadata_segment_shows_in_the_first_bytes_of_a_jpeg_however_long_it_runs() -> None:
+    _, clean = _photo_jpeg(optimize=True)  # as the product encodes its copies
+    _, commented = _photo_jpeg(optimize=True, comment=b"x" * 60_000)
+    assert not jpeg_has_metadata(clean[:8192]) and not jpeg_has_metadata(clean)
+    assert jpeg_has_metadata(commented[:8192])
+    assert jpeg_has_metadata(_photo_jpeg(exif=_rotated())[1][:8192])
