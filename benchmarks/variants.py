@@ -17,17 +17,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gallery.vision.backbones import gem_pool
 from gallery.vision.reduction import fit_pca
 
 DEFAULT_POOLING = "gem3"  # a Variant's pooling when none is given; evaluate uses the product's
 
 
-def product_pooling(gem_p: float) -> str:
-    """The variant name of the product's pooling with GeM exponent `gem_p`."""
-    return f"gem{gem_p:g}"
+def product_pooling(gem_p: float, centre: bool = False) -> str:
+    """The variant name of the product's pooling with GeM exponent `gem_p` (and the centre region)."""
+    return f"gem{gem_p:g}" + (CENTRE if centre else "")
 
 
-POOLINGS = ("avg", "gem2", "gem3", "max")
+CENTRE = "+centre"
+# avg, max, gem<p> (whole map); gem<p>+centre (the product's: the whole map's unit vector
+# plus the centre region's); rmac<p>: regional GeM over R-MAC's square regions at three
+# scales (about 40% overlap) plus the whole map, each region's unit vector summed.
+POOLINGS = ("avg", "gem2", "gem3", "max", "gem2+centre", "gem3+centre", "rmac2")
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,30 @@ def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
     if pooling == "max":
         return unit_rows(x.max(axis=(1, 2)))
     if pooling.startswith("gem"):
-        p = float(pooling[3:])
-        return unit_rows(np.mean(x**p, axis=(1, 2)) ** (1.0 / p))
+        p, centre = pooling[3:].removesuffix(CENTRE), pooling.endswith(CENTRE)
+        return unit_rows(gem_pool(x, float(p), centre))
+    if pooling.startswith("rmac"):
+        q = float(pooling[4:])
+        total = np.zeros((x.shape[0], x.shape[3]), dtype=np.float32)
+        for top, bottom, left, right in rmac_regions(x.shape[1], x.shape[2]):
+            total += unit_rows(np.mean(x[:, top:bottom, left:right] ** q, axis=(1, 2)) ** (1.0 / q))
+        return unit_rows(total)
     raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def rmac_regions(h: int, w: int, scales: int = 3) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) cells of the whole map and of R-MAC's square regions:
+    at scale l, side 2·min(h, w)/(l + 1) rounded up, l placements along the shorter
+    side and l + 1 along the longer one (one each way on a square map's first scale)."""
+    out = [(0, h, 0, w)]
+    for scale in range(1, scales + 1):
+        side = min(h, w, int(np.ceil(2 * min(h, w) / (scale + 1))))
+        down = scale + (1 if h > w else 0)
+        across = scale + (1 if w > h else 0)
+        tops = sorted(set(np.linspace(0, h - side, down).round().astype(int).tolist()))
+        lefts = sorted(set(np.linspace(0, w - side, across).round().astype(int).tolist()))
+        out += [(t, t + side, v, v + side) for t in tops for v in lefts]
+    return out
 
 
 def project(x: np.ndarray, dims: int) -> np.ndarray:

@@ -305,6 +305,12 @@ IMAGESEARCH = {
     # carries the exponent: efficientnet_lite0-gem2; a bare name is GeM-3). 2: the best
     # measured over the three development sets (Lite0 mean mAP 0.791 against 0.784 for GeM-3).
     "GEM_P": (GEM_P := float(env("IMAGESEARCH_GEM_P", "2"))),
+    # Pool the map's centre region too (the map without its outer ring of cells), its unit
+    # vector added to the whole map's: a photo's subject counts for more than its edges.
+    # Part of the vectors' name (efficientnet_lite0-gem2-centre), so changing it is a re-embed.
+    # On: better or level on all three development sets (Lite0 mean mAP 0.798 against 0.791;
+    # grocery +0.020, caltech +0.004, butterflies -0.001).
+    "CENTRE_REGION": env_bool("IMAGESEARCH_CENTRE_REGION", True),
     # A local Keras weights file for ResNet50 (no-top), for air-gapped installs.
     "RESNET50_WEIGHTS": env("IMAGESEARCH_RESNET50_WEIGHTS", ""),
     "MAX_UPLOAD_BYTES": MAX_UPLOAD_MB * 1024 * 1024,

@@ -3,9 +3,10 @@
 import os
 
 os.environ.setdefault("IMAGESEARCH_BACKBONE", "efficientnet_lite0")
-# Catalogs under test are stored under the bare network name (GeM-3 vectors); the tests
-# of the product's default exponent set it themselves.
+# Catalogs under test are stored under the bare network name (GeM-3 vectors of the whole
+# map); the tests of the product's default pooling set it themselves.
 os.environ.setdefault("IMAGESEARCH_GEM_P", "3")
+os.environ.setdefault("IMAGESEARCH_CENTRE_REGION", "0")
 
 from imagesearch.settings import *  # noqa: F403
 from imagesearch.settings import IMAGESEARCH

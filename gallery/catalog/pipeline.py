@@ -26,13 +26,19 @@ from gallery.vision.preprocess import DecodedImage, ImageDecodeError, Preprocess
 
 def current_backbone() -> Backbone:
     conf = settings.IMAGESEARCH
-    return load_backbone(conf["BACKBONE"], resnet50_weights=conf["RESNET50_WEIGHTS"] or None, gem_p=conf["GEM_P"])
+    return load_backbone(
+        conf["BACKBONE"],
+        resnet50_weights=conf["RESNET50_WEIGHTS"] or None,
+        gem_p=conf["GEM_P"],
+        centre=conf["CENTRE_REGION"],
+    )
 
 
 def configured_name(network: str) -> str:
     """The embedding name a re-embed to `network` produces: the network with the
-    configured GeM exponent."""
-    return embedding_name(network, float(settings.IMAGESEARCH["GEM_P"]))
+    configured pooling."""
+    conf = settings.IMAGESEARCH
+    return embedding_name(network, float(conf["GEM_P"]), bool(conf["CENTRE_REGION"]))
 
 
 def preprocess_options() -> PreprocessOptions:

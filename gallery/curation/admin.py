@@ -393,6 +393,8 @@ class ImageAdmin(admin.ModelAdmin):
                 _local_url(request, request.POST.get("next", "")) or reverse("admin:gallery_image_catalog")
             )
         state = pipeline.catalog_state()
+        _, pooling, pooling_centre = parse_embedding_name(state.backbone)
+        configured, configured_centre = float(settings.IMAGESEARCH["GEM_P"]), bool(settings.IMAGESEARCH["CENTRE_REGION"])
         # A network is offered when re-embedding with it changes the catalog: another network,
         # or the catalog's own with the configured pooling when that differs.
         others = [
@@ -403,8 +405,11 @@ class ImageAdmin(admin.ModelAdmin):
             "title": "Catalog search space",
             "opts": self.model._meta,
             "state": state,
-            "pooling": parse_embedding_name(state.backbone)[1],
-            "configured_pooling": float(settings.IMAGESEARCH["GEM_P"]),
+            "pooling": pooling,
+            "pooling_centre": pooling_centre,
+            "configured_pooling": configured,
+            "configured_centre": configured_centre,
+            "pooling_differs": (pooling, pooling_centre) != (configured, configured_centre),
             "reduction": Reduction.objects.filter(backbone=state.backbone, is_active=True).first(),
             "available_backbones": [a for a in others if a.available],
             "unavailable_backbones": [a for a in others if not a.available],

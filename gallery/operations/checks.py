@@ -25,7 +25,14 @@ from kombu.exceptions import ChannelError
 from gallery.catalog.models import Image
 from gallery.operations.models import BackupRecord
 from gallery.search.models import CatalogState
-from gallery.vision.backbones import BACKBONES, RESNET50, backbone_availability, network_of, parse_embedding_name
+from gallery.vision.backbones import (
+    BACKBONES,
+    RESNET50,
+    backbone_availability,
+    describe_pooling,
+    network_of,
+    parse_embedding_name,
+)
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 MB = 1024 * 1024
@@ -290,21 +297,24 @@ def check_embedding() -> Check:
 
 
 def check_pooling() -> Check:
-    """The catalog's vectors pooled with another GeM exponent than the settings ask for:
-    search keeps using the catalog's own until a re-embed switches it."""
+    """The catalog's vectors pooled otherwise than the settings ask for (GeM exponent,
+    centre region): search keeps using the catalog's own until a re-embed switches it."""
     state = CatalogState.objects.filter(pk=1).first()
     if state is None:
         return Check("pooling", OK, "no catalog yet: it will be embedded with the configured pooling")
-    network, p = parse_embedding_name(state.backbone)
-    wanted = float(settings.IMAGESEARCH["GEM_P"])
-    if p == wanted:
-        return Check("pooling", OK, f"the catalog is embedded with GeM p={p:g}, as configured")
+    network, p, centre = parse_embedding_name(state.backbone)
+    conf = settings.IMAGESEARCH
+    wanted, wanted_centre = float(conf["GEM_P"]), bool(conf["CENTRE_REGION"])
+    have = describe_pooling(p, centre)
+    if (p, centre) == (wanted, wanted_centre):
+        return Check("pooling", OK, f"the catalog is embedded with {have}, as configured")
     if state.target_backbone:
-        return Check("pooling", OK, f"GeM p={p:g} now; a migration to {state.target_backbone} is in progress")
+        return Check("pooling", OK, f"{have} now; a migration to {state.target_backbone} is in progress")
     return Check(
         "pooling",
         WARN,
-        f"the catalog is embedded with GeM p={p:g}; IMAGESEARCH_GEM_P asks for {wanted:g} (search keeps p={p:g} until a re-embed)",
+        f"the catalog is embedded with {have}; IMAGESEARCH_GEM_P and IMAGESEARCH_CENTRE_REGION ask for "
+        f"{describe_pooling(wanted, wanted_centre)} (search keeps the catalog's pooling until a re-embed)",
         f"Run: python manage.py reembed --backbone {network} (resumable), or Re-embed on the admin's catalog page.",
     )
 

@@ -59,30 +59,49 @@ SPECS = {
 
 
 # Generalised-mean pooling exponent: p=1 is average pooling, p→∞ max pooling. A bare
-# backbone name ("efficientnet_lite0") identifies GeM-3 vectors, the product's descriptor
-# before the exponent was a setting, so catalogs embedded then stay searchable as they are;
-# any other exponent is part of the name ("efficientnet_lite0-gem2"), so vectors of two
-# descriptors are never mixed and changing the setting is a re-embed.
+# backbone name ("efficientnet_lite0") identifies GeM-3 vectors of the whole map, the
+# product's descriptor before the pooling was a setting, so catalogs embedded then stay
+# searchable as they are; any other pooling is part of the name ("efficientnet_lite0-gem2",
+# "efficientnet_lite0-gem2-centre"), so vectors of two descriptors are never mixed and
+# changing the setting is a re-embed.
 GEM_P = 3.0
 _GEM_SUFFIX = "-gem"
+# The centre region: the map without its outer ring of cells (5×5 of Lite0's 7×7, about the
+# middle 160 px of the 224 px crop), pooled as the whole map is and given the same weight.
+_CENTRE = "centre"
 
 
-def embedding_name(network: str, gem_p: float) -> str:
+def embedding_name(network: str, gem_p: float, centre: bool = False) -> str:
     """The name a backbone's vectors are stored and searched under: the network alone for
-    GeM-3, the network and the exponent otherwise."""
-    return network if gem_p == GEM_P else f"{network}{_GEM_SUFFIX}{gem_p:g}"
+    GeM-3 of the whole map, the network and the pooling otherwise."""
+    if gem_p == GEM_P and not centre:
+        return network
+    return f"{network}{_GEM_SUFFIX}{gem_p:g}" + (f"-{_CENTRE}" if centre else "")
 
 
-def parse_embedding_name(name: str) -> tuple[str, float]:
-    """(network, GeM exponent) of an embedding name; ValueError for a malformed exponent."""
-    network, sep, p = name.partition(_GEM_SUFFIX)
+def parse_embedding_name(name: str) -> tuple[str, float, bool]:
+    """(network, GeM exponent, whether the centre region is pooled too) of an embedding
+    name; ValueError for a malformed pooling."""
+    network, sep, pooling = name.partition(_GEM_SUFFIX)
     if not sep:
-        return name, GEM_P
-    exponent = float(p)
-    # One name per descriptor: GeM-3 is the bare network name, never "-gem3".
-    if not 1.0 <= exponent <= 8.0 or f"{exponent:g}" != p or exponent == GEM_P:
+        return name, GEM_P, False
+    p, dash, region = pooling.partition("-")
+    if dash and region != _CENTRE:
         raise ValueError(f"unknown pooling in backbone name {name!r}")
-    return network, exponent
+    centre = bool(dash)
+    try:
+        exponent = float(p)
+    except ValueError:
+        raise ValueError(f"unknown pooling in backbone name {name!r}") from None
+    # One name per descriptor: GeM-3 of the whole map is the bare network name, never "-gem3".
+    if not 1.0 <= exponent <= 8.0 or f"{exponent:g}" != p or (exponent == GEM_P and not centre):
+        raise ValueError(f"unknown pooling in backbone name {name!r}")
+    return network, exponent, centre
+
+
+def describe_pooling(gem_p: float, centre: bool) -> str:
+    """How a catalog's vectors are pooled, in words ("GeM p=2 over the whole map and its centre")."""
+    return f"GeM p={gem_p:g} over the whole map" + (" and its centre" if centre else "")
 
 
 def network_of(name: str) -> str:
@@ -90,10 +109,35 @@ def network_of(name: str) -> str:
     return name.partition(_GEM_SUFFIX)[0]
 
 
-def gem_pool(fmap: np.ndarray, p: float = GEM_P) -> np.ndarray:
-    """GeM over the spatial axes of (n, h, w, c) activations, in numpy."""
+def centre_cells(h: int, w: int) -> tuple[slice, slice]:
+    """The centre region of an h×w map: without its outer ring where the map has one."""
+    return (slice(1, h - 1) if h > 2 else slice(0, h)), (slice(1, w - 1) if w > 2 else slice(0, w))
+
+
+def gem_pool(fmap: np.ndarray, p: float = GEM_P, centre: bool = False) -> np.ndarray:
+    """GeM over the spatial axes of (n, h, w, c) activations, in numpy; with `centre`, the
+    sum of the unit GeM vectors of the whole map and of its centre region (unnormalised,
+    as the network's pooled output is)."""
     x = np.maximum(np.asarray(fmap, dtype=np.float32), 1e-6)
-    return np.asarray(np.mean(x**p, axis=(1, 2)) ** (1.0 / p), dtype=np.float32)
+    whole = np.asarray(np.mean(x**p, axis=(1, 2)) ** (1.0 / p), dtype=np.float32)
+    if not centre:
+        return whole
+    rows, cols = centre_cells(x.shape[1], x.shape[2])
+    middle = np.asarray(np.mean(x[:, rows, cols] ** p, axis=(1, 2)) ** (1.0 / p), dtype=np.float32)
+    return l2_normalise(whole) + l2_normalise(middle)
+
+
+def _tf_pool(fmap: Any, p: float, centre: bool) -> Any:
+    """`gem_pool` in a TensorFlow graph (the map's size is fixed by the input signature)."""
+    import tensorflow as tf
+
+    clipped = tf.maximum(fmap, 1e-6)
+    whole = tf.reduce_mean(clipped**p, axis=[1, 2]) ** (1.0 / p)
+    if not centre:
+        return whole
+    rows, cols = centre_cells(int(clipped.shape[1]), int(clipped.shape[2]))
+    middle = tf.reduce_mean(clipped[:, rows, cols] ** p, axis=[1, 2]) ** (1.0 / p)
+    return tf.math.l2_normalize(whole, axis=-1, epsilon=1e-24) + tf.math.l2_normalize(middle, axis=-1, epsilon=1e-24)
 
 
 class Backbone:
@@ -111,6 +155,7 @@ class Backbone:
         normalise: Callable[[np.ndarray], np.ndarray],
         *,
         gem_p: float = GEM_P,
+        centre: bool = False,
         lock: threading.Lock | None = None,
     ):
         import_tensorflow_quietly()
@@ -119,7 +164,8 @@ class Backbone:
         self.spec = spec
         self.network = spec.name
         self.gem_p = float(gem_p)
-        self.name = embedding_name(spec.name, self.gem_p)
+        self.centre = bool(centre)
+        self.name = embedding_name(spec.name, self.gem_p, self.centre)
         self.dim = spec.dim
         self._spatial = spatial_model
         self._classifier = classifier
@@ -128,11 +174,10 @@ class Backbone:
         # model.predict's fixed cost per call; fixed signatures trace once.
         size = spec.input_size
 
-        p = self.gem_p
+        p, centre = self.gem_p, self.centre
 
         def gem(x: tf.Tensor) -> tf.Tensor:
-            fmap = tf.maximum(spatial_model(x, training=False), 1e-6)  # type: ignore[operator]
-            return tf.reduce_mean(fmap**p, axis=[1, 2]) ** (1.0 / p)
+            return _tf_pool(spatial_model(x, training=False), p, centre)  # type: ignore[operator]
 
         self._pooled = tf.function(gem, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         self._maps = tf.function(
@@ -145,9 +190,9 @@ class Backbone:
         self._forward_runtime: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None = None
         self._pooled_and_labelled: Callable[..., object] | None = None
 
-    def with_pooling(self, gem_p: float) -> Backbone:
-        """The same network (its weights shared, not copied) with another GeM exponent."""
-        return Backbone(self.spec, self._spatial, self._classifier, self._normalise, gem_p=gem_p, lock=self._lock)
+    def with_pooling(self, gem_p: float, centre: bool = False) -> Backbone:
+        """The same network (its weights shared, not copied) with another pooling."""
+        return Backbone(self.spec, self._spatial, self._classifier, self._normalise, gem_p=gem_p, centre=centre, lock=self._lock)
 
     @property
     def pooled_function(self) -> Callable[..., object]:
@@ -257,12 +302,11 @@ class Backbone:
             if self._pooled_and_labelled is None:
                 import tensorflow as tf
 
-                spatial, size, p = self._spatial, self.spec.input_size, self.gem_p
+                spatial, size, p, centre = self._spatial, self.spec.input_size, self.gem_p, self.centre
 
                 def both(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
                     fmap = spatial(x, training=False)  # type: ignore[operator]
-                    clipped = tf.maximum(fmap, 1e-6)
-                    pooled = tf.reduce_mean(clipped**p, axis=[1, 2]) ** (1.0 / p)
+                    pooled = _tf_pool(fmap, p, centre)
                     logits = head(tf.reduce_mean(fmap, axis=[1, 2]))  # type: ignore[operator]
                     return pooled, tf.nn.softmax(logits, axis=-1)
 
@@ -492,22 +536,25 @@ _networks: dict[tuple[str, str], Backbone] = {}
 _cache_lock = threading.Lock()
 
 
-def load_backbone(name: str, *, resnet50_weights: str | None = None, gem_p: float | None = None) -> Backbone:
+def load_backbone(
+    name: str, *, resnet50_weights: str | None = None, gem_p: float | None = None, centre: bool = False
+) -> Backbone:
     """The named backbone, built once per process. `name` is an embedding name
-    ("efficientnet_lite0-gem2"; a bare network name is GeM-3), or `auto` or a bare network
-    name with `gem_p` given, as the settings name them. `auto` prefers ResNet50. Descriptors
-    of one network share one built network."""
+    ("efficientnet_lite0-gem2-centre"; a bare network name is GeM-3 of the whole map), or
+    `auto` or a bare network name with `gem_p` (and `centre`) given, as the settings name
+    them. `auto` prefers ResNet50. Descriptors of one network share one built network."""
     weights = resnet50_weights or ""
     if name == "auto" or (gem_p is not None and name in BACKBONES):
         network, p = name, GEM_P if gem_p is None else float(gem_p)
     else:
-        network, p = parse_embedding_name(name)
+        network, p, centre = parse_embedding_name(name)
     with _cache_lock:
-        key = (name if gem_p is None else embedding_name(name, float(gem_p)), weights)
+        key = (name if gem_p is None else embedding_name(name, float(gem_p), centre), weights)
         if key in _cache:
             return _cache[key]
         base = _network(network, weights)
-        backbone = base if p == base.gem_p else base.with_pooling(p)
+        same = p == base.gem_p and centre == base.centre
+        backbone = base if same else base.with_pooling(p, centre)
         if backbone is not base:
             _warm(backbone)
         _cache[key] = backbone

@@ -288,12 +288,17 @@ def test_catalog_page_offers_the_catalogs_own_network_when_the_pooling_setting_d
     page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
     assert "GeM pooling, p = 3" in page and "GeM, p = 2 (IMAGESEARCH_GEM_P)" in page
     assert "<option>efficientnet_lite0</option>" in page
+    assert "over the whole map (IMAGESEARCH_CENTRE_REGION)" in page
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "CENTRE_REGION": True}  # the product's default pooling
+    page = editor.get(reverse("admin:gallery_image_catalog")).content.decode()
+    assert "over the whole map and its centre (IMAGESEARCH_CENTRE_REGION)" in page
+    assert "<option>efficientnet_lite0</option>" in page
     started = editor.post(
         reverse("admin:gallery_image_catalog"), {"kind": "reembed", "backbone": "efficientnet_lite0"}, follow=True
     )
     assert "started" in started.content.decode()
     job = CatalogJob.objects.get()
-    assert job.backbone == "efficientnet_lite0-gem2"
+    assert job.backbone == "efficientnet_lite0-gem2-centre"
 
 
 def test_scores_are_shown_with_three_decimals(editor: Client, catalog: list[Image], settings) -> None:  # type: ignore[no-untyped-def]

@@ -120,7 +120,7 @@ def test_evaluate_compares_backbones_over_several_sets_with_a_mean(tmp_path, but
 def test_evaluate_variants_table_covers_every_set_with_means(tmp_path, butterflies, capsys, settings) -> None:  # type: ignore[no-untyped-def]
     """`--variants`: every pooling, PCA size and re-ranking variant, on the whole set and
     on a few photos per class, per set and as a mean; the product default marked."""
-    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}  # the product's default pooling
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0, "CENTRE_REGION": True}  # the product's default pooling
     sets: dict[str, tuple[str, ...]] = {"set-a": ("001", "003", "006"), "set-b": ("009", "010", "004")}
     folders = _labelled_sets(tmp_path, butterflies, sets, per_class=5)
     call_command("evaluate", *folders, "--variants", "--few-per-class", "3", "--json", "--no-progress")
@@ -129,10 +129,11 @@ def test_evaluate_variants_table_covers_every_set_with_means(tmp_path, butterfli
     assert {r["images"] for r in report} == {15}
     defaults = [r for r in report if r["is_default"]]
     assert len(defaults) == 2 and all(0.5 < r["map"] <= 1.0 and 0.3 < r["map_few"] <= 1.0 for r in report)
-    assert {"avg", "gem2", "gem3", "max"} <= {r["variant"].split(",")[0] for r in report}
+    assert {"avg", "gem2", "gem3", "max", "gem2+centre", "rmac2"} <= {r["variant"].split(",")[0] for r in report}
+    assert {r["variant"].split(",")[0] for r in defaults} == {"gem2+centre"}
     call_command("evaluate", *folders, "--variants", "--few-per-class", "3", "--no-progress")
     table = capsys.readouterr().out.splitlines()
-    marked = next(line for line in table if line.startswith("*gem2"))
+    marked = next(line for line in table if line.startswith("*gem2+centre"))
     mean = sum(r["map"] for r in defaults) / 2
     assert f"{mean:.3f}" in marked
     with pytest.raises(CommandError, match="at least 2"):

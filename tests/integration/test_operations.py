@@ -152,7 +152,11 @@ def test_doctor_warns_when_the_catalog_is_pooled_otherwise_than_configured(setti
     assert _doctor()[0]["pooling"]["status"] == "OK"  # the test settings' GeM-3, as embedded
     settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}
     line = _doctor()[0]["pooling"]
-    assert line["status"] == "WARN" and "embedded with GeM p=3; IMAGESEARCH_GEM_P asks for 2" in line["detail"]
+    assert (
+        line["status"] == "WARN"
+        and "embedded with GeM p=3 over the whole map; IMAGESEARCH_GEM_P and IMAGESEARCH_CENTRE_REGION ask for GeM p=2 over the whole map"
+        in line["detail"]
+    )
     assert "manage.py reembed --backbone efficientnet_lite0" in line["hint"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from gallery.catalog import pipeline
 
@@ -38,12 +39,19 @@ def test_concurrent_query_photos_get_the_vectors_of_the_catalog_pipeline(butterf
     assert batcher.passes - passes_before < len(photos)
 
 
-def test_query_photos_run_on_onnx_runtime_matching_tensorflow(butterflies, settings, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+# GeM-3 of the whole map (catalogs embedded before) and the product's default pooling.
+POOLINGS = [pytest.param(3.0, False, id="gem3"), pytest.param(2.0, True, id="gem2-centre")]
+
+
+@pytest.mark.parametrize(("gem_p", "centre"), POOLINGS)
+def test_query_photos_run_on_onnx_runtime_matching_tensorflow(butterflies, settings, monkeypatch, caplog, gem_p, centre) -> None:  # type: ignore[no-untyped-def]
     """By default the query path runs on ONNX Runtime, within 1e-4 of TensorFlow's vectors
     for real photos; set to tensorflow, or when a conversion does not match, TensorFlow."""
     from gallery.vision import onnx_query
 
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": gem_p, "CENTRE_REGION": centre}
     backbone = pipeline.current_backbone()
+    assert backbone.centre == centre
     photos = [pipeline.decode(p.read_bytes()).image for p in butterflies["002"][:4]]
     expected = pipeline.embed_images(photos, backbone=backbone)
     pipeline._query_paths.clear()
@@ -117,15 +125,18 @@ def test_copy_checks_run_their_forward_passes_on_onnx_runtime_with_the_same_scor
         pipeline._runtimes.clear()
 
 
+@pytest.mark.parametrize(("gem_p", "centre"), POOLINGS)
 def test_catalog_photos_are_embedded_and_labelled_on_onnx_runtime_matching_tensorflow(
-    butterflies, settings, monkeypatch, caplog
+    butterflies, settings, monkeypatch, caplog, gem_p, centre
 ) -> None:  # type: ignore[no-untyped-def]
     """Imports and workers embed catalog photos on ONNX Runtime by default: vectors and
     labels within 1e-4 of TensorFlow's for real photos, and each photo's top labels the
     same; set to tensorflow, or when a conversion does not match, TensorFlow."""
     from gallery.vision import onnx_query
 
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": gem_p, "CENTRE_REGION": centre}
     backbone = pipeline.current_backbone()
+    assert backbone.centre == centre
     photos = [pipeline.decode(p.read_bytes()).image for s in ("002", "007") for p in butterflies[s][:3]]
     inputs = np.stack([pipeline.network_input(p, backbone=backbone) for p in photos])
     reference_vectors, reference_probs = backbone.tensorflow_embed_and_label_arrays(inputs)

@@ -184,13 +184,14 @@ def test_reembed_refuses_a_backbone_whose_weights_are_missing(catalog, settings)
     assert not CatalogJob.objects.exists() and CatalogState.objects.get().target_backbone == ""
 
 
+@pytest.mark.parametrize(("centre", "gem2"), [(False, "efficientnet_lite0-gem2"), (True, "efficientnet_lite0-gem2-centre")])
 def test_a_new_pooling_leaves_the_catalog_searchable_until_a_reembed_to_the_same_network_switches_it(
-    catalog, butterflies, settings
+    catalog, butterflies, settings, centre, gem2
 ) -> None:  # type: ignore[no-untyped-def]
-    # The setting now asks for GeM-2: the catalog keeps answering from its GeM-3 vectors,
-    # queries included, and new uploads join it, until the operator re-embeds.
-    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0, "DBA_K": 0, "QE_K": 0}
-    gem2 = "efficientnet_lite0-gem2"
+    # The setting now asks for GeM-2 (of the whole map, or of the map and its centre, the
+    # product's default): the catalog keeps answering from its GeM-3 vectors, queries
+    # included, and new uploads join it, until the operator re-embeds.
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0, "CENTRE_REGION": centre, "DBA_K": 0, "QE_K": 0}
     images, queries = catalog
     for q in queries:
         assert [pk for pk, _ in _search(q)] == _ranking_in(EFFICIENTNET_LITE0, q)
@@ -212,14 +213,15 @@ def test_a_new_pooling_leaves_the_catalog_searchable_until_a_reembed_to_the_same
     first = images[3]
     hits = _search(Path(first.file.path))
     assert hits[0][0] == first.pk and hits[0][1] > 0.999
-    with pytest.raises(Exception, match="already uses efficientnet_lite0-gem2"):
+    with pytest.raises(Exception, match=f"already uses {gem2}"):
         call_command("reembed", backbone=EFFICIENTNET_LITE0, foreground=True, stdout=io.StringIO())
 
 
 def test_a_new_catalog_is_embedded_with_the_default_pooling(butterflies, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0}
+    settings.IMAGESEARCH = {**settings.IMAGESEARCH, "GEM_P": 2.0, "CENTRE_REGION": True}  # the product's defaults
     with open(next(iter(butterflies.values()))[0], "rb") as f:
         image = catalog_services.image_create(file=f, original_name="first.jpg", queue=False)
     catalog_services.images_embed_batch(image_id=image.pk)
-    assert CatalogState.objects.get().backbone == "efficientnet_lite0-gem2"
-    assert list(Embedding.objects.filter(image=image).values_list("backbone", flat=True)) == ["efficientnet_lite0-gem2"]
+    name = "efficientnet_lite0-gem2-centre"
+    assert CatalogState.objects.get().backbone == name
+    assert list(Embedding.objects.filter(image=image).values_list("backbone", flat=True)) == [name]

@@ -199,6 +199,7 @@ def test_a_curator_tags_hides_deletes_resolves_duplicates_and_checks_jobs(
     expect(page.locator("#active-backbone")).to_have_text("efficientnet_lite0")
     expect(page.locator("#active-pooling")).to_have_text("GeM pooling, p = 3")
     expect(page.locator("#configured-pooling")).to_contain_text("p = 3 (IMAGESEARCH_GEM_P)")
+    expect(page.locator("#configured-pooling")).to_contain_text("over the whole map (IMAGESEARCH_CENTRE_REGION)")
     expect(page.get_by_role("button", name="Start re-embedding")).to_have_count(1)
     expect(page.get_by_role("option", name="resnet50")).to_have_count(0)
     expect(page.get_by_role("option", name="efficientnet_lite2")).to_have_count(1)

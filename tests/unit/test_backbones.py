@@ -148,30 +148,69 @@ def test_deeper_lite_variants_port_correctly(variant: str) -> None:
 def test_vectors_of_each_pooling_are_named_apart_and_share_one_network(lite0) -> None:  # type: ignore[no-untyped-def]
     assert embedding_name(EFFICIENTNET_LITE0, 3.0) == EFFICIENTNET_LITE0  # catalogs embedded before keep their name
     assert embedding_name(EFFICIENTNET_LITE0, 2.0) == "efficientnet_lite0-gem2"
-    assert parse_embedding_name("efficientnet_lite0-gem2.5") == (EFFICIENTNET_LITE0, 2.5)
+    assert embedding_name(EFFICIENTNET_LITE0, 2.0, True) == "efficientnet_lite0-gem2-centre"
+    assert embedding_name(EFFICIENTNET_LITE0, 3.0, True) == "efficientnet_lite0-gem3-centre"
+    assert parse_embedding_name("efficientnet_lite0-gem2.5") == (EFFICIENTNET_LITE0, 2.5, False)
+    assert parse_embedding_name("efficientnet_lite0-gem2-centre") == (EFFICIENTNET_LITE0, 2.0, True)
+    assert parse_embedding_name("efficientnet_lite0-gem3-centre") == (EFFICIENTNET_LITE0, 3.0, True)
+    assert parse_embedding_name(EFFICIENTNET_LITE0) == (EFFICIENTNET_LITE0, 3.0, False)
     assert network_of("efficientnet_lite0-gem2") == EFFICIENTNET_LITE0
-    for bad in ("efficientnet_lite0-gem0", "efficientnet_lite0-gem2.0", "efficientnet_lite0-gemx", "efficientnet_lite0-gem3"):
+    assert network_of("efficientnet_lite0-gem2-centre") == EFFICIENTNET_LITE0
+    for bad in (
+        "efficientnet_lite0-gem0",
+        "efficientnet_lite0-gem2.0",
+        "efficientnet_lite0-gemx",
+        "efficientnet_lite0-gem3",
+        "efficientnet_lite0-gem2-corners",
+        "efficientnet_lite0-gem2-",
+        "efficientnet_lite0-gem-centre",
+    ):
         with pytest.raises(ValueError):
             parse_embedding_name(bad)
     assert backbone_availability("efficientnet_lite0-gem2").available
+    assert backbone_availability("efficientnet_lite0-gem2-centre").available
 
     gem2 = load_backbone(EFFICIENTNET_LITE0, gem_p=2.0)  # as the settings name it
     assert gem2.name == "efficientnet_lite0-gem2" and gem2.network == EFFICIENTNET_LITE0
     assert load_backbone("efficientnet_lite0-gem2") is gem2  # as the catalog names it
+    centred = load_backbone(EFFICIENTNET_LITE0, gem_p=2.0, centre=True)
+    assert centred.name == "efficientnet_lite0-gem2-centre" and centred.centre and not gem2.centre
+    assert load_backbone("efficientnet_lite0-gem2-centre") is centred
     assert load_backbone(EFFICIENTNET_LITE0) is lite0 and lite0.gem_p == 3.0
-    assert gem2._spatial is lite0._spatial  # one network in memory, not two
+    assert gem2._spatial is lite0._spatial is centred._spatial  # one network in memory, not three
 
     image = PILImage.fromarray(skdata.chelsea())
     batch = np.stack([lite0.preprocess(image), lite0.preprocess(image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT))])
     maps = lite0.feature_maps(batch)
-    for backbone, p in ((gem2, 2.0), (lite0, 3.0)):
-        expected = gem_pool(maps, p)
+    for backbone, p, centre in ((gem2, 2.0, False), (lite0, 3.0, False), (centred, 2.0, True)):
+        expected = gem_pool(maps, p, centre)
         expected /= np.linalg.norm(expected, axis=1, keepdims=True)
         np.testing.assert_allclose(backbone.embed_arrays(batch), expected, atol=1e-5)
         vectors, probs = backbone.embed_and_label_arrays(batch)
         np.testing.assert_allclose(vectors, expected, atol=1e-5)
         assert probs is not None and int(np.argmax(probs[0])) in CAT_CLASSES
     assert float(np.abs(gem2.embed_arrays(batch) - lite0.embed_arrays(batch)).max()) > 1e-3
+    assert float(np.abs(centred.embed_arrays(batch) - gem2.embed_arrays(batch)).max()) > 1e-3
+
+
+def test_the_centre_region_is_the_map_without_its_outer_ring() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0.0, 6.0, size=(2, 7, 7, 16)).astype(np.float32)
+    whole = gem_pool(maps, 2.0)
+    inner = gem_pool(maps[:, 1:6, 1:6], 2.0)
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(gem_pool(maps, 2.0, True), unit(whole) + unit(inner), rtol=1e-5)
+    # The ring counts only in the whole map's half: blanking seven of its cells moves the
+    # descriptor less than blanking seven cells of the middle.
+    ring = maps.copy()
+    ring[:, 0, :] = 0.0
+    middle = maps.copy()
+    middle[:, 2, 1:6] = 0.0
+    middle[:, 3, 1:3] = 0.0
+    base = unit(gem_pool(maps, 2.0, True))
+    moved_ring = np.linalg.norm(unit(gem_pool(ring, 2.0, True)) - base)
+    moved_middle = np.linalg.norm(unit(gem_pool(middle, 2.0, True)) - base)
+    assert moved_middle > moved_ring
 
 
 def test_input_scaling_gives_the_networks_formulas_and_leaves_the_pixels_alone() -> None:

@@ -195,7 +195,11 @@ class Command(BaseCommand):
         """Every standard variant on every set and backbone: one table per backbone."""
         conf = settings.IMAGESEARCH
         default = Variant(
-            variants.product_pooling(conf["GEM_P"]), conf["PCA_DIMS"], conf["DBA_K"], conf["QE_K"], float(conf["QE_ALPHA"])
+            variants.product_pooling(conf["GEM_P"], conf["CENTRE_REGION"]),
+            conf["PCA_DIMS"],
+            conf["DBA_K"],
+            conf["QE_K"],
+            float(conf["QE_ALPHA"]),
         )
         candidates = variants.standard_variants(default)
         report: list[dict[str, Any]] = []
@@ -367,8 +371,12 @@ class Command(BaseCommand):
         """Every configuration on one labelled set with one backbone."""
         images, labels, paths, fmap, embed_ms = self._feature_maps(pairs, backbone, quiet)
         y = np.asarray(labels)
-        # "gem": the product's pooling, with the configured exponent
-        descriptors = {"gem": gem_pool(fmap, settings.IMAGESEARCH["GEM_P"]), "avg": l2_normalise(fmap.mean(axis=(1, 2)))}
+        # "gem": the product's pooling, with the configured exponent and centre region
+        conf = settings.IMAGESEARCH
+        descriptors = {
+            "gem": gem_pool(fmap, conf["GEM_P"], conf["CENTRE_REGION"]),
+            "avg": l2_normalise(fmap.mean(axis=(1, 2))),
+        }
         descriptors["gem"] = l2_normalise(descriptors["gem"])
         del fmap
         return self._configurations(images, y, paths, descriptors, embed_ms, backbone, pcas, opts, quiet)
