@@ -261,7 +261,13 @@ def upload_match(*, image_id: int) -> list[CopyMatch]:
         return matches
     index = copy_index.get()
     query = index.works.describe(index.backbone, decoded)
-    for candidate in index.works.match(query):
+    candidates = index.works.match(query)
+    if candidates:  # the best one, looked at again on the part showing the work if it falls short
+        best = candidates[0]
+        candidates[0] = localfeatures.look_closer(
+            index.works, index.backbone, decoded, best, threshold=_threshold(), work=lambda: _work_pixels(best.work_id)
+        )
+    for candidate in candidates:
         if match := _copy_match_if_likely(
             candidate=candidate, image_id=image.pk, found_by="upload", works=index.works, query=query
         ):
@@ -342,6 +348,12 @@ def _decoded_or_none(image: Image | ProtectedWork, *, enough: tuple[float, float
             return pipeline.decode(f.read(), enough=enough).image
     except (FileNotFoundError, ImageDecodeError):
         return None
+
+
+def _work_pixels(work_id: int) -> PILImage.Image | None:
+    """A registered work's original, decoded as a scan reads it; None when it is gone."""
+    work = ProtectedWork.objects.filter(pk=work_id).first()
+    return None if work is None else _work_for_scan(work)
 
 
 def _work_for_scan(work: ProtectedWork) -> PILImage.Image | None:

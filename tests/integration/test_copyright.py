@@ -200,6 +200,47 @@ def test_a_work_pasted_very_small_is_found_against_the_work_shrunk_as_the_poster
     assert 0.02 < match.signals["geometry"]["upload_covered"] < 0.1
 
 
+def test_an_upload_showing_a_work_pasted_small_is_matched_by_looking_closer_at_the_paste(
+    staff_client, butterflies, django_capture_on_commit_callbacks, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A registered work pasted at three tenths of a poster's width keeps too few keypoints
+    for the whole poster's check (score ~0.38, below the threshold); the upload's check
+    looks again at the part of the poster its keypoints place the work in, against the
+    work shrunk as the poster shows it, and records the match. Without that look, none."""
+    work_path = butterflies["003"][0]
+    work, photo = PILImage.open(work_path).convert("RGB"), PILImage.open(butterflies["007"][3]).convert("RGB")
+    width = round(0.3 * photo.width)
+    poster_image = photo.copy()
+    poster_image.paste(
+        work.resize((width, round(work.height * width / work.width))), (photo.width // 2 - width // 2, photo.height // 3)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _register(staff_client, work_path.read_bytes(), title="Brush-foot").status_code == 302
+
+    from gallery.vision import localfeatures
+
+    monkeypatch.setattr(localfeatures, "LOOK_CLOSER_FROM", 2.0)  # never look closer
+    with django_capture_on_commit_callbacks(execute=True):
+        poster = _upload(_jpeg(poster_image), "poster.jpg")
+    assert not CopyMatch.objects.exists()
+
+    # The look counts only where the part shows most of the work, as a paste does (not a
+    # logo shared with another product): asking for more than all of it, none counts.
+    monkeypatch.undo()
+    monkeypatch.setattr(localfeatures, "UPLOAD_PART_MIN_WORK_FOUND", 1.01)
+    assert copyright_services.upload_match(image_id=poster.pk) == []
+
+    monkeypatch.undo()
+    assert [m.image_id for m in copyright_services.upload_match(image_id=poster.pk)] == [poster.pk]  # checked again
+    match = CopyMatch.objects.get()
+    assert (match.image_id, match.found_by) == (poster.pk, "upload")
+    assert match.score >= settings.COPYRIGHT["THRESHOLD"]
+    # The review page outlines the paste: about a tenth of the poster it covers.
+    assert 0.04 < match.signals["geometry"]["upload_covered"] < 0.2
+    page = staff_client.get(reverse("gallery:copyright_match", args=[match.pk])).content.decode()
+    assert "on the part of the image that shows it" in page
+
+
 def test_the_catalog_page_stores_keypoints_of_images_uploaded_before(
     settings, django_capture_on_commit_callbacks, client
 ) -> None:  # type: ignore[no-untyped-def]
