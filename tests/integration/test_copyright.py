@@ -165,6 +165,17 @@ def test_a_small_paste_the_screen_would_stop_is_checked_because_the_votes_single
     assert not CopyMatch.objects.exists()
 
 
+def _poster(work_path: Path, photo_path: Path, *, share: float) -> PILImage.Image:
+    """The photo with the work pasted into it at `share` of its width, centred, a third down."""
+    work, photo = PILImage.open(work_path).convert("RGB"), PILImage.open(photo_path).convert("RGB")
+    width = round(share * photo.width)
+    poster = photo.copy()
+    poster.paste(
+        work.resize((width, round(work.height * width / work.width))), (photo.width // 2 - width // 2, photo.height // 3)
+    )
+    return poster
+
+
 def test_a_work_pasted_very_small_is_found_against_the_work_shrunk_as_the_poster_shows_it(
     staff_client, butterflies, django_capture_on_commit_callbacks, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -174,12 +185,7 @@ def test_a_work_pasted_very_small_is_found_against_the_work_shrunk_as_the_poster
     from gallery.copyright import services as copyright_services
 
     work_path = butterflies["003"][0]
-    work, photo = PILImage.open(work_path).convert("RGB"), PILImage.open(butterflies["007"][3]).convert("RGB")
-    width = round(0.2 * photo.width)
-    poster_image = photo.copy()
-    poster_image.paste(
-        work.resize((width, round(work.height * width / work.width))), (photo.width // 2 - width // 2, photo.height // 3)
-    )
+    poster_image = _poster(work_path, butterflies["007"][3], share=0.2)
     with django_capture_on_commit_callbacks(execute=True):
         poster = _upload(_jpeg(poster_image), "poster.jpg")
         _upload(butterflies["003"][1].read_bytes(), "same-species.jpg")
@@ -208,12 +214,7 @@ def test_an_upload_showing_a_work_pasted_small_is_matched_by_looking_closer_at_t
     looks again at the part of the poster its keypoints place the work in, against the
     work shrunk as the poster shows it, and records the match. Without that look, none."""
     work_path = butterflies["003"][0]
-    work, photo = PILImage.open(work_path).convert("RGB"), PILImage.open(butterflies["007"][3]).convert("RGB")
-    width = round(0.3 * photo.width)
-    poster_image = photo.copy()
-    poster_image.paste(
-        work.resize((width, round(work.height * width / work.width))), (photo.width // 2 - width // 2, photo.height // 3)
-    )
+    poster_image = _poster(work_path, butterflies["007"][3], share=0.3)
     with django_capture_on_commit_callbacks(execute=True):
         assert _register(staff_client, work_path.read_bytes(), title="Brush-foot").status_code == 302
 
