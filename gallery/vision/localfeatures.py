@@ -205,12 +205,8 @@ def check_in_full(
     shows it) and the better of the two kept, if its geometry looks like a copy's."""
     query = works.describe(backbone, picture, keypoints=keypoints)
     best = next(c for c in works.match(query) if c.work_id == work_id)
-    box = screened.focus() if screened is not None and best.score < threshold else None
-    if screened is not None and box is not None:
-        as_shown = None if work is None else (work, shown_size(screened, picture.size))
-        part = works.match_part(backbone, picture, box, work_id, inliers_half=PART_INLIERS_HALF, work_as_shown=as_shown)
-        if part is not None and part.score > best.score and _copy_like(part.evidence):
-            best = part
+    if screened is not None and best.score < threshold:
+        best = _better_on_the_part(works, backbone, picture, best, screened, work=lambda: work, counts=_copy_like)
     return best, query
 
 
@@ -231,13 +227,30 @@ def look_closer(
     geometry = best.evidence.geometry
     if best.score >= threshold or best.score < LOOK_CLOSER_FROM or geometry is None:
         return best
+    return _better_on_the_part(works, backbone, picture, best, geometry, work=work, counts=_shows_the_work)
+
+
+def _better_on_the_part(
+    works: CopyIndex,
+    backbone: Backbone,
+    picture: PILImage.Image,
+    best: Candidate,
+    geometry: Geometry,
+    *,
+    work: Callable[[], PILImage.Image | None],
+    counts: Callable[[Evidence], bool],
+) -> Candidate:
+    """`best`, or the work's candidate on the part of the picture `geometry` places the work
+    in (none when that part is most of the picture), when the part scores higher and its
+    evidence `counts`; the part is also matched against the work shrunk to the size the
+    picture shows it, given the work's pixels (`work` reads them, only then)."""
     box = geometry.focus()
     if box is None:
         return best
     pixels = work()
     as_shown = None if pixels is None else (pixels, shown_size(geometry, picture.size))
     part = works.match_part(backbone, picture, box, best.work_id, inliers_half=PART_INLIERS_HALF, work_as_shown=as_shown)
-    if part is not None and part.score > best.score and _shows_the_work(part.evidence):
+    if part is not None and part.score > best.score and counts(part.evidence):
         return part
     return best
 
