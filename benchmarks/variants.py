@@ -76,7 +76,7 @@ def pool(maps: np.ndarray, pooling: str) -> np.ndarray:
         q = float(pooling[4:])
         total = np.zeros((x.shape[0], x.shape[3]), dtype=np.float32)
         for top, bottom, left, right in rmac_regions(x.shape[1], x.shape[2]):
-            total += unit_rows(np.mean(x[:, top:bottom, left:right] ** q, axis=(1, 2)) ** (1.0 / q))
+            total += unit_rows(gem_pool(x[:, top:bottom, left:right], q))
         return unit_rows(total)
     raise ValueError(f"unknown pooling {pooling!r}")
 
