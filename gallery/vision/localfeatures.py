@@ -87,6 +87,11 @@ PART_CONCLUSIVE_SUPPORT = 0.5
 # 200 old copies: 4 and 3 more small pastes found than at 25, and no other photo matched
 # that was not matched before (half-point 20: 2 and 2 more; 10: 5 and 3).
 PART_INLIERS_HALF = 15
+# A scan looks closer only where the screen's geometry rests on at least this many
+# keypoints: fewer is chance agreement (the images always checked in full bring 2–5),
+# and in the old-copies benchmark 95 closer looks on 3–5 keypoints rescued no copy and
+# took 8.7 s of 200 scans, up to a second of the slowest scan.
+PART_MIN_SCREENED_INLIERS = 6
 # An upload's best candidate scoring at least this (and below the threshold) is looked at
 # again on the part of the upload that shows the work (`look_closer`): 2% of unrelated
 # butterfly photos and 6% of grocery shelf photos, ~0.2 s each.
@@ -200,12 +205,13 @@ def check_in_full(
     `keypoints`, its stored ones, stand for the upload's (the screen has just matched
     them, and extracting them again is most of a check's time).
     When that falls short and the screen found the work in a small part of the image (a
-    paste, a collage cell), that part is looked at again alone (`CopyIndex.match_part`;
-    given `work`, the work's pixels, also against the work shrunk to the size the image
-    shows it) and the better of the two kept, if its geometry looks like a copy's."""
+    paste, a collage cell) on enough keypoints (PART_MIN_SCREENED_INLIERS), that part is
+    looked at again alone (`CopyIndex.match_part`; given `work`, the work's pixels, also
+    against the work shrunk to the size the image shows it) and the better of the two
+    kept, if its geometry looks like a copy's."""
     query = works.describe(backbone, picture, keypoints=keypoints)
     best = next(c for c in works.match(query) if c.work_id == work_id)
-    if screened is not None and best.score < threshold:
+    if screened is not None and best.score < threshold and screened.inliers >= PART_MIN_SCREENED_INLIERS:
         best = _better_on_the_part(works, backbone, picture, best, screened, work=lambda: work, counts=_copy_like)
     return best, query
 

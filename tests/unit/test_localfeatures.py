@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -213,7 +214,7 @@ def test_full_checks_two_at_a_time_score_as_one_at_a_time_and_skip_unreadable_im
     assert {i for i, s in together if s >= threshold} == {10, 11, 12}
 
 
-def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike(butterflies) -> None:  # type: ignore[no-untyped-def]
+def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike(butterflies, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A work pasted at a fifth of a photo's width has lost its fine detail: its keypoints
     match the sharp work's poorly, and those of the work shrunk to the same size well."""
     from gallery.vision.backbones import load_backbone
@@ -233,13 +234,13 @@ def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike
     assert screened is not None
     assert abs(localfeatures.shown_size(screened, poster.size) - width) < 0.15 * width
 
-    def check(work_pixels: PILImage.Image | None) -> copydetect.Candidate:
+    def check(work_pixels: PILImage.Image | None, where: copydetect.Geometry | None = screened) -> copydetect.Candidate:
         candidate, _ = localfeatures.check_in_full(
             single,
             backbone,
             poster,
             1,
-            screened=screened,
+            screened=where,
             threshold=threshold,
             keypoints=keys.keypoints,
             work=work_pixels,
@@ -249,6 +250,15 @@ def test_a_closer_look_matches_a_work_pasted_small_against_the_work_shrunk_alike
     sharp, alike = check(None), check(work)
     assert alike.score >= threshold > sharp.score
     assert alike.evidence.inliers >= 2 * sharp.evidence.inliers
+    # The same place resting on chance agreement (fewer keypoints than a screen passes)
+    # is not looked at closer: the whole poster's score stands, and no part is described.
+    few = localfeatures.PART_MIN_SCREENED_INLIERS - 1
+    chance = dataclasses.replace(screened, query_xy=screened.query_xy[:few], work_xy=screened.work_xy[:few])
+    looks: list[object] = []
+    monkeypatch.setattr(single, "match_part", lambda *a, **k: looks.append(a))
+    assert check(work, chance).score == check(work, None).score < threshold and looks == []
+    check(work, dataclasses.replace(chance, query_xy=screened.query_xy, work_xy=screened.work_xy))
+    assert len(looks) == 1
     # The review page outlines the paste where it is on the whole poster.
     assert alike.evidence.geometry is not None
     geometry = alike.evidence.geometry
